@@ -1,0 +1,256 @@
+"""The FastAPI application: routes of the public API over the registry and transports."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import FastAPI, Header, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from .clock import Clock
+from .events import from_json
+from .metrics import Stats
+from .middleware import BodyLimit
+from .models import StreamRequest
+from .problems import Problem, problem
+from .registry import Registry, UnknownModel
+from .settings import Settings, get_settings
+from .sources.base import PreStreamError
+from .store import MemoryStore
+from .stream import Stream
+from .transports import DropConnection, EventStream, WSSession
+
+__all__ = ["create_app", "Context"]
+
+log = logging.getLogger("gateway")
+
+
+class Context:
+    """Everything a request handler needs, built once per app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.clock = Clock()
+        self.stats = Stats()
+        self.store = MemoryStore(settings.ttl_s)
+        self.registry = Registry(settings, self.clock, self.stats, self.store)
+
+    def check_request(self, request: StreamRequest) -> None:
+        s = self.settings
+        if len(request.prompt.encode()) > s.max_prompt_bytes:
+            raise Problem(413, "Prompt too large", f"the prompt is over {s.max_prompt_bytes} bytes")
+        if request.max_tokens > s.max_tokens_limit:
+            raise Problem(422, "Invalid request", f"max_tokens is over the limit of {s.max_tokens_limit}")
+
+    async def find(self, stream_id: str, after: int) -> Stream:
+        """The stream to attach to, with the resume point checked; raises Problem."""
+        stream = await self.store.get(stream_id)
+        if stream is None:
+            if await self.store.expired(stream_id):
+                raise Problem(410, "Stream expired", "the stream ended and its events are gone", code="expired")
+            raise Problem(404, "Stream not found", f"no stream {stream_id!r}", code="not_found")
+        last = stream.last_seq
+        if after > last or (after == last and not stream.running):
+            raise Problem(409, "Nothing to resume",
+                          f"resume point {after} is past the stream's last event {last}"
+                          + ("" if stream.running else " (the stream has ended)"), code="past_end")
+        return stream
+
+    async def create(self, request: StreamRequest, one_shot: bool) -> Stream:
+        self.check_request(request)
+        return await self.registry.create(request, one_shot=one_shot)
+
+
+class _QuietDrops(logging.Filter):
+    """Injected drops raise through uvicorn to cut the socket: not worth a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DropConnection)
+
+
+def _parse_after(value: str | None, name: str) -> int:
+    if value is None or value == "":
+        return -1
+    try:
+        after = int(value)
+    except ValueError:
+        raise Problem(400, "Bad resume point", f"{name} must be an integer, got {value[:40]!r}") from None
+    if after < -1:
+        raise Problem(400, "Bad resume point", f"{name} must be >= -1")
+    return after
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    ctx = Context(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        await ctx.store.open()
+        ctx.registry.start()
+        # Everything alive now lives for the process: keep the cyclic GC from rescanning it.
+        gc.collect()
+        gc.freeze()
+        yield
+        for stream in ctx.store.local():
+            stream.cancel("shutdown")
+        ctx.clock.stop()
+        await ctx.store.close()
+
+    app = FastAPI(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
+    app.state.ctx = ctx
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(PreStreamError)
+    async def _refused(request: Request, exc: PreStreamError) -> JSONResponse:
+        return problem(exc.status, "Model refused the request", exc.detail,
+                       retry_after=exc.retry_after, code=exc.code)
+
+    @app.exception_handler(UnknownModel)
+    async def _unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
+        return problem(404, "Model not found", f"unknown model {exc}", code="model_not_found")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return problem(422, "Invalid request", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                         for e in errors), errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail))
+
+    def links(stream: Stream) -> dict:
+        base = f"/v1/streams/{stream.id}"
+        return {"id": stream.id, "sse": f"{base}/sse", "ndjson": f"{base}/ndjson", "ws": f"{base}/ws"}
+
+    @app.post("/v1/streams", status_code=201)
+    async def create_stream(body: StreamRequest) -> JSONResponse:
+        stream = await ctx.create(body, one_shot=False)
+        out = links(stream)
+        return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}"})
+
+    @app.get("/v1/streams/{stream_id}")
+    async def stream_status(stream_id: str) -> dict:
+        stream = await ctx.store.get(stream_id)
+        if stream is None:
+            raise Problem(404, "Stream not found", f"no stream {stream_id!r}")
+        return stream.status_info() | links(stream)
+
+    @app.delete("/v1/streams/{stream_id}", status_code=204)
+    async def cancel_stream(stream_id: str) -> Response:
+        done = await ctx.store.cancel(stream_id, "delete")
+        if done is None:
+            raise Problem(404, "Stream not found", f"no stream {stream_id!r}")
+        if not done:
+            raise Problem(409, "Stream already ended", "nothing to cancel")
+        return Response(status_code=204)
+
+    async def attach(stream_id: str, after: int, fmt: str) -> EventStream:
+        stream = await ctx.find(stream_id, after)
+        if after >= 0:
+            ctx.stats[fmt].resumes += 1
+        return EventStream(ctx, stream, stream.attach(after, fmt, ctx.clock.now()), fmt)
+
+    @app.get("/v1/streams/{stream_id}/sse", response_class=Response)
+    async def attach_sse(
+        stream_id: str,
+        last_event_id: Annotated[str | None, Header()] = None,
+        last_event_id_q: Annotated[str | None, Query(alias="last_event_id")] = None,
+    ):
+        value = last_event_id if last_event_id is not None else last_event_id_q
+        return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse")
+
+    @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response)
+    async def attach_ndjson(stream_id: str, after: Annotated[str | None, Query()] = None):
+        return await attach(stream_id, _parse_after(after, "after"), "ndjson")
+
+    async def one_shot(body: StreamRequest, fmt: str) -> EventStream:
+        stream = await ctx.create(body, one_shot=True)
+        return EventStream(ctx, stream, stream.attach(-1, fmt, ctx.clock.now()), fmt)
+
+    @app.post("/v1/sse", response_class=Response)
+    async def post_sse(body: StreamRequest):
+        return await one_shot(body, "sse")
+
+    @app.post("/v1/ndjson", response_class=Response)
+    async def post_ndjson(body: StreamRequest):
+        return await one_shot(body, "ndjson")
+
+    @app.websocket("/v1/ws")
+    async def ws_session(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await WSSession(ctx, websocket).run()
+
+    @app.websocket("/v1/streams/{stream_id}/ws")
+    async def ws_attach(websocket: WebSocket, stream_id: str) -> None:
+        try:
+            after = _parse_after(websocket.query_params.get("after"), "after")
+            stream = await ctx.find(stream_id, after)
+        except Problem as exc:
+            # Refuse before accepting: the client sees the HTTP status and problem body.
+            await websocket.send_denial_response(exc.response())
+            return
+        await websocket.accept()
+        if after >= 0:
+            ctx.stats["ws"].resumes += 1
+        await WSSession(ctx, websocket).run(stream, after)
+
+    @app.post("/v1/complete")
+    async def complete(body: StreamRequest, request: Request) -> JSONResponse:
+        """The same generation, not streamed: the baseline for 'when not to stream'."""
+        stream = await ctx.create(body, one_shot=True)
+        sub = stream.attach(-1, "complete", ctx.clock.now())
+        left = asyncio.get_running_loop().create_task(_disconnected(request))
+        left.add_done_callback(lambda _: (setattr(sub, "gone", True), sub.wake()))
+        try:
+            while stream.running and not sub.gone:
+                sub.cursor = len(stream.log)
+                await stream.wait(sub)
+        finally:
+            left.cancel()
+            stream.detach(sub, ctx.clock.now(), client_left=sub.gone)
+        if stream.status == "done":
+            return JSONResponse({"id": stream.id, "model": stream.model, "text": stream_text(stream),
+                                 "tokens": stream.tokens, "finish_reason": stream.finish_reason,
+                                 "sha256": stream.sha256})
+        status = 504 if stream.error_code == "upstream_timeout" else 502
+        return problem(status, "Generation failed", f"the stream ended with {stream.error_code}",
+                       code=stream.error_code, partial_text=stream_text(stream), tokens=stream.tokens)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "active_streams": ctx.stats.active_streams}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(ctx.stats.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def stream_text(stream: Stream) -> str:
+    """The text so far, from the log (the log is the only copy)."""
+    out = []
+    for i in range(len(stream.log)):
+        if stream.log.kinds[i] == 1:
+            out.append(from_json(stream.log.json(i)).text)
+    return "".join(out)

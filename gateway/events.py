@@ -1,0 +1,118 @@
+"""The closed set of events every transport carries (see docs/wire-contract.md).
+
+`seq` is the event's index in its stream: meta is 0, tokens follow, and the
+terminal event (`done` or `error`) is last. A resumed client asks for every
+event after a seq. Heartbeats carry no seq and are never logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+import orjson
+
+__all__ = [
+    "Meta", "Token", "Heartbeat", "Error", "Done", "Event",
+    "DecodeError", "to_json", "from_obj", "from_json", "token_json", "HEARTBEAT",
+]
+
+
+class DecodeError(ValueError):
+    """Bytes or objects that are not a valid event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    stream_id: str
+    model: str
+    created: float
+    seq: int = 0
+    type: ClassVar[str] = "meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    seq: int
+    text: str
+    type: ClassVar[str] = "token"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    type: ClassVar[str] = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    seq: int
+    code: str
+    message: str
+    retryable: bool = False
+    type: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    seq: int
+    finish_reason: str
+    tokens: int
+    sha256: str
+    type: ClassVar[str] = "done"
+
+
+Event = Union[Meta, Token, Heartbeat, Error, Done]
+HEARTBEAT = Heartbeat()
+TERMINAL = frozenset({"done", "error"})
+
+_FIELDS: dict[str, tuple[type, tuple[tuple[str, type], ...]]] = {
+    "meta": (Meta, (("stream_id", str), ("model", str), ("created", (int, float)), ("seq", int))),
+    "token": (Token, (("seq", int), ("text", str))),
+    "heartbeat": (Heartbeat, ()),
+    "error": (Error, (("seq", int), ("code", str), ("message", str), ("retryable", bool))),
+    "done": (Done, (("seq", int), ("finish_reason", str), ("tokens", int), ("sha256", str))),
+}
+
+
+def token_json(seq: int, text: str) -> bytes:
+    """The hot path's encoder: one token as JSON, without building an object."""
+    return b'{"type":"token","seq":%d,"text":%b}' % (seq, orjson.dumps(text))
+
+
+def to_json(event: Event) -> bytes:
+    if type(event) is Token:
+        return token_json(event.seq, event.text)
+    obj = {"type": event.type}
+    for name, _ in _FIELDS[event.type][1]:
+        obj[name] = getattr(event, name)
+    return orjson.dumps(obj)
+
+
+def from_obj(obj: object) -> Event:
+    if not isinstance(obj, dict):
+        raise DecodeError("event must be a JSON object")
+    kind = obj.get("type")
+    spec = _FIELDS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise DecodeError(f"unknown event type {kind!r}")
+    cls, fields = spec
+    args = {}
+    for name, typ in fields:
+        if name not in obj:
+            if name == "seq" and kind == "meta":
+                continue
+            raise DecodeError(f"{kind} event lacks {name!r}")
+        value = obj[name]
+        # bool is an int in Python; a seq of true is still malformed.
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise DecodeError(f"{kind}.{name} has the wrong type")
+        args[name] = value
+    return cls(**args)
+
+
+def from_json(data: bytes | str) -> Event:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    return from_obj(obj)

@@ -1,0 +1,107 @@
+"""Creates streams, starts their sources, and runs the one sweep that keeps them honest.
+
+The sweep (on the shared clock) sends heartbeats to quiet connections, ends
+streams whose source went silent, cancels streams nobody came back to, and
+expires ended streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from .clock import Clock
+from .metrics import Stats
+from .models import StreamRequest
+from .settings import Settings
+from .sources.base import Source
+from .sources.simulated import SimulatedModel
+from .store.base import StreamStore
+from .stream import Stream
+
+__all__ = ["Registry", "UnknownModel"]
+
+log = logging.getLogger("gateway.stream")
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+class Registry:
+    def __init__(self, settings: Settings, clock: Clock, stats: Stats, store: StreamStore) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stats = stats
+        self.store = store
+        sim = SimulatedModel(clock, settings.sim_ttft_ms, settings.sim_itl_ms, settings.sim_jitter)
+        self.sources: dict[str, Source] = {"sim": sim}
+
+    def start(self) -> None:
+        self.clock.every(self.settings.sweep_s, self.sweep)
+
+    def source(self, model: str | None) -> tuple[str, Source]:
+        name = model or self.settings.model
+        try:
+            return name, self.sources[name]
+        except KeyError:
+            raise UnknownModel(name) from None
+
+    async def create(self, request: StreamRequest, *, one_shot: bool) -> Stream:
+        """Start generating; raises PreStreamError or UnknownModel before any stream exists."""
+        name, source = self.source(request.model)
+        stream = Stream(
+            secrets.token_urlsafe(18),  # 144 random bits: ids are unguessable
+            name,
+            one_shot=one_shot,
+            now=self.clock.now(),
+            on_event=self._on_event,
+            drop_after=request.sim.drop_after,
+        )
+        stream.generation = await source.start(request, stream)
+        self.store.add(stream)
+        self.stats.streams_created += 1
+        self.stats.active_streams += 1
+        log.info("stream created id=%s model=%s one_shot=%s", stream.id, name, one_shot)
+        return stream
+
+    def _on_event(self, stream: Stream, what: str) -> None:
+        stats = self.stats
+        if what == "first_token":
+            stats.ttft.observe(self.clock.now() - stream.started)
+        elif what == "ended":
+            stream.ended_at = self.clock.now()
+            stats.active_streams -= 1
+            if stream.status == "done":
+                stats.finished += 1
+            else:
+                stats.errors[stream.error_code or "error"] += 1
+            log.info("stream ended id=%s status=%s tokens=%d", stream.id, stream.status, stream.tokens)
+        elif what.startswith("cancelled:"):
+            stats.cancelled[what[10:]] += 1
+
+    def sweep(self, now: float) -> None:
+        s = self.settings
+        heartbeat, idle, grace = s.heartbeat_s, s.idle_timeout_s, s.detach_grace_s
+        for stream in self.store.local():
+            for sub in stream.subs:
+                if sub.cursor != sub.mark:
+                    sub.mark = sub.cursor
+                    sub.quiet_since = now
+                elif now - sub.quiet_since >= heartbeat:
+                    sub.beat = True
+                    sub.quiet_since = now
+                    sub.wake()
+            if not stream.running or stream.generation is None:
+                continue
+            if len(stream.log) != stream.progress_mark:
+                stream.progress_mark = len(stream.log)
+                stream.progress_at = now
+            elif now - stream.progress_at >= idle:
+                gen = stream.generation
+                gen.cancel()
+                stream.fail("upstream_timeout", f"no output from the model for {idle:g} s", True)
+                continue
+            if not stream.subs and stream.detached_since is not None and now - stream.detached_since >= grace:
+                stream.cancel("detached")
+        self.store.sweep(now)

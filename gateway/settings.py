@@ -1,0 +1,63 @@
+"""All settings in one object, read from environment variables (prefix GATEWAY_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Liveness: heartbeats on idle connections, an inactivity timeout on the
+    # source, and never a limit on total duration.
+    heartbeat_s: float = Field(15.0, gt=0)
+    idle_timeout_s: float = Field(60.0, gt=0)
+    # A stream whose clients left keeps generating this long, so they can resume.
+    detach_grace_s: float = Field(30.0, ge=0)
+    # An ended stream stays readable (for resume) this long.
+    ttl_s: float = Field(300.0, gt=0)
+    sse_retry_ms: int = Field(1000, ge=0)
+    # Switch off only to show what proxies do without it (the proxy lab).
+    x_accel_buffering: bool = True
+
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    max_prompt_bytes: int = Field(32_768, gt=0)
+    max_tokens_limit: int = Field(8192, gt=0)
+    ws_max_message_bytes: int = Field(65_536, gt=0)
+    ws_per_message_deflate: bool = False
+
+    model: str = "sim"
+    # Simulated model defaults, overridable per request in `sim`.
+    sim_ttft_ms: float = Field(300.0, ge=0)
+    sim_itl_ms: float = Field(25.0, ge=0)
+    sim_jitter: float = Field(0.3, ge=0, le=1)
+
+    stream_store: Literal["memory", "redis"] = Field(
+        "memory", validation_alias=AliasChoices("GATEWAY_STREAM_STORE", "STREAM_STORE")
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("GATEWAY_REDIS_URL", "REDIS_URL")
+    )
+
+    log_level: str = "info"
+    log_prompts: bool = False
+
+    @property
+    def sweep_s(self) -> float:
+        """How often the shared clock checks heartbeats, idle timeouts, grace and TTL."""
+        finest = min(self.heartbeat_s, self.idle_timeout_s, self.detach_grace_s or 1.0)
+        return min(1.0, max(0.02, finest / 4))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

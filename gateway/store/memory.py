@@ -1,0 +1,52 @@
+"""The default store: streams in this process's memory, gone after their TTL."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..stream import Stream
+
+__all__ = ["MemoryStore"]
+
+_TOMBSTONES = 100_000
+
+
+class MemoryStore:
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self.streams: dict[str, Stream] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def add(self, stream: Stream) -> None:
+        self.streams[stream.id] = stream
+
+    async def get(self, stream_id: str) -> Stream | None:
+        return self.streams.get(stream_id)
+
+    async def expired(self, stream_id: str) -> bool:
+        return stream_id in self._expired
+
+    async def cancel(self, stream_id: str, reason: str) -> bool | None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return None
+        return stream.cancel(reason)
+
+    def sweep(self, now: float) -> None:
+        ttl = self.ttl_s
+        old = [s.id for s in self.streams.values()
+               if s.ended_at is not None and not s.subs and now - s.ended_at > ttl]
+        for sid in old:
+            del self.streams[sid]
+            self._expired[sid] = None
+        while len(self._expired) > _TOMBSTONES:
+            self._expired.popitem(last=False)
+
+    def local(self) -> list[Stream]:
+        return list(self.streams.values())

@@ -1,0 +1,194 @@
+"""A stream: the source writes events into its log; attached clients read them.
+
+The stream is the sink a model source pushes into (`token`, `fail`,
+`finish`). Each attached client is a `Subscriber` with a cursor into the log;
+appending wakes the waiting subscribers, which then write everything past
+their cursor in one batch (coalescing happens by itself under load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import orjson
+
+from .events import token_json
+from .log import KIND, EventLog
+
+if TYPE_CHECKING:
+    from .sources.base import Generation
+
+__all__ = ["Stream", "Subscriber", "RUNNING", "DONE", "FAILED"]
+
+log = logging.getLogger("gateway.stream")
+
+RUNNING, DONE, FAILED = "running", "done", "error"
+_TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
+
+
+class Subscriber:
+    """One client connection reading a stream."""
+
+    __slots__ = ("cursor", "waiter", "beat", "gone", "drop_at", "transport", "mark", "quiet_since")
+
+    def __init__(self, cursor: int, transport: str, now: float, drop_at: int | None) -> None:
+        self.cursor = cursor
+        self.waiter: asyncio.Future | None = None
+        self.beat = False  # a heartbeat is due
+        self.gone = False  # the client left, or the server is ending this connection
+        self.drop_at = drop_at  # fault injection: cut the connection at this index
+        self.transport = transport
+        self.mark = -1
+        self.quiet_since = now
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+
+
+class Stream:
+    def __init__(
+        self,
+        stream_id: str,
+        model: str,
+        *,
+        one_shot: bool,
+        now: float,
+        on_event: Callable[["Stream", str], None],
+        drop_after: int | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = stream_id
+        self.model = model
+        self.one_shot = one_shot
+        self.created = time.time()
+        self.started = now
+        self.log = EventLog()
+        self.subs: list[Subscriber] = []
+        self.status = RUNNING
+        self.tokens = 0
+        self.finish_reason: str | None = None
+        self.error_code: str | None = None
+        self._hash = hashlib.sha256()
+        self.generation: Generation | None = None
+        self.drop_after = drop_after
+        self.info = info or {}
+        self.detached_since: float | None = now
+        self.ended_at: float | None = None
+        self.progress_mark = 0
+        self.progress_at = now
+        self._on_event = on_event  # lifecycle hook: metrics and logs
+        meta = {"type": "meta", "seq": 0, "stream_id": stream_id, "model": model, "created": self.created}
+        self.log.append(_META, orjson.dumps(meta))
+
+    # -- the sink a source writes into --------------------------------------
+
+    def token(self, text: str) -> None:
+        if self.status is not RUNNING:
+            return
+        self.tokens += 1
+        self._hash.update(text.encode())
+        self.log.append(_TOKEN, token_json(len(self.log), text))
+        if self.tokens == 1:
+            self._on_event(self, "first_token")
+        for sub in self.subs:
+            sub.wake()
+
+    def fail(self, code: str, message: str, retryable: bool = False) -> None:
+        if self.status is not RUNNING:
+            return
+        self.error_code = code
+        self._end(FAILED, _ERROR, {"type": "error", "seq": len(self.log), "code": code,
+                                   "message": message, "retryable": retryable})
+
+    def finish(self, finish_reason: str = "stop") -> None:
+        if self.status is not RUNNING:
+            return
+        self.finish_reason = finish_reason
+        self._end(DONE, _DONE, {"type": "done", "seq": len(self.log), "finish_reason": finish_reason,
+                                "tokens": self.tokens, "sha256": self.sha256})
+
+    def _end(self, status: str, kind: int, obj: dict) -> None:
+        self.status = status
+        self.log.append(kind, orjson.dumps(obj))
+        self.generation = None
+        self._on_event(self, "ended")
+        for sub in self.subs:
+            sub.wake()
+
+    # -- control ------------------------------------------------------------
+
+    def cancel(self, reason: str) -> bool:
+        """Stop generation and end the stream with a `cancelled` error."""
+        if self.status is not RUNNING:
+            return False
+        gen = self.generation
+        if gen is not None:
+            gen.cancel()
+        log.info("stream cancelled id=%s reason=%s tokens=%d", self.id, reason, self.tokens)
+        self._on_event(self, "cancelled:" + reason)
+        self.fail("cancelled", f"stream cancelled ({reason})", False)
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self.status is RUNNING
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    @property
+    def last_seq(self) -> int:
+        return len(self.log) - 1
+
+    # -- readers ------------------------------------------------------------
+
+    def attach(self, after: int, transport: str, now: float) -> Subscriber:
+        """A client reads every event after seq `after` (-1: from the start)."""
+        drop_at = None
+        if self.drop_after is not None and after < self.drop_after:
+            drop_at = self.drop_after + 1  # deliver meta and N tokens, then cut
+        sub = Subscriber(after + 1, transport, now, drop_at)
+        self.subs.append(sub)
+        self.detached_since = None
+        self._on_event(self, "attached")
+        return sub
+
+    def detach(self, sub: Subscriber, now: float, client_left: bool) -> None:
+        try:
+            self.subs.remove(sub)
+        except ValueError:
+            return
+        sub.wake()
+        if self.subs:
+            return
+        self.detached_since = now
+        # A one-shot stream's client is its only reader: when it leaves, stop paying for tokens.
+        if client_left and self.one_shot and self.status is RUNNING:
+            self.cancel("client_gone")
+
+    async def wait(self, sub: Subscriber) -> None:
+        """Return once `sub` has events to read, a heartbeat is due, or it is gone."""
+        if sub.cursor < len(self.log) or sub.beat or sub.gone:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        sub.waiter = fut
+        try:
+            await fut
+        finally:
+            sub.waiter = None
+
+    def status_info(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "model": self.model, "status": self.status, "created": self.created,
+            "tokens": self.tokens, "last_seq": self.last_seq, "clients": len(self.subs),
+            "finish_reason": self.finish_reason, "error": self.error_code,
+        }

@@ -1,0 +1,104 @@
+"""SSE and NDJSON over one long chunked HTTP response, written through raw ASGI `send`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..codecs import ndjson, sse
+
+if TYPE_CHECKING:
+    from ..app import Context
+    from ..stream import Stream, Subscriber
+
+__all__ = ["EventStream", "DropConnection", "streaming_headers"]
+
+
+class DropConnection(Exception):
+    """Fault injection: cut the connection with no terminal event (the server logs nothing)."""
+
+
+def streaming_headers(media_type: str, accel_off: bool, stream_id: str) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-type", media_type.encode() + b"; charset=utf-8"),
+        # no-transform also asks intermediaries not to compress (and so buffer) the body.
+        (b"cache-control", b"no-cache, no-transform"),
+        (b"x-stream-id", stream_id.encode()),
+    ]
+    if accel_off:
+        headers.append((b"x-accel-buffering", b"no"))
+    return headers
+
+
+class EventStream(Response):
+    """An ASGI response that streams one subscriber's view of a stream."""
+
+    def __init__(self, ctx: Context, stream: Stream, sub: Subscriber, fmt: str, status: int = 200) -> None:
+        self.ctx = ctx
+        self.stream = stream
+        self.sub = sub
+        self.fmt = fmt
+        self.status_code = status
+        self.client_left = False
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx, stream, sub = self.ctx, self.stream, self.sub
+        stats = ctx.stats[self.fmt]
+        media = sse.MEDIA_TYPE if self.fmt == "sse" else ndjson.MEDIA_TYPE
+        headers = streaming_headers(media, ctx.settings.x_accel_buffering, stream.id)
+        stats.connections += 1
+        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+            if self.fmt == "sse":
+                # `retry` first, so the headers and this go out before the first token.
+                await send({"type": "http.response.body", "body": sse.retry(ctx.settings.sse_retry_ms),
+                            "more_body": True})
+            await self._pump(send, stats)
+        finally:
+            watcher.cancel()
+            stats.connections -= 1
+            stream.detach(sub, ctx.clock.now(), self.client_left)
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.client_left = True
+        self.sub.gone = True
+        self.sub.wake()
+
+    async def _pump(self, send: Send, stats) -> None:
+        stream, sub, log = self.stream, self.sub, self.stream.log
+        is_sse = self.fmt == "sse"
+        heartbeat = sse.HEARTBEAT_FRAME if is_sse else ndjson.HEARTBEAT_LINE
+        wait = stream.wait
+        while True:
+            await wait(sub)
+            if sub.gone:
+                if self.client_left and stream.running:
+                    stats.disconnects += 1
+                return
+            cursor, end = sub.cursor, len(log)
+            drop = terminal = False
+            if cursor < end:
+                if sub.drop_at is not None and end >= sub.drop_at:
+                    end, drop = sub.drop_at, True
+                body = log.sse_frames(cursor, end) if is_sse else log.ndjson(cursor, end)
+                stats.events += end - cursor
+                sub.cursor = end
+                terminal = not stream.running and end == len(log)
+            else:
+                body = heartbeat
+            sub.beat = False
+            stats.bytes += len(body)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            if drop:
+                stats.drops += 1
+                raise DropConnection(stream.id)
+            if terminal:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return

@@ -1,0 +1,190 @@
+"""WebSocket: events as JSON text frames; the client steers with control messages.
+
+One session per socket. The socket's own task reads control messages; a pump
+task writes the current stream's events. `start` runs a new stream (after a
+cancel too), `resume` attaches to an existing one, `cancel` ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket
+
+from ..codecs import ws as codec
+from ..models import StreamRequest
+from ..problems import Problem
+from ..sources.base import PreStreamError
+from .http import DropConnection
+
+if TYPE_CHECKING:
+    from ..app import Context
+    from ..stream import Stream, Subscriber
+
+__all__ = ["WSSession", "error_text"]
+
+
+def error_text(code: str, message: str, retryable: bool = False, seq: int = -1) -> str:
+    """An error about the connection rather than a stream: seq -1."""
+    from ..events import Error
+
+    return codec.encode(Error(seq, code, message, retryable))
+
+
+class WSSession:
+    def __init__(self, ctx: Context, websocket: WebSocket) -> None:
+        self.ctx = ctx
+        self.ws = websocket
+        self.stats = ctx.stats["ws"]
+        self.stream: Stream | None = None
+        self.sub: Subscriber | None = None
+        self.pump: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None
+        self.dropped = False
+
+    async def run(self, stream: Stream | None = None, after: int = -1) -> None:
+        """Serve the socket until the client leaves; attach to `stream` first if given."""
+        self.task = asyncio.current_task()
+        self.stats.connections += 1
+        client_left = True
+        try:
+            if stream is not None:
+                self._attach(stream, after)
+            client_left = await self._read()
+        except asyncio.CancelledError:
+            if self.dropped:
+                client_left = False
+                raise DropConnection() from None
+            raise
+        finally:
+            self.stats.connections -= 1
+            self._stop(client_left)
+
+    async def _read(self) -> bool:
+        """Read control messages; True when the client left, False when the server closed."""
+        receive, limit = self.ws.receive, self.ctx.settings.ws_max_message_bytes
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                return True
+            text = msg.get("text")
+            if text is None:
+                await self._refuse("bad_message", "control messages are JSON text frames", codec.CLOSE_UNSUPPORTED)
+                return False
+            if len(text) > limit:
+                await self._refuse("too_big", f"control message over {limit} bytes", codec.CLOSE_TOO_BIG)
+                return False
+            try:
+                control = codec.parse_control(text)
+            except codec.ControlError as exc:
+                await self._refuse("bad_message", str(exc), exc.close_code)
+                return False
+            if isinstance(control, codec.Cancel):
+                if self.stream is not None and self.stream.running:
+                    self.stream.cancel("client_cancel")
+                else:
+                    await self.ws.send_text(error_text("no_stream", "no stream is running on this socket"))
+            elif self._busy():
+                await self.ws.send_text(error_text("busy", "a stream is running: cancel it first"))
+            elif isinstance(control, codec.Start):
+                if not await self._start(control.request):
+                    return False
+            else:
+                await self._resume(control)
+
+    def _busy(self) -> bool:
+        return self.pump is not None and not self.pump.done()
+
+    async def _start(self, fields: dict) -> bool:
+        ctx = self.ctx
+        try:
+            request = StreamRequest.model_validate(fields)
+            ctx.check_request(request)
+            stream = await ctx.registry.create(request, one_shot=True)
+        except ValidationError as exc:
+            msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            await self._refuse("invalid_request", msg, codec.CLOSE_POLICY)
+            return False
+        except Problem as exc:
+            close = codec.CLOSE_TOO_BIG if exc.status == 413 else codec.CLOSE_POLICY
+            await self._refuse(f"http_{exc.status}", exc.detail or exc.title, close)
+            return False
+        except PreStreamError as exc:
+            # The model refused this one request; the socket stays usable.
+            await self.ws.send_text(error_text(exc.code, exc.detail, exc.status in (429, 503)))
+            return True
+        except LookupError as exc:
+            await self.ws.send_text(error_text("model_not_found", f"unknown model {exc}"))
+            return True
+        self._attach(stream, -1)
+        return True
+
+    async def _resume(self, control: codec.Resume) -> None:
+        try:
+            stream = await self.ctx.find(control.stream_id, control.after)
+        except Problem as exc:
+            await self.ws.send_text(error_text(exc.extra.get("code", f"http_{exc.status}"), exc.detail))
+            return
+        self._attach(stream, control.after)
+
+    def _attach(self, stream: Stream, after: int) -> None:
+        self._stop(False)
+        self.stream = stream
+        self.sub = stream.attach(after, "ws", self.ctx.clock.now())
+        if after >= 0:
+            self.stats.resumes += 1
+        self.pump = asyncio.get_running_loop().create_task(self._pump(stream, self.sub))
+
+    def _stop(self, client_left: bool) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+            self.pump = None
+        if self.sub is not None:
+            if client_left and self.stream.running:
+                self.stats.disconnects += 1
+            self.stream.detach(self.sub, self.ctx.clock.now(), client_left)
+            self.sub = None
+            self.stream = None
+
+    async def _pump(self, stream: Stream, sub: Subscriber) -> None:
+        log, stats, send = stream.log, self.stats, self.ws.send
+        try:
+            while True:
+                await stream.wait(sub)
+                if sub.gone:
+                    return
+                cursor, end = sub.cursor, len(log)
+                if cursor < end:
+                    drop = sub.drop_at is not None and end >= sub.drop_at
+                    if drop:
+                        end = sub.drop_at
+                    texts = log.texts(cursor, end)
+                    sub.cursor = end
+                    terminal = not stream.running and end == len(log)
+                else:
+                    texts, drop, terminal = [codec.HEARTBEAT_TEXT], False, False
+                sub.beat = False
+                for text in texts:
+                    await send({"type": "websocket.send", "text": text})
+                    stats.bytes += len(text)
+                stats.events += len(texts) if cursor < end else 0
+                if drop:
+                    stats.drops += 1
+                    self.dropped = True
+                    self.task.cancel()
+                    return
+                if terminal:
+                    stream.detach(sub, self.ctx.clock.now(), False)
+                    if self.sub is sub:
+                        self.sub = None
+                        self.stream = None
+                    return
+        except OSError:
+            # The client is gone; the reader sees the disconnect and cleans up.
+            return
+
+    async def _refuse(self, code: str, message: str, close_code: int) -> None:
+        await self.ws.send_text(error_text(code, message))
+        await self.ws.close(close_code, message[:120])
