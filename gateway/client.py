@@ -1,0 +1,234 @@
+"""A Python client for the gateway: any transport, automatic resume, per-event arrival times.
+
+    async with Client("http://127.0.0.1:8000") as client:
+        result = await client.stream("sse", prompt="hi", max_tokens=50)
+        print(result.text, result.ttft)
+
+`events()` is the incremental form: an async iterator of (event, arrival)
+that resumes by itself after a drop. Decoding uses the gateway's own codecs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import orjson
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+from .codecs import ndjson, sse, ws
+from .events import Done, Error, Event, Heartbeat, Meta, Token
+
+__all__ = ["Client", "StreamResult", "GatewayError", "Transport", "TRANSPORTS"]
+
+Transport = Literal["sse", "ndjson", "ws"]
+TRANSPORTS: tuple[Transport, ...] = ("sse", "ndjson", "ws")
+_CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.ConnectError,
+        websockets.ConnectionClosed, OSError)
+
+
+class GatewayError(Exception):
+    """A refusal before streaming: the HTTP status and its problem body."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(f"{status}: {problem.get('title', '')} {problem.get('detail', '')}".strip())
+        self.status = status
+        self.problem = problem
+
+
+@dataclass
+class StreamResult:
+    events: list[Event] = field(default_factory=list)  # meta, tokens and the terminal event, in order
+    arrivals: list[float] = field(default_factory=list)  # perf_counter() when each event arrived
+    started: float = 0.0
+    stream_id: str | None = None
+    reconnects: int = 0
+    heartbeats: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+    bytes: int = 0
+
+    @property
+    def tokens(self) -> list[Token]:
+        return [e for e in self.events if type(e) is Token]
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text for e in self.tokens)
+
+    @property
+    def terminal(self) -> Done | Error | None:
+        last = self.events[-1] if self.events else None
+        return last if isinstance(last, (Done, Error)) else None
+
+    @property
+    def done(self) -> Done | None:
+        t = self.terminal
+        return t if isinstance(t, Done) else None
+
+    @property
+    def error(self) -> Error | None:
+        t = self.terminal
+        return t if isinstance(t, Error) else None
+
+    @property
+    def cut(self) -> bool:
+        """Ended without a terminal event: the text is partial."""
+        return self.terminal is None
+
+    @property
+    def token_arrivals(self) -> list[float]:
+        return [t for e, t in zip(self.events, self.arrivals) if type(e) is Token]
+
+    @property
+    def ttft(self) -> float | None:
+        arr = self.token_arrivals
+        return arr[0] - self.started if arr else None
+
+
+class Client:
+    def __init__(self, base_url: str, *, read_timeout: float = 60.0, max_resumes: int = 20,
+                 http: httpx.AsyncClient | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.ws_url = "ws" + self.base_url[4:] if self.base_url.startswith("http") else self.base_url
+        self.max_resumes = max_resumes
+        self.read_timeout = read_timeout
+        self.http = http or httpx.AsyncClient(
+            base_url=self.base_url, timeout=httpx.Timeout(10.0, read=read_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+        )
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # -- plain requests -------------------------------------------------------
+
+    async def create(self, prompt: str = "", **fields: Any) -> dict[str, Any]:
+        """POST /v1/streams: a stream to attach to by id."""
+        r = await self.http.post("/v1/streams", json={"prompt": prompt, **fields})
+        _check(r.status_code, r.content)
+        return r.json()
+
+    async def cancel(self, stream_id: str) -> int:
+        return (await self.http.delete(f"/v1/streams/{stream_id}")).status_code
+
+    async def complete(self, prompt: str = "", **fields: Any) -> dict[str, Any]:
+        r = await self.http.post("/v1/complete", json={"prompt": prompt, **fields})
+        _check(r.status_code, r.content)
+        return r.json()
+
+    # -- streaming ------------------------------------------------------------
+
+    async def stream(self, transport: Transport, prompt: str = "", *, resume: bool = True,
+                     stream_id: str | None = None, after: int = -1, **fields: Any) -> StreamResult:
+        """Read a whole stream; see `events` for the arguments."""
+        result = StreamResult()
+        async for _ in self.events(transport, prompt, resume=resume, stream_id=stream_id, after=after,
+                                   result=result, **fields):
+            pass
+        return result
+
+    async def events(self, transport: Transport, prompt: str = "", *, resume: bool = True,
+                     stream_id: str | None = None, after: int = -1, result: StreamResult | None = None,
+                     **fields: Any) -> AsyncIterator[tuple[Event, float]]:
+        """Yield (event, arrival time) until the terminal event.
+
+        With `stream_id`, attach to that stream (after seq `after`); otherwise
+        start a one-shot stream with `prompt` and `fields` (max_tokens, seed,
+        sim, model). After a cut, resume from the last seq seen, up to
+        `max_resumes` times, unless `resume` is false. Heartbeats are counted,
+        not yielded.
+        """
+        result = result if result is not None else StreamResult()
+        result.started = time.perf_counter()
+        result.stream_id = stream_id
+        body = {"prompt": prompt, **fields}
+        last = after
+        attempt = 0
+        while True:
+            try:
+                async for event, at in self._connect(transport, body, result.stream_id, last, result):
+                    if type(event) is Heartbeat:
+                        result.heartbeats += 1
+                        continue
+                    seq = event.seq
+                    if seq <= last and last >= 0:
+                        result.duplicates += 1
+                        continue
+                    if seq > last + 1:
+                        result.gaps += 1
+                    last = seq
+                    if type(event) is Meta:
+                        result.stream_id = event.stream_id
+                    result.events.append(event)
+                    result.arrivals.append(at)
+                    yield event, at
+                    if isinstance(event, (Done, Error)):
+                        return
+            except _CUT:
+                pass
+            # Cut: no terminal event. Resume if we can.
+            if not resume or result.stream_id is None or attempt >= self.max_resumes:
+                return
+            attempt += 1
+            result.reconnects += 1
+
+    async def _connect(self, transport: Transport, body: dict, stream_id: str | None, after: int,
+                       result: StreamResult) -> AsyncIterator[tuple[Event, float]]:
+        if transport == "ws":
+            async for item in self._ws(body, stream_id, after, result):
+                yield item
+            return
+        if stream_id is None:
+            request = self.http.build_request("POST", f"/v1/{transport}", json=body)
+        elif transport == "sse":
+            headers = {"Last-Event-ID": str(after)} if after >= 0 else {}
+            request = self.http.build_request("GET", f"/v1/streams/{stream_id}/sse", headers=headers)
+        else:
+            params = {"after": after} if after >= 0 else {}
+            request = self.http.build_request("GET", f"/v1/streams/{stream_id}/ndjson", params=params)
+        decoder = sse.Decoder() if transport == "sse" else ndjson.Decoder()
+        response = await self.http.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                _check(response.status_code, await response.aread())
+            async for chunk in response.aiter_raw():
+                at = time.perf_counter()
+                result.bytes += len(chunk)
+                for event in decoder.feed(chunk):
+                    yield event, at
+        finally:
+            await response.aclose()
+
+    async def _ws(self, body: dict, stream_id: str | None, after: int,
+                  result: StreamResult) -> AsyncIterator[tuple[Event, float]]:
+        async with ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24,
+                              open_timeout=10, ping_interval=None) as sock:
+            await sock.send(ws.start(**body) if stream_id is None else ws.resume(stream_id, after))
+            async for message in sock:
+                at = time.perf_counter()
+                result.bytes += len(message)
+                event = ws.decode(message)
+                if type(event) is Error and event.seq < 0 and stream_id is None and not result.events:
+                    # Refused before the stream existed (pre-stream error over WebSocket).
+                    raise GatewayError(0, {"title": event.code, "detail": event.message})
+                yield event, at
+
+
+def _check(status: int, content: bytes) -> None:
+    if status >= 400:
+        try:
+            problem = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            problem = {"title": content[:200].decode("utf-8", "replace")}
+        raise GatewayError(status, problem)

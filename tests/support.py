@@ -1,0 +1,101 @@
+"""Real processes for tests: a gateway (uvicorn) on a free loopback port, and tool checks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require(tool: str) -> str:
+    """Path of an external tool; missing fails in CI (never a silent skip) and skips elsewhere."""
+    path = shutil.which(tool) or next((p for p in (f"/usr/sbin/{tool}", f"/sbin/{tool}") if os.path.exists(p)), None)
+    if path is None:
+        message = f"{tool} is not installed (tests/setup.sh installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Gateway:
+    """A gateway process; `url` is its base URL."""
+
+    def __init__(self, env: dict[str, str] | None = None, port: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            cwd=ROOT, env=full_env,
+        )
+        try:
+            wait_http(self.url + "/healthz", self.proc)
+        except BaseException:
+            stop(self.proc)
+            raise
+
+    def metrics(self) -> dict[str, float]:
+        """Prometheus samples as {'name{labels}': value}."""
+        out = {}
+        for line in httpx.get(self.url + "/metrics").text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+@contextlib.contextmanager
+def gateway(env: dict[str, str] | None = None, **kw):
+    gw = Gateway(env, **kw)
+    try:
+        yield gw
+    finally:
+        gw.stop()

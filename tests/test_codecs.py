@@ -1,0 +1,125 @@
+"""Codecs without sockets: bytes in, events out, for any text and any split."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.codecs import ndjson, sse, ws
+from gateway.events import HEARTBEAT, DecodeError, Done, Error, Meta, Token, from_json, to_json
+
+texts = st.text()  # any unicode: newlines, CR, U+2028, NUL, astral, empty
+events = st.one_of(
+    st.builds(Meta, stream_id=st.text(min_size=1), model=st.text(), created=st.floats(0, 2e9)),
+    st.builds(Token, seq=st.integers(0, 2**31), text=texts),
+    st.builds(Error, seq=st.integers(0, 2**31), code=st.text(), message=texts, retryable=st.booleans()),
+    st.builds(Done, seq=st.integers(0, 2**31), finish_reason=st.text(), tokens=st.integers(0, 10**6),
+              sha256=st.text()),
+    st.just(HEARTBEAT),
+)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+
+
+@settings(max_examples=300)
+@given(st.lists(events, max_size=20), st.lists(st.integers(0, 10**6), max_size=30))
+def test_sse_roundtrip_any_split(evs, cuts):
+    data = sse.retry(1000) + b"".join(sse.encode(e) for e in evs)
+    decoder = sse.Decoder()
+    out = [e for chunk in split(data, cuts) for e in decoder.feed(chunk)]
+    assert out == evs
+    assert decoder.retry == 1000
+
+
+@settings(max_examples=300)
+@given(st.lists(events, max_size=20), st.lists(st.integers(0, 10**6), max_size=30))
+def test_ndjson_roundtrip_any_split(evs, cuts):
+    data = b"".join(ndjson.encode(e) for e in evs)
+    decoder = ndjson.Decoder()
+    out = [e for chunk in split(data, cuts) for e in decoder.feed(chunk)]
+    assert out == evs
+    decoder.close()
+
+
+@given(events)
+def test_ws_roundtrip(event):
+    assert ws.decode(ws.encode(event)) == event
+
+
+@given(events)
+def test_json_roundtrip(event):
+    if event is not HEARTBEAT:
+        assert from_json(to_json(event)) == event
+
+
+def test_sse_ids_follow_seq():
+    frame = sse.encode(Token(7, "a\nb"))
+    assert frame.startswith(b"id: 7\nevent: token\ndata: {")
+    assert frame.count(b"\n") == 4  # the newline in the text is escaped inside JSON
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_sse_parser_line_endings_and_fields(eol):
+    raw = eol.join([b"\xef\xbb\xbf: hello", b"retry: 250", b"id: 4", b"event: x", b"data: a", b"data:b",
+                    b"", b"data: c", b"id", b"", b"retry: nope", b"data", b"", b""])
+    parser = sse.Parser()
+    items = [i for b in raw for i in parser.feed(bytes([b]))]  # one byte at a time
+    items += parser.feed(b"\n")  # a CR at the end waits to see whether an LF follows
+    assert items == [sse.Comment("hello"), sse.Message("a\nb", "x", "4"), sse.Message("c", "message", ""),
+                     sse.Message("", "message", "")]
+    assert parser.retry == 250
+
+
+def test_sse_ignores_id_with_nul_and_blocks_without_data():
+    parser = sse.Parser()
+    assert parser.feed(b"id: 1\n\nid: a\0b\nevent: e\n\n") == []
+    assert parser.last_event_id == "1"
+
+
+def test_sse_holds_back_a_partial_block():
+    parser = sse.Parser()
+    assert parser.feed(b"data: x\n") == []
+    assert parser.pending > 0
+    assert parser.feed(b"\n") == [sse.Message("x")]
+
+
+def test_decoders_reject_malformed():
+    with pytest.raises(DecodeError):
+        ndjson.Decoder().feed(b"{not json}\n")
+    with pytest.raises(DecodeError):
+        sse.Decoder().feed(b'data: {"type":"token","seq":true,"text":"x"}\n\n')
+    with pytest.raises(DecodeError):
+        from_json(b'{"type":"nope"}')
+    with pytest.raises(DecodeError):
+        from_json(b"[1]")
+    decoder = ndjson.Decoder()
+    decoder.feed(b'{"type":"heartbeat"}\n{"type"')
+    with pytest.raises(DecodeError):
+        decoder.close()
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.text(), st.binary()))
+def test_ws_control_parser_never_crashes(message):
+    try:
+        control = ws.parse_control(message)
+    except ws.ControlError as exc:
+        assert exc.close_code in (ws.CLOSE_UNSUPPORTED, ws.CLOSE_POLICY)
+    else:
+        assert isinstance(control, (ws.Start, ws.Cancel, ws.Resume))
+
+
+def test_ws_control_messages():
+    assert ws.parse_control(ws.start(prompt="p", max_tokens=3)) == ws.Start({"prompt": "p", "max_tokens": 3})
+    assert ws.parse_control(ws.cancel()) == ws.Cancel()
+    assert ws.parse_control(ws.resume("abc", 4)) == ws.Resume("abc", 4)
+    for bad, code in [("nope", 1003), (b"{}", 1003), ("[]", 1008), ('{"type":"x"}', 1008),
+                      ('{"type":"resume"}', 1008), ('{"type":"resume","stream_id":"a","after":-2}', 1008),
+                      ('{"type":"cancel","x":1}', 1008)]:
+        with pytest.raises(ws.ControlError) as info:
+            ws.parse_control(bad)
+        assert info.value.close_code == code

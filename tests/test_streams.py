@@ -1,0 +1,240 @@
+"""Every transport against a real gateway process: same tokens, incremental, faults, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import httpx
+import pytest
+
+from gateway.client import TRANSPORTS, Client, GatewayError
+from gateway.events import Error, Token
+from gateway.sources.simulated import expected_text
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _stream(gw, transport, **kw):
+    async with Client(gw.url) as client:
+        return await client.stream(transport, **kw)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_same_tokens_and_sha_on_every_transport(gw, transport):
+    r = run(_stream(gw, transport, prompt="compare", max_tokens=80, seed=11, sim=FAST_SIM))
+    text = expected_text("compare", 11, 80)
+    assert r.text == text
+    assert [t.seq for t in r.tokens] == list(range(1, 81))
+    assert r.done is not None and r.done.tokens == 80
+    assert r.done.sha256 == hashlib.sha256(text.encode()).hexdigest()
+    assert r.reconnects == r.gaps == r.duplicates == 0
+
+
+def test_seed_and_prompt_change_the_text():
+    assert expected_text("a", 1, 50) == expected_text("a", 1, 50)
+    assert len({expected_text(p, s, 200) for p in "abcdef" for s in range(3)}) > 3
+    text = expected_text("markdown", 0, 2000)
+    for mark in ("## ", "```", "- ", "](http", "**"):
+        assert mark in text
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_tokens_arrive_incrementally(gw, transport):
+    r = run(_stream(gw, transport, prompt="pace", max_tokens=60, seed=1,
+                    sim={"ttft_ms": 50, "itl_ms": 20, "jitter": 0}))
+    arrivals = r.token_arrivals
+    assert len(arrivals) == 60
+    spread = arrivals[-1] - arrivals[0]  # ~59 * 20 ms if each token is sent when made
+    assert spread > 0.6
+    assert arrivals[0] - r.started < spread / 2  # the first token long before the last
+    distinct = len({round(t, 3) for t in arrivals})
+    assert distinct > 40  # not bunched into a few reads
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_in_band_error_keeps_partial_text(gw, transport):
+    r = run(_stream(gw, transport, prompt="fail", max_tokens=50, seed=2, sim={**FAST_SIM, "fail_after": 12}))
+    assert isinstance(r.error, Error)
+    assert r.error.code == "model_error" and r.error.seq == 13
+    assert r.text == expected_text("fail", 2, 50)[: len(r.text)]
+    assert len(r.tokens) == 12
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_drop_is_a_cut_then_resumes_exactly(gw, transport):
+    sim = {**FAST_SIM, "drop_after": 17}
+    cut = run(_stream(gw, transport, prompt="drop", max_tokens=40, seed=5, sim=sim, resume=False))
+    assert cut.cut and len(cut.tokens) == 17
+    r = run(_stream(gw, transport, prompt="drop", max_tokens=40, seed=5, sim=sim))
+    assert r.reconnects == 1 and r.gaps == 0 and r.duplicates == 0
+    assert r.text == expected_text("drop", 5, 40)
+    assert r.done.sha256 == hashlib.sha256(r.text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(("first", "second"), [("sse", "ws"), ("ws", "ndjson"), ("ndjson", "sse")])
+def test_resume_on_another_transport(gw, first, second):
+    async def go():
+        async with Client(gw.url) as client:
+            info = await client.create("switch", max_tokens=40, seed=8, sim=FAST_SIM)
+            head = []
+            async for event, _ in client.events(first, stream_id=info["id"]):
+                head.append(event)
+                if type(event) is Token and event.seq == 15:
+                    break
+            tail = await client.stream(second, stream_id=info["id"], after=15)
+            return head, tail
+
+    head, tail = run(go())
+    assert tail.events[0].seq == 16 and tail.gaps == 0
+    text = "".join(e.text for e in head if type(e) is Token) + tail.text
+    assert text == expected_text("switch", 8, 40)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_heartbeat_during_a_stall(gw, transport):
+    sim = {"ttft_ms": 10, "itl_ms": 5, "stall_after": 3, "stall_ms": 1200}
+    r = run(_stream(gw, transport, prompt="stall", max_tokens=6, seed=1, sim=sim))
+    assert r.done is not None
+    assert r.heartbeats >= 2  # heartbeat_s is 0.3 in these tests
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_heartbeat_before_the_first_token(gw, transport):
+    r = run(_stream(gw, transport, prompt="slow", max_tokens=2, sim={"ttft_ms": 1000, "itl_ms": 1}))
+    assert r.done is not None and r.heartbeats >= 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_idle_timeout_ends_with_upstream_timeout(gw, transport):
+    sim = {"ttft_ms": 10, "itl_ms": 5, "stall_after": 4, "stall_ms": 60_000}
+    r = run(_stream(gw, transport, prompt="idle", max_tokens=10, seed=1, sim=sim))
+    assert r.error is not None and r.error.code == "upstream_timeout" and r.error.retryable
+    assert len(r.tokens) == 4
+
+
+def _cancelled(gw, reason):
+    return gw.metrics().get(f'gateway_streams_cancelled_total{{reason="{reason}"}}', 0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_one_shot_is_cancelled_when_the_client_leaves(gw, transport):
+    before = _cancelled(gw, "client_gone")
+
+    async def go():
+        async with Client(gw.url) as client:
+            async for event, _ in client.events(transport, prompt="leave", max_tokens=500,
+                                                sim={"ttft_ms": 10, "itl_ms": 20}):
+                if type(event) is Token and event.seq == 3:
+                    return event.seq
+
+    run(go())
+    deadline = time.monotonic() + 5
+    while _cancelled(gw, "client_gone") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _cancelled(gw, "client_gone") == before + 1
+
+
+def test_attached_stream_survives_a_disconnect_within_grace_then_is_cancelled(gw):
+    async def go():
+        async with Client(gw.url) as client:
+            info = await client.create("grace", max_tokens=2000, sim={"ttft_ms": 10, "itl_ms": 20})
+            async for event, _ in client.events("sse", stream_id=info["id"]):
+                if type(event) is Token:
+                    break
+            await asyncio.sleep(0.3)  # within the 1 s grace: still generating
+            status = (await client.http.get(f"/v1/streams/{info['id']}")).json()
+            tail = []
+            async for event, _ in client.events("ndjson", stream_id=info["id"], after=1):
+                tail.append(event)
+                if len(tail) == 3:
+                    break
+            await asyncio.sleep(2.0)  # past the grace with nobody attached
+            final = (await client.http.get(f"/v1/streams/{info['id']}")).json()
+            return status, tail, final
+
+    status, tail, final = run(go())
+    assert status["status"] == "running" and status["tokens"] > 1
+    assert [e.seq for e in tail] == [2, 3, 4]
+    assert final["status"] == "error" and final["error"] == "cancelled"
+
+
+def test_delete_cancels_attached_clients(gw):
+    async def go():
+        async with Client(gw.url) as client:
+            info = await client.create("delete", max_tokens=2000, sim={"ttft_ms": 10, "itl_ms": 10})
+            readers = [asyncio.create_task(client.stream(t, stream_id=info["id"])) for t in TRANSPORTS]
+            await asyncio.sleep(0.3)
+            status = await client.cancel(info["id"])
+            again = await client.cancel(info["id"])
+            return status, again, await asyncio.gather(*readers)
+
+    status, again, results = run(go())
+    assert status == 204 and again == 409
+    for r in results:
+        assert r.error is not None and r.error.code == "cancelled"
+        assert len(r.tokens) > 3
+
+
+def test_delete_before_first_token(gw):
+    async def go():
+        async with Client(gw.url) as client:
+            info = await client.create("early", max_tokens=10, sim={"ttft_ms": 5000})
+            assert await client.cancel(info["id"]) == 204
+            return await client.stream("sse", stream_id=info["id"])
+
+    r = run(go())
+    assert r.tokens == [] and r.error.code == "cancelled"
+
+
+def test_many_clients_on_one_stream_each_get_every_event(gw):
+    async def go():
+        async with Client(gw.url) as client:
+            info = await client.create("fanout", max_tokens=50, seed=4, sim=FAST_SIM)
+            return await asyncio.gather(*(client.stream(TRANSPORTS[i % 3], stream_id=info["id"]) for i in range(12)))
+
+    results = run(go())
+    expected = expected_text("fanout", 4, 50)
+    assert all(r.text == expected and r.done is not None for r in results)
+
+
+def test_complete_returns_the_same_text(gw):
+    async def go():
+        async with Client(gw.url) as client:
+            return await client.complete("whole", max_tokens=30, seed=3, sim=FAST_SIM)
+
+    body = run(go())
+    assert body["text"] == expected_text("whole", 3, 30) and body["tokens"] == 30
+    assert body["sha256"] == hashlib.sha256(body["text"].encode()).hexdigest()
+
+
+def test_complete_failure_is_a_problem_with_partial_text(gw):
+    r = httpx.post(gw.url + "/v1/complete", json={"prompt": "x", "max_tokens": 30, "sim": {**FAST_SIM, "fail_after": 5}})
+    assert r.status_code == 502 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["partial_text"] == expected_text("x", 0, 30)[: len(r.json()["partial_text"])]
+
+
+@pytest.mark.parametrize("path", ["/v1/sse", "/v1/ndjson"])
+def test_streaming_headers(gw, path):
+    with httpx.stream("POST", gw.url + path, json={"max_tokens": 2, "sim": FAST_SIM},
+                      headers={"Accept-Encoding": "gzip"}) as r:
+        assert r.status_code == 200
+        assert "no-cache" in r.headers["cache-control"]
+        assert r.headers["x-accel-buffering"] == "no"
+        assert "content-encoding" not in r.headers
+        body = r.read()
+    assert (body.startswith(b"retry: 1000\n\n") if path == "/v1/sse" else body.startswith(b'{"type":"meta"'))
+
+
+def test_metrics_count_streams_and_ttft(gw):
+    run(_stream(gw, "sse", max_tokens=3, sim=FAST_SIM))
+    m = gw.metrics()
+    assert m['gateway_events_sent_total{transport="sse"}'] >= 5
+    assert m["gateway_ttft_seconds_count"] >= 1
+    assert "gateway_active_streams" in m and 'gateway_connections{transport="ws"}' in m
