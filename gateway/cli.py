@@ -12,11 +12,13 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
     from .app import create_app
+    from .drain import DrainingServer
     from .settings import get_settings
 
     settings = get_settings()
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=host or settings.host,
         port=port or settings.port,
         loop="uvloop",
@@ -28,7 +30,7 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.state.ctx).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..codecs import ndjson, sse
+from ..events import Reconnect
 
 if TYPE_CHECKING:
     from ..app import Context
@@ -79,7 +80,11 @@ class EventStream(Response):
         while True:
             await wait(sub)
             if sub.gone:
-                if self.client_left and stream.running:
+                if sub.kicked and not self.client_left:
+                    codec = sse if is_sse else ndjson
+                    body = codec.encode(Reconnect(self.ctx.settings.sse_retry_ms))
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                elif self.client_left and stream.running:
                     stats.disconnects += 1
                 return
             cursor, end = sub.cursor, len(log)

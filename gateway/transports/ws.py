@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from ..codecs import ws as codec
+from ..events import Reconnect
 from ..models import StreamRequest
 from ..problems import Problem
 from ..sources.base import PreStreamError
@@ -108,7 +109,9 @@ class WSSession:
             await self._refuse("invalid_request", msg, codec.CLOSE_POLICY)
             return False
         except Problem as exc:
-            close = codec.CLOSE_TOO_BIG if exc.status == 413 else codec.CLOSE_POLICY
+            close = {413: codec.CLOSE_TOO_BIG, 503: codec.CLOSE_TRY_AGAIN}.get(exc.status, codec.CLOSE_POLICY)
+            if exc.extra.get("code") == "draining":
+                close = codec.CLOSE_RESTART
             await self._refuse(f"http_{exc.status}", exc.detail or exc.title, close)
             return False
         except PreStreamError as exc:
@@ -154,6 +157,8 @@ class WSSession:
             while True:
                 await stream.wait(sub)
                 if sub.gone:
+                    if sub.kicked:
+                        await self._reconnect(stream, sub)
                     return
                 cursor, end = sub.cursor, len(log)
                 if cursor < end:
@@ -184,6 +189,15 @@ class WSSession:
         except OSError:
             # The client is gone; the reader sees the disconnect and cleans up.
             return
+
+    async def _reconnect(self, stream: Stream, sub: Subscriber) -> None:
+        """The server is draining: detach first (so the close is not a client leaving), then 1012."""
+        stream.detach(sub, self.ctx.clock.now(), False)
+        if self.sub is sub:
+            self.sub = None
+            self.stream = None
+        await self.ws.send_text(codec.encode(Reconnect(self.ctx.settings.sse_retry_ms)))
+        await self.ws.close(codec.CLOSE_RESTART, "server draining: reconnect")
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
         await self.ws.send_text(error_text(code, message))
