@@ -330,18 +330,25 @@ class RedisStore:
             await asyncio.sleep(0.02)
 
     def sweep(self, now: float) -> None:
+        # Local copies are a cache of Redis: ended ones go soon (at most at the TTL, as in Redis).
+        ttl = self.ttl_ms / 1000
+        keep = min(ttl, _KEEP_S)
         for sid, rec in list(self.owned.items()):
             stream = rec.stream
             if stream.ended_at is None or stream.subs:
                 continue
-            age = now - stream.ended_at
             stored = rec.lost or rec.flushed >= len(stream.log)
-            if (stored and age > _KEEP_S) or age > self.ttl_ms / 1000:
+            if now - stream.ended_at > (keep if stored else ttl):
                 del self.owned[sid]
                 stream.on_append = None
                 self._dirty.pop(sid, None)
         for sid, mirror in list(self.mirrors.items()):
-            if not mirror.subs and mirror.detached_since is not None and now - mirror.detached_since > _KEEP_S:
+            if mirror.subs:
+                continue
+            if mirror.ended_at is not None:
+                if now - mirror.ended_at > keep:
+                    del self.mirrors[sid]
+            elif mirror.detached_since is not None and now - mirror.detached_since > _KEEP_S:
                 del self.mirrors[sid]
 
     def local(self) -> list[Stream]:
