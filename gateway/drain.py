@@ -30,7 +30,7 @@ async def drain(ctx: Context) -> None:
     store = ctx.store
     ctx.draining = True
     generating = [s for s in store.local() if s.generation is not None]
-    log.warning("draining: %d streams generating, up to %g s", len(generating), ctx.settings.drain_timeout_s)
+    log.info("draining: %d streams generating, up to %g s", len(generating), ctx.settings.drain_timeout_s)
     if store.shared:
         # Other replicas read the same store: clients continue there, with no gap.
         for stream in store.local():

@@ -219,6 +219,7 @@ class RedisStore:
     async def open(self) -> None:
         self._kick = asyncio.Event()
         self._wake = asyncio.Event()
+        self._loads = asyncio.Semaphore(max(1, self.settings.redis_pool_size - 3))
         self.redis = self._client("pool", self.settings.redis_pool_size, 2.0)
         self.reader = self._client("reader", 1, _BLOCK_MS / 1000 + 3.0)
         self.ctl = self._client("ctl", 1, None)
@@ -358,10 +359,13 @@ class RedisStore:
 
     async def _load(self, stream_id: str) -> Mirror | None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(_meta_key(stream_id))
-                pipe.xrange(_log_key(stream_id), "-", "+")
-                meta, entries = await pipe.execute()
+            # Loads queue here rather than for the pool, whose wait ends in an error: a burst of
+            # attaches must not starve the flusher and the lease, nor look like an outage.
+            async with self._loads:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hgetall(_meta_key(stream_id))
+                    pipe.xrange(_log_key(stream_id), "-", "+")
+                    meta, entries = await pipe.execute()
         except _DOWN as exc:
             self._failing("load", exc)
             raise StoreUnavailable() from None
