@@ -33,6 +33,7 @@ __all__ = ["Client", "StreamResult", "GatewayError", "Transport", "TRANSPORTS"]
 
 Transport = Literal["sse", "ndjson", "ws"]
 TRANSPORTS: tuple[Transport, ...] = ("sse", "ndjson", "ws")
+_UNAVAILABLE = ("draining", "store_unavailable", "http_503")  # WebSocket refusals worth another replica
 _CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.ConnectError,
         websockets.ConnectionClosed, OSError)
 
@@ -262,9 +263,11 @@ class Client:
                 at = time.perf_counter()
                 result.bytes += len(message)
                 event = ws.decode(message)
-                if type(event) is Error and event.seq < 0 and stream_id is None and not result.events:
-                    # Refused before the stream existed (pre-stream error over WebSocket).
-                    raise GatewayError(0, {"title": event.code, "detail": event.message})
+                if type(event) is Error and event.seq < 0:
+                    # Refused: before the stream existed, or this replica cannot serve (try another).
+                    status = 503 if event.code in _UNAVAILABLE else 0
+                    if status or (stream_id is None and not result.events):
+                        raise GatewayError(status, {"title": event.code, "detail": event.message})
                 yield event, at
 
 

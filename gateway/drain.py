@@ -31,11 +31,15 @@ async def drain(ctx: Context) -> None:
     ctx.draining = True
     generating = [s for s in store.local() if s.generation is not None]
     log.info("draining: %d streams generating, up to %g s", len(generating), ctx.settings.drain_timeout_s)
+    loop = asyncio.get_running_loop()
     if store.shared:
         # Other replicas read the same store: clients continue there, with no gap.
         for stream in store.local():
             stream.kick()
-    loop = asyncio.get_running_loop()
+        # Let every connection say goodbye before uvicorn's shutdown closes it.
+        until = loop.time() + 2.0
+        while loop.time() < until and any(s.subs for s in store.local()):
+            await asyncio.sleep(0.02)
     deadline = loop.time() + ctx.settings.drain_timeout_s
     while loop.time() < deadline and any(s.generation is not None for s in store.local()):
         await asyncio.sleep(0.05)
@@ -68,6 +72,8 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.drain_requested and self.drain_task is None:
             self.drain_task = asyncio.get_running_loop().create_task(drain(self.ctx))
-        if self.drain_task is not None and self.drain_task.done():
+        if self.drain_task is not None and self.drain_task.done() and not self.should_exit:
+            if self.drain_task.exception() is not None:
+                log.error("drain failed", exc_info=self.drain_task.exception())
             self.should_exit = True
         return await super().on_tick(counter)

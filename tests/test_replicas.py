@@ -216,6 +216,29 @@ def test_sigterm_drains_clients_to_another_replica(pair, victim):
     assert 2.5 < took < 15  # drain_timeout_s (3 s) held the exit, then it went
 
 
+def test_sigterm_on_a_reading_replica_moves_its_clients(pair, victim):
+    a, b = pair
+    text = expected_text("move", 8, 150)
+
+    async def go():
+        async with Client(a.url) as ca:
+            sid = (await ca.create("move", max_tokens=150, seed=8, sim=SIM))["id"]
+        clients = [Client([victim.url, b.url]) for _ in TRANSPORTS]
+        tasks = [asyncio.create_task(c.stream(t, stream_id=sid)) for c, t in zip(clients, TRANSPORTS)]
+        while victim.metrics().get("gateway_redis_mirror_clients") != 3:
+            await asyncio.sleep(0.02)
+        os.kill(victim.proc.pid, signal.SIGTERM)
+        results = await asyncio.gather(*tasks)
+        for c in clients:
+            await c.aclose()
+        await asyncio.to_thread(victim.proc.wait, 20)
+        return results
+
+    for r in run(go()):
+        assert r.text == text and r.done.sha256 == sha(text)
+        assert (r.reconnect_requests, r.reconnects, r.gaps, r.duplicates) == (1, 1, 0, 0)
+
+
 def test_kill_9_gives_generator_lost_everywhere(pair, victim):
     a, b = pair
     full = expected_text("lost", 6, 2000)
@@ -258,9 +281,11 @@ def test_redis_outage_then_recovery():
                 redis.stop()
                 results = await asyncio.gather(*tasks)
                 refused = httpx.post(f"{a.url}/v1/streams", json={})
-                return results, refused
+                attach = httpx.get(f"{b.url}/v1/streams/{sid}/ndjson")
+                return results, refused, attach
 
-        results, refused = run(during())
+        results, refused, attach = run(during())
+        assert attach.status_code == 503 and attach.json()["code"] == "store_unavailable"
         for r in results:
             assert r.error.code == "store_unavailable" and r.error.retryable
             assert r.text == expected_text("out", 3, 2000)[: len(r.text)] and len(r.tokens) > 5

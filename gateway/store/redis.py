@@ -418,9 +418,9 @@ class RedisStore:
                 finally:
                     self._blocked = False
                     self._round += 1
-            except _DOWN as exc:
+            except Exception as exc:
                 self._reader_id = None
-                self._failing("read", exc)
+                self._trouble("read", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
                 continue
@@ -450,11 +450,11 @@ class RedisStore:
             batch, self._dirty = self._dirty, {}
             try:
                 await self._write(batch)
-            except _DOWN as exc:
+            except Exception as exc:
                 # The local logs are the backlog: write them when Redis is back.
                 for sid, stream in batch.items():
                     self._dirty.setdefault(sid, stream)
-                self._failing("write", exc)
+                self._trouble("write", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
                 self._kick.set()
@@ -575,8 +575,8 @@ class RedisStore:
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         self._control(message["data"])
-            except _DOWN as exc:
-                self._failing("control", exc)
+            except Exception as exc:
+                self._trouble("control", exc)
             finally:
                 try:
                     await pubsub.aclose()
@@ -617,13 +617,20 @@ class RedisStore:
                             mirror.id, "generator_lost",
                             f"the replica generating this stream is gone and no output came for {idle:g} s",
                             True, owner=mirror.owner)
-            except _DOWN as exc:
-                self._failing("tick", exc)
+            except Exception as exc:
+                self._trouble("tick", exc)
 
     def _ok(self) -> None:
         if self.down_since is not None:
             log.warning("redis reachable again after %.1f s", self.clock.now() - self.down_since)
             self.down_since = None
+
+    def _trouble(self, what: str, exc: Exception) -> None:
+        """A background loop failed: an outage, or a bug (logged, and the loop goes on)."""
+        if isinstance(exc, _DOWN):
+            self._failing(what, exc)
+        else:
+            log.error("redis store: %s failed", what, exc_info=exc)
 
     def _failing(self, what: str, exc: BaseException) -> None:
         """Redis failed: after `redis_outage_s` of this, end in-flight streams with an in-band error."""

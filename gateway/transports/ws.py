@@ -44,6 +44,7 @@ class WSSession:
         self.pump: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
         self.dropped = False
+        self.kicked = False
 
     async def run(self, stream: Stream | None = None, after: int = -1) -> None:
         """Serve the socket until the client leaves; attach to `stream` first if given."""
@@ -141,6 +142,7 @@ class WSSession:
         self.pump = asyncio.get_running_loop().create_task(self._pump(stream, self.sub))
 
     def _stop(self, client_left: bool) -> None:
+        client_left = client_left and not self.kicked
         if self.pump is not None:
             self.pump.cancel()
             self.pump = None
@@ -191,13 +193,14 @@ class WSSession:
             return
 
     async def _reconnect(self, stream: Stream, sub: Subscriber) -> None:
-        """The server is draining: detach first (so the close is not a client leaving), then 1012."""
+        """The server is draining: a `reconnect` frame, close 1012, then detach (the drain waits for it)."""
+        self.kicked = True  # the disconnect that follows is our close, not the client leaving
+        await self.ws.send_text(codec.encode(Reconnect(self.ctx.settings.sse_retry_ms)))
+        await self.ws.close(codec.CLOSE_RESTART, "server draining: reconnect")
         stream.detach(sub, self.ctx.clock.now(), False)
         if self.sub is sub:
             self.sub = None
             self.stream = None
-        await self.ws.send_text(codec.encode(Reconnect(self.ctx.settings.sse_retry_ms)))
-        await self.ws.close(codec.CLOSE_RESTART, "server draining: reconnect")
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
         await self.ws.send_text(error_text(code, message))
