@@ -30,6 +30,7 @@ WATCH = """() => {
   const RAW = /\\*\\*|`|\\]\\(|~~/;
   for (const out of document.querySelectorAll('.panel .output')) {
     new MutationObserver((records) => {
+      if (out.closest('.panel').dataset.status !== 'streaming') return;  // the end may cut a span
       watch.mutations++;
       for (const r of records) {
         if (r.target === out.firstChild) watch.removed += r.removedNodes.length;
@@ -42,6 +43,16 @@ WATCH = """() => {
       }
     }).observe(out, {childList: true, subtree: true, characterData: true});
   }
+}"""
+
+
+# A panel's answer as drawn (finished blocks, then the last one), and its whole text rendered at once.
+DRAWN_AND_WHOLE = """(panel) => {
+  const [blocks, tail] = panel.querySelector('.output').children;
+  const text = demo.state().find(s => s.kind === panel.dataset.kind).text;
+  const whole = document.createElement('div');
+  whole.innerHTML = markdownit().render(text);  // serialized by the same DOM as the panel
+  return [[...blocks.children].map(b => b.innerHTML).join('') + tail.innerHTML, whole.innerHTML];
 }"""
 
 
@@ -127,31 +138,32 @@ def test_four_panels_end_with_the_same_text_and_sha(page):
     assert page.evaluate("[...document.querySelectorAll('input, textarea')].every(e => e.labels.length > 0)")
     assert page.get_by_role("region", name="streamed answer").count() == 4
 
-    start(page, max_tokens=250, seed=3)
+    n = 1300  # past the whole corpus: every kind of markdown in it streams by
+    start(page, max_tokens=n, seed=3, itl_ms=2)
     # Incremental: while the stream runs, every panel has part of the answer.
     page.wait_for_function("() => demo.state().every(s => s.tokens >= 20)")
     mid = {s["kind"]: s for s in page.evaluate("demo.state()")}
-    assert all(0 < mid[k]["tokens"] < 250 and not mid[k]["ended"] for k in KINDS), mid
+    assert all(0 < mid[k]["tokens"] < n and not mid[k]["ended"] for k in KINDS), mid
 
     state = settle(page)
-    text = expected_text(PROMPT, 3, 250)
+    text = expected_text(PROMPT, 3, n)
     for kind in KINDS:
         s = state[kind]
         assert s["status"] == "done", (kind, s["outcome"])
         assert s["text"] == text, kind
-        assert s["lastSeq"] == 251 and s["tokens"] == 250
+        assert s["lastSeq"] == n + 1 and s["tokens"] == n
         assert s["duplicates"] == s["gaps"] == s["reconnects"] == 0
         assert s["sha"] == s["doneSha"] == sha(text), kind
         assert s["ttftMs"] is not None and s["bytes"] > len(text)
         p = panel(page, kind)
         assert p.locator(".sha-mark").inner_text() == "✓"
         assert "matches done" in p.locator(".sha-text").inner_text()
-        assert p.locator(".tokens").inner_text() == "250"
-        # Rendered as markdown, not shown as source.
-        out = p.locator(".output")
-        assert out.locator("h2, h3").count() >= 1 and out.locator("strong, code, li").count() >= 1
-    rendered = {panel(page, k).locator(".output").inner_html() for k in KINDS}
-    assert len(rendered) == 1  # the same markdown drawn the same way in all four
+        assert p.locator(".tokens").inner_text() == str(n)
+        # Drawn a block at a time, it ends exactly as the whole text rendered at once.
+        drawn, whole = p.evaluate(DRAWN_AND_WHOLE)
+        assert drawn == whole, kind
+    for tag in ("h2", "h3", "strong", "em", "code", "pre", "ol", "ul", "blockquote", "table", "a"):
+        assert panel(page, "websocket").locator(f".output {tag}").count() >= 1, tag
 
     watch = page.evaluate("window.__watch")
     assert watch["mutations"] > 50  # the watcher saw the text grow
@@ -189,7 +201,8 @@ def test_dropped_connection_resumes_without_a_lost_or_repeated_word(page, gw, tm
 
     # The README's screenshot: UPDATE_SCREENSHOT=1 python -m pytest tests/test_page.py -k dropped
     shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / SCREENSHOT.name
-    page.screenshot(path=str(shot))
+    page.evaluate("document.querySelectorAll('.output').forEach(o => { o.scrollTop = 0; })")
+    page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 
 

@@ -228,7 +228,7 @@
         sha: $(".sha"), output: $(".output"),
       };
       if (this.kind === "eventsource") {
-        $(".bytes-label").textContent = "bytes (events)";
+        $(".bytes-label").textContent = "event bytes";
         $(".bytes-label").title = "EventSource hides the framing and heartbeats: bytes of the events it delivered";
       }
       this.view = new MarkdownView(this.ui.output);
@@ -263,6 +263,7 @@
       this.ui.shaMark.textContent = "";
       this.ui.shaText.textContent = "sha256 –";
       this.ui.sha.className = "sha";
+      this.ui.sha.title = "";
       this.ui.output.setAttribute("aria-busy", "true");
       this.setStatus("connecting", "connecting…");
       this.paint();
@@ -310,7 +311,7 @@
           return;
         case "error":
           this.lastSeq = Math.max(this.lastSeq, ev.seq);
-          if (ev.code === "cancelled") this.end("cancelled", ev.code, ev.message, "cancelled by the server");
+          if (ev.code === "cancelled") this.end("cancelled", ev.code, ev.message, ev.message);
           else this.end("error", ev.code, ev.message, `error: ${ev.code} (${ev.message})`);
           return;
         default:
@@ -380,19 +381,22 @@
         shaText.textContent = "sha256 needs a secure context (https or localhost)";
         return;
       }
-      const short = sha.slice(0, 16) + "…";
+      const short = sha.slice(0, 12) + "…";
       if (this.done && sha === this.done.sha256) {
         box.className = "sha ok";
         shaMark.textContent = "✓";
         shaText.textContent = `sha256 ${short} matches done`;
+        box.title = `sha256 ${sha}, as in the done event`;
       } else if (this.done) {
         box.className = "sha bad";
         shaMark.textContent = "✗";
-        shaText.textContent = `sha256 ${short} differs from done (${this.done.sha256.slice(0, 16)}…)`;
+        shaText.textContent = `sha256 ${short} differs from done`;
+        box.title = `received ${sha}, done says ${this.done.sha256}`;
       } else {
         box.className = "sha bad";
         shaMark.textContent = "✗";
-        shaText.textContent = `sha256 ${short} of the partial text: no done event`;
+        shaText.textContent = `sha256 ${short} partial: no done event`;
+        box.title = `sha256 ${sha} of the partial text`;
       }
     }
 
