@@ -124,7 +124,8 @@ class Board:
             self.warned = True
             log.warning(
                 "load generator saturated (CPU %.0f%%, event loop %.1f ms late at p90): its own delay is in "
-                "every TTFT and inter-token figure; add worker processes or run fewer users per process",
+                "every TTFT and inter-token figure, not the gateway's. With its CPU high, add worker "
+                "processes or run fewer users per process; with it low, the machine is busy with other work",
                 cpu, lag["lag_ms"])
         return out
 

@@ -451,12 +451,12 @@ def answer(environment) -> dict[str, Any]:
 def tab_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The tab's table: the transports, then a row on the load generator's health."""
     g = result["generator"]
-    health = f"CPU {g['cpu_percent']}%, event loop late by {g['lag_ms_p90']} ms (p90), {g['lag_ms_p99']} ms (p99)"
+    health = (f"{g['processes']} process(es), CPU {g['cpu_percent']}%, "
+              f"loop late {g['lag_ms_p90']} ms p90 / {g['lag_ms_p99']} ms p99")
     if g["saturated"]:
-        health = "SATURATED, timings include the generator's own delay: " + health
+        health = "SATURATED (timings include its delay): " + health
     blank = {key: None for key, _ in COLUMNS}
-    return result["transports"] + [{**blank, "transport": "load generator", "active": g["processes"],
-                                    "note": health}]
+    return result["transports"] + [{**blank, "transport": "load generator", "note": health}]
 
 
 def _tick(environment) -> None:
