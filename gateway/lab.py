@@ -1,6 +1,6 @@
 """The proxy lab: the gateway behind real nginx and HAProxy, as local processes on loopback ports.
 
-    python -m gateway lab              # gateway on :8000, proxies on :8001-8005; Ctrl-C stops all
+    python -m gateway lab              # gateway on :8000, proxies on :8001-8006; Ctrl-C stops all
     python -m gateway lab --port 0     # free ports
 
 Each path is a proxy configuration from `lab/` (top of the repository) in
@@ -53,7 +53,7 @@ GATEWAYS: dict[str, tuple[int, dict[str, str]]] = {
     "replica-a": (11, {}),
     "replica-b": (12, {}),
 }
-REDIS_OFFSET = 13
+REDIS_OFFSET = 13  # proxies take 1..6
 
 PROXIES: tuple[Proxy, ...] = (
     Proxy("nginx-defaults", "nginx", "nginx/defaults.conf", ("gateway-bare",), 1,
@@ -65,7 +65,9 @@ PROXIES: tuple[Proxy, ...] = (
     Proxy("nginx-lb", "nginx", "nginx/lb.conf", ("replica-a", "replica-b"), 4,
           "tuned nginx, round robin over two replicas"),
     Proxy("haproxy", "haproxy", "haproxy/http.cfg", ("gateway",), 5,
-          "HAProxy http mode: streams; silent SSE/NDJSON cut by timeout server"),
+          "HAProxy http mode as set up by most: SSE/NDJSON held ~200 ms in bursts; silent ones cut by timeout server"),
+    Proxy("haproxy-tuned", "haproxy", "haproxy/tuned.cfg", ("gateway",), 6,
+          "HAProxy with option http-no-delay: every transport streams"),
 )
 
 
