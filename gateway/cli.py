@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000, help="base port: gateway here, proxies above it (0: free ports)")
     p.add_argument("--only", help="comma-separated proxy paths to start (default: all installed)")
     p.add_argument("--read-timeout", default="60s", help="the proxies' read timeout (default 60s)")
+    p.add_argument("--measure", action="store_true", help="probe every path, print a table, and stop")
+    p.add_argument("--idle", type=float, default=0.0, help="with --measure: idle gap to check, in seconds")
     p = sub.add_parser("probe", help="check a deployment path: reachability, TTFT, buffering, idle gaps, resume")
     p.add_argument("url", help="base URL of a gateway, directly or through proxies")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "lab":
         from .lab import run
 
-        return run(args.port, tuple(args.only.split(",")) if args.only else None, args.read_timeout)
+        return run(args.port, tuple(args.only.split(",")) if args.only else None, args.read_timeout,
+                   args.idle if args.measure else None)
     elif args.command == "probe":
         from .probe import main as probe
 

@@ -27,7 +27,7 @@ from string import Template
 
 import httpx
 
-__all__ = ["Lab", "Proxy", "PROXIES", "GATEWAYS", "LAB_DIR", "VARIABLES", "render", "find_tool", "run"]
+__all__ = ["Lab", "Proxy", "PROXIES", "GATEWAYS", "LAB_DIR", "VARIABLES", "render", "find_tool", "measure", "run"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_DIR = ROOT / "lab"
@@ -268,8 +268,41 @@ def _ready(child: _Child) -> bool:
         return False
 
 
-def run(port: int = 8000, proxies: tuple[str, ...] | None = None, read_timeout: str = "60s") -> int:
-    """The CLI: start the lab, print its table, wait for Ctrl-C or SIGTERM, stop everything."""
+def measure(lab: Lab, idle_s: float = 0.0) -> str:
+    """Probe every path of a started lab, one after the other; a markdown table of what arrived."""
+    import asyncio
+
+    from .probe import probe
+
+    names = ["gateway"] + [p.name for p in PROXIES if p.name in lab.urls]
+    head = "| path | SSE | NDJSON | WebSocket |"
+    lines = [head, "|---|---|---|---|"]
+    for name in names:
+        report = asyncio.run(probe(lab.urls[name], idle_s=idle_s))
+        cells = [_cell(report["transports"][t], idle_s) for t in ("sse", "ndjson", "ws")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(r: dict, idle_s: float) -> str:
+    if not r["reachable"]:
+        return r["error"].replace("WebSocket upgrade refused", "refused")
+    a = r["arrival"]
+    shape = "spaced" if a["spaced"] else ("held to the end" if a["held_to_end"] else f"{a['bursts']} bursts")
+    text = f"{r['ttft_s'] * 1000:.0f} ms, {shape}"
+    if idle_s > 0:
+        text += ", idle " + ("ok" if r["idle"]["survived"] else "cut")
+    if not r["resume"]["ok"]:
+        text += ", resume fails"
+    return text
+
+
+def run(port: int = 8000, proxies: tuple[str, ...] | None = None, read_timeout: str = "60s",
+        measure_idle: float | None = None) -> int:
+    """The CLI: start the lab, print its table, wait for Ctrl-C or SIGTERM, stop everything.
+
+    With `measure_idle` set (0: no idle check), probe every path, print the results and stop.
+    """
     if not LAB_DIR.is_dir():
         print(f"error: no proxy configurations at {LAB_DIR}: run the lab from a clone of the repository",
               file=sys.stderr)
@@ -283,6 +316,9 @@ def run(port: int = 8000, proxies: tuple[str, ...] | None = None, read_timeout: 
     try:
         lab.start()
         print(lab.table())
+        if measure_idle is not None:
+            print("\n" + measure(lab, measure_idle), flush=True)
+            return 0
         print(f"\ncheck a path:  python -m gateway probe {lab.urls['nginx-defaults' if 'nginx-defaults' in lab.urls else 'gateway']}")
         print("Ctrl-C stops the lab.", flush=True)
         reported: set[str] = set()
@@ -296,5 +332,5 @@ def run(port: int = 8000, proxies: tuple[str, ...] | None = None, read_timeout: 
     finally:
         lab.stop()
         signal.signal(signal.SIGTERM, previous)
-    print("lab stopped", flush=True)
+        print("lab stopped", flush=True)
     return 0
