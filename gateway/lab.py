@@ -102,6 +102,7 @@ class _Child:
     proc: subprocess.Popen
     url: str
     health: str | None  # path to GET when ready; None: wait for the TCP port
+    stage: int  # stop order: proxies (0), then gateways (1), then Redis (2)
 
 
 @dataclass
@@ -136,11 +137,11 @@ class Lab:
     def _port(self, offset: int) -> int:
         return _free_port(self.host) if self.port == 0 else self.port + offset
 
-    def _spawn(self, name: str, argv: list[str], port: int, health: str | None, **kw) -> str:
+    def _spawn(self, name: str, argv: list[str], port: int, health: str | None, stage: int, **kw) -> str:
         url = f"http://{self.host}:{port}"
         # A session of its own: Ctrl-C reaches the lab, which stops the children in order.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
-        self._children.append(_Child(name, proc, url, health))
+        self._children.append(_Child(name, proc, url, health, stage))
         return url
 
     def plan(self) -> tuple[list[Proxy], list[str]]:
@@ -176,7 +177,7 @@ class Lab:
             if redis and redis_store_available():
                 port = self._port(REDIS_OFFSET)
                 self._spawn("redis", [redis, "--port", str(port), "--bind", self.host, "--save", "",
-                                      "--appendonly", "no", "--dir", str(tmp)], port, None,
+                                      "--appendonly", "no", "--dir", str(tmp)], port, None, 2,
                             stdout=subprocess.DEVNULL)
                 replica_env = {"GATEWAY_STREAM_STORE": "redis",
                                "GATEWAY_REDIS_URL": f"redis://{self.host}:{port}/0"}
@@ -194,7 +195,7 @@ class Lab:
             gw_env = {**env, **extra, **(replica_env if name.startswith("replica") else {}), **self.gateway_env}
             self.urls[name] = self._spawn(
                 name, [sys.executable, "-m", "gateway", "serve", "--host", self.host, "--port", str(ports[name])],
-                ports[name], "/healthz", cwd=ROOT, env=gw_env)
+                ports[name], "/healthz", 1, cwd=ROOT, env=gw_env)
         for p in proxies:
             port = self._port(p.offset)
             run_dir = tmp / p.name
@@ -207,7 +208,7 @@ class Lab:
             tool = find_tool(p.tool)
             argv = ([tool, "-p", str(run_dir), "-c", str(conf), "-e", "stderr"] if p.tool == "nginx"
                     else [tool, "-db", "-f", str(conf)])
-            self.urls[p.name] = self._spawn(p.name, argv, port, "/healthz")
+            self.urls[p.name] = self._spawn(p.name, argv, port, "/healthz", 0)
         self._wait(timeout)
 
     def _wait(self, timeout: float) -> None:
@@ -226,18 +227,20 @@ class Lab:
         return [c.name for c in self._children if c.proc.poll() is not None]
 
     def stop(self, timeout: float = 8.0) -> None:
-        """Stop every process, proxies first; SIGKILL what does not stop in time."""
-        children, self._children = self._children[::-1], []
-        for child in children:
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in children:
-            try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait()
+        """Stop the proxies, then the gateways (they drain into Redis), then Redis; SIGKILL what lingers."""
+        children, self._children = self._children, []
+        for stage in (0, 1, 2):
+            group = [c for c in children if c.stage == stage]
+            for child in group:
+                if child.proc.poll() is None:
+                    child.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for child in group:
+                try:
+                    child.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
