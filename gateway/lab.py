@@ -164,6 +164,7 @@ class Lab:
         proxies, gateways = self.plan()
         self._tmp = tempfile.TemporaryDirectory(prefix="gateway-lab-")
         tmp = Path(self._tmp.name)
+        tmp.chmod(0o755)  # nginx workers run as nobody when the lab runs as root: they write temp files here
         try:
             self._start(proxies, gateways, tmp, timeout)
         except BaseException:
