@@ -333,6 +333,9 @@ def run(port: int = 8000, proxies: tuple[str, ...] | None = None, read_timeout: 
                 print(f"warning: {name} exited", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass
+    except (ValueError, RuntimeError, TimeoutError) as exc:  # unknown path, a port in use, no answer
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         lab.stop()
         signal.signal(signal.SIGTERM, previous)
