@@ -59,29 +59,50 @@ _BLOCK_MS = 2_000  # the reader's XREAD returns at least this often (new mirrors
 _BATCH = 4096  # events per flush round trip
 _CUT_MSG = "the stream store (Redis) is unreachable"
 
-# Append events first..first+n-1 only if the log ends at first-1. Entries already there and equal to
-# ours are a retried round trip and are skipped. Returns the new length, -1 if the log is gone
-# (expired, or Redis lost its data), or -2 - top if someone else appended.
+# One call appends a whole round for every stream: KEYS are their logs; ARGV is maxlen, then per stream
+# first seq, kinds (one digit per event) and the events as NDJSON lines (a slice of the local log: two
+# arguments per stream, not two per event). A stream's events go in only if its log ends at first-1;
+# entries already there and equal to ours are a retried round trip and are skipped. Per stream it
+# returns the new length, -1 if the log is gone (expired, or Redis lost its data), or -2 - top if
+# someone else appended (a replica that took the generator for lost).
 _APPEND = b"""
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #last == 0 then return -1 end
-local top = tonumber(string.sub(last[1][1], 3))
-local first = tonumber(ARGV[1])
-local n = (#ARGV - 2) / 2
-local skip = 0
-if top ~= first - 1 then
-  if top >= first and top < first + n and last[1][2][4] == ARGV[4 + 2 * (top - first)] then
-    skip = top - first + 1
+local out = {}
+for s = 1, #KEYS do
+  local key, first = KEYS[s], tonumber(ARGV[3 * s - 1])
+  local kinds, lines = ARGV[3 * s], ARGV[3 * s + 1]
+  local n = #kinds
+  local events, pos = {}, 1
+  for i = 1, n do
+    local e = string.find(lines, '\\n', pos, true)
+    events[i] = string.sub(lines, pos, e - 1)
+    pos = e + 1
+  end
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  local skip = 0
+  if #last == 0 then
+    out[s], skip = -1, -1
   else
-    return -2 - top
+    local top = tonumber(string.sub(last[1][1], 3))
+    if top ~= first - 1 then
+      if top >= first and top < first + n and last[1][2][4] == events[top - first + 1] then
+        skip = top - first + 1
+      else
+        out[s], skip = -2 - top, -1
+      end
+    end
+  end
+  if skip >= 0 then
+    for i = skip + 1, n do
+      redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '1-' .. (first + i - 1),
+                 'k', string.sub(kinds, i, i), 'j', events[i])
+    end
+    out[s] = first + n
   end
 end
-for i = skip, n - 1 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '1-' .. (first + i), 'k', ARGV[3 + 2 * i], 'j', ARGV[4 + 2 * i])
-end
-return first + n
+return out
 """
 _APPEND_SHA = hashlib.sha1(_APPEND).hexdigest()
+_DIGITS = bytes.maketrans(bytes(range(10)), b"0123456789")  # log kinds as the digits Redis stores
 
 
 def _log_key(stream_id: str) -> str:
@@ -464,7 +485,9 @@ class RedisStore:
 
     async def _write(self, batch: dict[str, Stream]) -> None:
         now = self.clock.now()
-        plan: list[tuple[_Owned, int, int, int]] = []  # stream, events start..end, commands
+        plan: list[tuple[_Owned, int, int]] = []  # stream, events start..end
+        keys: list[str] = []
+        args: list[Any] = [self.maxlen]
         count = 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid, stream in batch.items():
@@ -478,38 +501,33 @@ class RedisStore:
                     self._dirty.setdefault(sid, stream)  # the next round trip
                     self._kick.set()
                     continue
-                args: list[Any] = [start, self.maxlen]
-                for i in range(start, end):
-                    args += (log.kinds[i], log.json(i))
-                pipe.evalsha(_APPEND_SHA, 2, _log_key(sid), _meta_key(sid), *args)
-                commands = 1
+                keys.append(_log_key(sid))
+                args += (start, log.kinds[start:end].translate(_DIGITS), log.ndjson(start, end))
+                plan.append((rec, start, end))
+                count += end - start
                 ended = not stream.running
                 if ended or now - rec.refreshed_at > self.ttl_ms / 2000:
                     rec.refreshed_at = now
                     ttl = self.ttl_ms if ended else self.live_ttl_ms
                     pipe.pexpire(_log_key(sid), ttl)
                     pipe.pexpire(_meta_key(sid), ttl + _TOMBSTONE_S * 1000)
-                    commands += 2
                     if ended:
                         pipe.hset(_meta_key(sid), mapping=_end_fields(stream))
-                        commands += 1
-                plan.append((rec, start, end, commands))
-                count += end - start
             if not plan:
                 return
-            results = await pipe.execute(raise_on_error=False)
+            pipe.evalsha(_APPEND_SHA, len(keys), *keys, *args)
+            results = (await pipe.execute(raise_on_error=False))[-1]
         self.flushes += 1
-        i = 0
-        for rec, start, end, commands in plan:
-            result = results[i]
-            i += commands
-            if isinstance(result, NoScriptError):
-                # Redis restarted and lost the script: load it, then write again.
-                await self.redis.script_load(_APPEND)
+        if isinstance(results, NoScriptError):
+            # Redis restarted and lost the script: load it, then write the round again.
+            await self.redis.script_load(_APPEND)
+            for rec, _, _ in plan:
                 self._touch(rec.stream)
-            elif isinstance(result, Exception):
-                raise RedisConnectionError(str(result))
-            elif result == end:
+            return
+        if isinstance(results, Exception):
+            raise RedisConnectionError(str(results))
+        for (rec, start, end), result in zip(plan, results):
+            if result == end:
                 rec.flushed = end
                 self.events_written += end - start
             else:
@@ -546,8 +564,8 @@ class RedisStore:
             event = orjson.dumps({"type": "error", "seq": top + 1, "code": code, "message": message,
                                   "retryable": retryable})
             try:
-                result = await self.redis.evalsha(_APPEND_SHA, 2, log_key, meta_key, top + 1, self.maxlen,
-                                                  _ERROR, event)
+                [result] = await self.redis.evalsha(_APPEND_SHA, 1, log_key, self.maxlen, top + 1,
+                                                    str(_ERROR), event + b"\n")
             except NoScriptError:
                 await self.redis.script_load(_APPEND)
                 continue
