@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from gateway.client import TRANSPORTS, Client
+from gateway.client import TRANSPORTS, Client, StreamResult
 from gateway.events import Token
 from gateway.sources.simulated import expected_text
 
@@ -185,7 +185,6 @@ def test_sigterm_drains_clients_to_another_replica(pair, victim):
 
             async def follow(transport, sid, note):
                 async with Client([victim.url, a.url]) as c:
-                    from gateway.client import StreamResult
                     result = StreamResult()
                     async for event, _ in c.events(transport, stream_id=sid, result=result):
                         if note and type(event) is Token and event.seq == 10:
