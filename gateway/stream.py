@@ -156,6 +156,9 @@ class Stream:
         drop_at = None
         if self.drop_after is not None and after < self.drop_after:
             drop_at = self.drop_after + 1  # deliver meta and N tokens, then cut
+            # Once per stream: a browser can lose the last chunk before a cut (Chromium's fetch
+            # does, often), resume from before N, and would be cut again at N for ever.
+            self.drop_after = None
         sub = Subscriber(after + 1, transport, now, drop_at)
         self.subs.append(sub)
         self.detached_since = None
