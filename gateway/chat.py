@@ -108,8 +108,9 @@ def add_openai_routes(app: FastAPI, ctx: Context) -> None:
         try:
             stream = await ctx.create(stream_request, one_shot=True)
         except Problem as exc:
-            return openai_error(exc.status, exc.detail or exc.title, exc.extra.get("code"),
-                                retry_after=exc.retry_after)
+            # OpenAI answers every invalid request with 400.
+            return openai_error(400 if exc.status == 422 else exc.status, exc.detail or exc.title,
+                                exc.extra.get("code"), retry_after=exc.retry_after)
         except PreStreamError as exc:
             return openai_error(exc.status, exc.detail, exc.code, retry_after=exc.retry_after)
         except UnknownModel as exc:

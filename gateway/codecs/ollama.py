@@ -7,11 +7,10 @@ the last has `"done": true` and a `done_reason`; a failure is a line with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import TYPE_CHECKING
 
 from .ndjson import Lines
+from .upstream import UpstreamDecoder
 
 if TYPE_CHECKING:
     from ..sources.base import Sink
@@ -19,13 +18,12 @@ if TYPE_CHECKING:
 __all__ = ["ChatDecoder"]
 
 
-class ChatDecoder:
-    """Reads an Ollama `/api/chat` stream into a sink; `feed` returns True once the stream has ended."""
+class ChatDecoder(UpstreamDecoder):
+    """Reads an Ollama `/api/chat` stream into a sink; without a `done` line the stream was cut."""
 
     def __init__(self, sink: Sink) -> None:
-        self.sink = sink
+        super().__init__(sink)
         self.lines = Lines()
-        self.ended = False
 
     def feed(self, data: bytes) -> bool:
         for line in self.lines.feed(data):
@@ -33,18 +31,9 @@ class ChatDecoder:
                 self._line(line)
         return self.ended
 
-    def close(self) -> None:
-        """The upstream body ended: without a `done` line the stream was cut."""
-        if not self.ended:
-            self._end("fail", "upstream_closed", "the upstream ended the stream before finishing", True)
-
     def _line(self, line: bytes) -> None:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            self._end("fail", "upstream_bad_data", f"the upstream sent a line that is not JSON: {line[:80]!r}")
-            return
-        if not isinstance(obj, dict):
+        obj = self._object(line)
+        if obj is None:
             return
         if obj.get("error"):
             self._end("fail", "upstream_error", str(obj["error"]))
@@ -55,7 +44,3 @@ class ChatDecoder:
             self.sink.token(text)
         if obj.get("done"):
             self._end("finish", str(obj.get("done_reason") or "stop"))
-
-    def _end(self, verb: str, *args: Any) -> None:
-        self.ended = True
-        getattr(self.sink, verb)(*args)

@@ -15,6 +15,7 @@ import orjson
 
 from ..log import KIND, EventLog
 from .sse import Message, Parser
+from .upstream import UpstreamDecoder
 
 if TYPE_CHECKING:
     from ..sources.base import Sink
@@ -81,7 +82,7 @@ class ChunkEncoder:
         return bytes(out)
 
 
-class ChunkDecoder:
+class ChunkDecoder(UpstreamDecoder):
     """Reads an OpenAI-compatible stream into a sink; `feed` returns True once the stream has ended.
 
     Only the first choice's `delta.content` becomes tokens (tool calls and
@@ -91,10 +92,9 @@ class ChunkDecoder:
     """
 
     def __init__(self, sink: Sink) -> None:
-        self.sink = sink
+        super().__init__(sink)
         self.parser = Parser()
         self.finish_reason: str | None = None
-        self.ended = False
 
     def feed(self, data: bytes) -> bool:
         for message in self.parser.feed(data):
@@ -103,24 +103,16 @@ class ChunkDecoder:
         return self.ended
 
     def close(self) -> None:
-        """The upstream body ended."""
-        if self.ended:
-            return
-        if self.finish_reason is not None:
+        if not self.ended and self.finish_reason is not None:
             self._end("finish", self.finish_reason)
-        else:
-            self._end("fail", "upstream_closed", "the upstream ended the stream before finishing", True)
+        super().close()
 
     def _message(self, data: str) -> None:
         if data == "[DONE]":
             self._end("finish", self.finish_reason or "stop")
             return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._end("fail", "upstream_bad_data", f"the upstream sent a chunk that is not JSON: {data[:80]!r}")
-            return
-        if not isinstance(obj, dict):
+        obj = self._object(data)
+        if obj is None:
             return
         error = obj.get("error")
         if error:
@@ -139,7 +131,3 @@ class ChunkDecoder:
                 self.sink.token(text)
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
-
-    def _end(self, verb: str, *args: Any) -> None:
-        self.ended = True
-        getattr(self.sink, verb)(*args)
