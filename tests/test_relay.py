@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import aclosing
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -246,17 +247,20 @@ def test_cancel_on_b_cancels_on_a(relay, upstream, how):
             if how == "delete":
                 info = await client.create("cancel me", model="relay", max_tokens=2000, sim=sim)
                 tokens = 0
-                async for event, _ in client.events("sse", stream_id=info["id"]):
-                    tokens += event.type == "token"
-                    if tokens == 3:
-                        break
+                async with aclosing(client.events("sse", stream_id=info["id"])) as events:
+                    async for event, _ in events:
+                        tokens += event.type == "token"
+                        if tokens == 3:
+                            break
                 assert await client.cancel(info["id"]) == 204
             else:
                 tokens = 0
-                async for event, _ in client.events("ndjson", "cancel me", model="relay", max_tokens=2000, sim=sim):
-                    tokens += event.type == "token"
-                    if tokens == 3:
-                        break  # closes the response: B sees its client go
+                events = client.events("ndjson", "cancel me", model="relay", max_tokens=2000, sim=sim)
+                async with aclosing(events):
+                    async for event, _ in events:
+                        tokens += event.type == "token"
+                        if tokens == 3:
+                            break  # closing the generator closes the response: B sees its client go
 
     asyncio.run(main())
     # B closed its upstream request, so A saw its client go and stopped generating.
@@ -270,10 +274,11 @@ def test_cancel_on_b_closes_the_ollama_request(relay, ollama):
     async def main():
         async with Client(relay.url) as client:
             tokens = 0
-            async for event, _ in client.events("sse", "slow words here", model="ollama", max_tokens=500):
-                tokens += event.type == "token"
-                if tokens == 3:
-                    break
+            async with aclosing(client.events("sse", "slow words here", model="ollama", max_tokens=500)) as events:
+                async for event, _ in events:
+                    tokens += event.type == "token"
+                    if tokens == 3:
+                        break
 
     asyncio.run(main())
     assert wait_for(lambda: ollama.disconnects == before + 1)
