@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from gateway.client import Client
@@ -209,6 +210,19 @@ def test_ollama_relay_gives_the_upstreams_exact_text(relay, ollama, transport):
     assert headers["authorization"] == f"Bearer {OLLAMA_KEY}"
 
 
+@pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
+def test_drop_and_resume_over_a_relay(relay, transport):
+    # drop_after cuts B's connection to its client (it is not forwarded); the client resumes from B's log.
+    async def main():
+        async with Client(relay.url) as client:
+            return await client.stream(transport, "drop", model="relay", max_tokens=40, seed=6,
+                                       sim={**FAST_SIM, "drop_after": 11})
+
+    r = asyncio.run(main())
+    assert r.reconnects == 1 and r.gaps == r.duplicates == 0
+    assert r.text == expected_text("drop", 6, 40) and r.done is not None
+
+
 def test_relayed_tokens_arrive_incrementally(relay):
     async def main():
         async with Client(relay.url) as client:
@@ -222,6 +236,24 @@ def test_relayed_tokens_arrive_incrementally(relay):
     assert spread > 0.4
     assert arrivals[0] - r.started < spread / 2
     assert len({round(t, 3) for t in arrivals}) > 25
+
+
+def test_finished_upstream_connections_are_reused(relay, upstream):
+    """B reads each upstream body to its end, so the next stream skips the connect (and TLS) step."""
+    def to_a() -> set[int]:
+        return {c.laddr.port for c in psutil.Process(relay.proc.pid).net_connections("tcp")
+                if c.raddr and c.raddr.port == upstream.port and c.status == "ESTABLISHED"}
+
+    async def main():
+        async with Client(relay.url) as client:
+            for i in range(4):
+                r = await client.stream("ndjson", "reuse", model="relay", max_tokens=5, seed=i, sim=FAST_SIM)
+                assert r.done is not None
+                ports.append(to_a())
+
+    ports: list[set[int]] = []
+    asyncio.run(main())
+    assert len(set.union(*ports)) == 1
 
 
 def test_conversation_reaches_the_upstream_whole(relay):

@@ -127,8 +127,9 @@ class Relay:
     async def _read(self, response: httpx.Response, decoder: Decoder, sink: Sink) -> None:
         try:
             async for chunk in response.aiter_bytes():
-                if decoder.feed(chunk):
-                    return
+                # After the end, keep reading to the end of the body (it is due at once) so
+                # the connection goes back to the pool: a new TLS handshake would cost TTFT.
+                decoder.feed(chunk)
             decoder.close()
         except httpx.HTTPError as exc:
             log.info("upstream %s failed mid-stream: %r", self.name, exc)
