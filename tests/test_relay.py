@@ -59,6 +59,10 @@ class FakeOllama:
                 if self.path != "/api/chat" or body["model"] == "missing":
                     self._send_json(404, {"error": f'model "{body["model"]}" not found, try pulling it first'})
                     return
+                if body["model"] == "json-only":  # a server that ignores `stream`
+                    self._send_json(200, {"model": "json-only", "message": {"role": "assistant", "content": "hi"},
+                                          "done": True})
+                    return
                 prompt = body["messages"][-1]["content"]
                 n = body["options"]["num_predict"]
                 self.send_response(200)
@@ -135,6 +139,7 @@ def relay(upstream, ollama):
         "relay": {"kind": "openai", "base_url": upstream.url + "/v1", "upstream_model": "sim", "api_key": "k"},
         "ollama": {"kind": "ollama", "base_url": ollama.url, "upstream_model": "llama3.2", "api_key": OLLAMA_KEY},
         "ollama-missing": {"kind": "ollama", "base_url": ollama.url, "upstream_model": "missing"},
+        "ollama-json": {"kind": "ollama", "base_url": ollama.url, "upstream_model": "json-only"},
         "doomed": {"kind": "openai", "base_url": f"http://127.0.0.1:{doomed_port}/v1", "upstream_model": "sim"},
         "nowhere": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
     }
@@ -335,6 +340,8 @@ def test_upstream_refusals_map_to_statuses(relay):
     assert post("relay", sim={"pre_error": 503}).status_code == 503
     r = post("ollama-missing")
     assert r.status_code == 502 and "not found" in r.json()["detail"]
+    r = post("ollama-json")
+    assert r.status_code == 502 and r.json()["code"] == "upstream_not_streaming"
     r = post("nowhere")
     assert r.status_code == 502 and r.json()["code"] == "upstream_unreachable"
     with pytest.raises(openai.RateLimitError):

@@ -104,21 +104,29 @@ class Relay:
         except httpx.HTTPError as exc:
             raise PreStreamError(502, f"upstream {self.name} unreachable: {type(exc).__name__}: {exc}",
                                  code="upstream_unreachable") from None
-        if response.status_code >= 400:
+        if response.status_code >= 400 or response.headers.get("content-type", "").startswith("application/json"):
+            # A JSON body is no stream, whatever its status: an error, or a server that ignored `stream`.
             raise await self._refusal(response)
         task = asyncio.get_running_loop().create_task(self._read(response, self.decoder(sink), sink))
         return RelayGeneration(task)
 
     async def _refusal(self, response: httpx.Response) -> PreStreamError:
+        raw = b""
         try:
-            raw = await response.aread()
+            async for chunk in response.aiter_bytes():
+                raw += chunk
+                if len(raw) > 65_536:
+                    break
         except httpx.HTTPError:
-            raw = b""
+            pass
         finally:
             await response.aclose()
         detail = _error_message(raw) or response.reason_phrase
         retry = response.headers.get("retry-after")
         status = response.status_code
+        if status < 400:
+            return PreStreamError(502, f"upstream {self.name} answered with JSON, not a stream: {detail}",
+                                  code="upstream_not_streaming")
         return PreStreamError(
             upstream_status(status), f"upstream {self.name} refused ({status}): {detail}",
             retry_after=float(retry) if retry and retry.isdigit() else None, code=f"upstream_{status}",
