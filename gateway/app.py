@@ -19,6 +19,7 @@ from .metrics import Stats
 from .chat import add_openai_routes
 from .middleware import BodyLimit
 from .models import StreamRequest
+from .page import add_page
 from .problems import Problem, problem
 from .registry import Registry, UnknownModel
 from .settings import Settings, get_settings
@@ -237,6 +238,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        code=stream.error_code, partial_text=stream.text(), tokens=stream.tokens)
 
     add_openai_routes(app, ctx)
+
+    add_page(app)
 
     @app.get("/healthz")
     async def healthz() -> dict:
