@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from .chat import add_openai_routes
 from .clock import Clock
 from .metrics import Stats
-from .chat import add_openai_routes
 from .middleware import BodyLimit
 from .models import StreamRequest
 from .page import add_page
