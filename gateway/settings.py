@@ -19,6 +19,8 @@ class ModelSpec(BaseModel):
     api_key: str | None = None
     upstream_model: str | None = None  # the name the upstream knows it by; default the gateway's name
     connect_timeout_s: float = Field(10.0, gt=0)
+    # OpenAI's reasoning models refuse `max_tokens` and want `max_completion_tokens`.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
 
 class Settings(BaseSettings):

@@ -22,7 +22,7 @@ class OpenAIRelay(Relay):
             "model": self.upstream_model,
             "messages": self.messages(request),
             "stream": True,
-            "max_tokens": request.max_tokens,
+            self.spec.max_tokens_field: request.max_tokens,
             "seed": request.seed,
         }
         # The simulated model's knobs travel as an extension field, only when set, so a
