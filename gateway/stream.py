@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
-from .events import token_json
+from .events import from_json, token_json
 from .log import KIND, EventLog
 
 if TYPE_CHECKING:
@@ -188,6 +188,11 @@ class Stream:
             await fut
         finally:
             sub.waiter = None
+
+    def text(self) -> str:
+        """The text so far, from the log (the log is the only copy)."""
+        log = self.log
+        return "".join(from_json(log.json(i)).text for i in range(len(log)) if log.kinds[i] == _TOKEN)
 
     def status_info(self) -> dict[str, Any]:
         return {
