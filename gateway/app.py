@@ -68,6 +68,14 @@ class Context:
         return await self.registry.create(request, one_shot=one_shot)
 
 
+class _App(FastAPI):
+    async def __call__(self, scope, receive, send) -> None:
+        # The server's own `send`, under every middleware: streams write their
+        # events through it (after the response start went the usual way).
+        scope["gateway.send"] = send
+        await super().__call__(scope, receive, send)
+
+
 class _QuietDrops(logging.Filter):
     """Injected drops raise through uvicorn to cut the socket: not worth a traceback."""
 
@@ -106,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx.clock.stop()
         await ctx.store.close()
 
-    app = FastAPI(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
+    app = _App(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 

@@ -94,6 +94,8 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
         client = subprocess.Popen(load, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                   preexec_fn=lambda: os.sched_setaffinity(0, client_core))
         timeout = args.ramp + args.warmup + args.duration + args.tokens * args.itl_ms / 1000 + 60
+        if args.profile and server == "gateway":
+            profile(proc.pid, args, args.profile / f"{server}-{transport}-{n}.txt")
         out, _ = client.communicate(timeout=timeout)
         if client.returncode != 0:
             raise RuntimeError(f"load client failed ({client.returncode})")
@@ -102,6 +104,14 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
         _stop(proc)
     row["server"] = server
     return row
+
+
+def profile(pid: int, args: argparse.Namespace, out: Path) -> None:
+    """py-spy over the measured window (folded stacks, with native frames off), for finding the hot path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    time.sleep(args.ramp + args.warmup)
+    subprocess.run(["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.duration)), "--rate", "250",
+                    "--format", "raw", "--output", str(out)], check=False, capture_output=True)
 
 
 HEAD = ("transport", "N", "server", "events/s", "of offered", "us/event", "late p50 ms", "late p99 ms",
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--profile", type=Path, help="record py-spy profiles of the gateway into this folder")
     args = p.parse_args(argv)
     ns = [int(x) for x in args.n.split(",")]
     transports = args.transports.split(",")
@@ -153,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"{transport:6} N={n:<5} {server:14} {row['events_per_s']:8.0f} ev/s "
                       f"{row['us_per_event']:6.1f} us/ev p99 {row['late_p99_ms']:6.0f} ms "
-                      f"{row['kb_per_stream']:5.1f} KB server {row['server_cpu_share']:.0%} client {row['client_cpu_share']:.0%} {row['witness']}",
+                      f"{row['kb_per_stream']:5.1f} KB server {row['server_cpu_share']:.0%} client {row['client_cpu_share']:.0%} "
+                      f"lag {row['client_lag_p99_ms']:.0f} ms {row['witness']}",
                       file=sys.stderr, flush=True)
     print(table(rows))
     if args.json:
