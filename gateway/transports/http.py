@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..codecs import ndjson, sse
+from .eager import Parked, finish, send_now
 
 if TYPE_CHECKING:
     from ..app import Context
@@ -45,6 +46,9 @@ class EventStream(Response):
         self.status_code = status
         self.client_left = False
         self.background = None
+        self.send: Send | None = None
+        self.parked: Parked | None = None  # a push whose send blocked: the task finishes it
+        self.failed: BaseException | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx, stream, sub = self.ctx, self.stream, self.sub
@@ -59,7 +63,8 @@ class EventStream(Response):
                 # `retry` first, so the headers and this go out before the first token.
                 await send({"type": "http.response.body", "body": sse.retry(ctx.settings.sse_retry_ms),
                             "more_body": True})
-            await self._pump(send, stats)
+            self.send = scope.get("gateway.send", send)
+            await self._pump(self.send, stats)
         finally:
             watcher.cancel()
             stats.connections -= 1
@@ -82,7 +87,14 @@ class EventStream(Response):
         heartbeat = ndjson.HEARTBEAT_LINE if self.fmt == "ndjson" else sse.HEARTBEAT_FRAME
         wait = stream.wait
         while True:
+            sub.push = self._push
             await wait(sub)
+            sub.push = None
+            if self.parked is not None:
+                parked, self.parked = self.parked, None
+                await finish(parked)
+            if self.failed is not None:
+                raise self.failed
             if sub.gone:
                 if self.client_left and stream.running:
                     stats.disconnects += 1
@@ -107,3 +119,24 @@ class EventStream(Response):
             if terminal:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
+
+    def _push(self, sub: Subscriber) -> bool:
+        """Write the new events from the batch flush; False hands anything unusual to the task."""
+        stream = self.stream
+        if sub.gone or sub.beat or sub.drop_at is not None or not stream.running:
+            return False
+        log = stream.log
+        cursor, end = sub.cursor, len(log)
+        if cursor >= end:
+            return True
+        body = log.sse_frames(cursor, end) if self.fmt == "sse" else log.ndjson(cursor, end)
+        sub.cursor = end
+        stats = self.ctx.stats[self.fmt]
+        stats.events += end - cursor
+        stats.bytes += len(body)
+        try:
+            self.parked = send_now(self.send, {"type": "http.response.body", "body": body, "more_body": True})
+        except Exception as exc:
+            self.failed = exc
+            return False
+        return self.parked is None
