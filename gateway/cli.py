@@ -37,9 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the gateway (simulated model by default)")
     p.add_argument("--host", help="bind address (default 127.0.0.1, or GATEWAY_HOST)")
     p.add_argument("--port", type=int, help="port (default 8000, or GATEWAY_PORT)")
+    from . import compare
+    compare.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port)
+    elif args.command == "compare":
+        return compare.main(args)
     return 0
 
 
