@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 __all__ = ["main", "serve"]
@@ -15,6 +16,9 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     from .settings import get_settings
 
     settings = get_settings()
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
+                                        "propagate": False}
     config = uvicorn.Config(
         create_app(settings),
         host=host or settings.host,
@@ -25,6 +29,7 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         ws_max_size=settings.ws_max_message_bytes,
         ws_per_message_deflate=settings.ws_per_message_deflate,
         log_level=settings.log_level,
+        log_config=log_config,
         access_log=False,
         timeout_graceful_shutdown=5,
     )
