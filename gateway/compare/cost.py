@@ -17,8 +17,9 @@ __all__ = ["WireMeter", "wire_cost", "memory_per_connection", "client_transport"
 
 
 def client_transport(transport: str) -> tuple[str, bool]:
-    """The client's transport name, and whether the stream is attached by id (`sse-get`)."""
-    name, _, style = transport.partition("-")
+    """The client's (and the gateway's metrics') transport name for a Locust transport, and whether
+    the stream is created first and attached by id (`sse_get`, as EventSource does)."""
+    name, _, style = transport.partition("_")
     return name, style == "get"
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .cost import client_transport
 from .matrix import Cell, Matrix
 from .procs import ROOT, GatewayProcess, ProcStat, proc_stat, stop
 
@@ -25,14 +26,21 @@ SATURATED_CPU = 0.9
 _SAMPLE_S = 0.5
 
 
-def locust_args(cell: Cell, matrix: Matrix) -> list[str]:
+USER_CLASSES = {"sse_get": "SseGetUser", "sse_post": "SsePostUser", "ndjson": "NdjsonUser", "ws": "WsUser",
+                "complete": "CompleteUser"}
+
+
+def locust_args(cell: Cell, matrix: Matrix, url: str) -> list[str]:
     """The locustfile's own arguments for this cell (documented at the top of loadtests/locustfile.py)."""
-    args = ["--transport", cell.transport, "--max-tokens", str(matrix.max_tokens),
-            "--ttft-ms", str(matrix.ttft_ms), "--itl-ms", f"{matrix.itl_ms:g}",
-            "--prompt-bytes", str(matrix.prompt_bytes)]
     if cell.kind == "reconnect":
-        args += ["--drop-rate", f"{matrix.drop_rate:g}"]
-    return args
+        args = ["--scenario", "reconnection", "--drop-rate", f"{matrix.drop_rate:g}"]
+    elif cell.path != "direct":
+        args = ["--scenario", "proxy", "--target", url]
+    else:
+        args = ["--scenario", "steady"]
+    args += ["--max-tokens", str(matrix.max_tokens), "--ttft-ms", f"{matrix.ttft_ms:g}",
+             "--itl-ms", f"{matrix.itl_ms:g}", "--prompt-bytes", str(matrix.prompt_bytes)]
+    return [*args, USER_CLASSES[cell.transport]]
 
 
 def percentile(response_times: dict, count: int, share: float) -> float:
@@ -124,7 +132,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
     cmd = [sys.executable, "-m", "locust", "-f", f"{LOCUSTFILE},{PLUGIN}", "--headless",
            "-u", str(cell.users), "-r", str(cell.users), "-t", f"{cell.duration_s:g}s",
            "--host", url, "--csv", str(prefix), "--json-file", str(prefix),
-           "--exit-code-on-error", "0", "--stop-timeout", "2", *locust_args(cell, matrix)]
+           "--exit-code-on-error", "0", "--stop-timeout", "2", *locust_args(cell, matrix, url)]
     env = {**os.environ, "GATEWAY_COMPARE_EXTRA": str(extra), "PYTHONPATH": str(ROOT)}
     before = gw.metrics()
     gw_start = gw.stat()
@@ -152,12 +160,14 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
         raise RuntimeError(f"locust failed in cell {cell.id} (exit {proc.returncode}):\n{tail}")
     stats = read_locust_json(json_path)
     extra_data = json.loads(extra.read_text()) if extra.exists() else {}
+    board_path = prefix.with_name(cell.id + "_transports.json")
+    board = json.loads(board_path.read_text()) if board_path.exists() else {}
+    generator = board.get("generator", {})
     locust_cpu = _cpu_shares(sampler.samples["locust"])
     # Locust's first second is its import and start-up: judge saturation on the run itself.
     busy = locust_cpu[2:] or locust_cpu
     gw_cpu_s = gw_end.cpu_s - gw_start.cpu_s
-    name = cell.transport.partition("-")[0]
-    gateway = gateway_delta(before, after, name)
+    gateway = gateway_delta(before, after, client_transport(cell.transport)[0])
     gateway |= {
         "cpu_s": round(gw_cpu_s, 3),
         "cpu_us_per_token": round(gw_cpu_s * 1e6 / gateway["tokens"], 1) if gateway["tokens"] else None,
@@ -167,6 +177,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
     }
     warned = extra_data.get("cpu_warning_emitted", False) or "CPU usage above" in log_text
     peak = max(busy, default=0.0)
+    lagged = bool(generator.get("saturated"))
     return {
         "cell": cell.id, "kind": cell.kind, "transport": cell.transport, "path": cell.path,
         "users": cell.users, "duration_s": cell.duration_s,
@@ -178,7 +189,9 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
             "cpu_share_mean": round(sum(busy) / len(busy), 3) if busy else None,
             "cpu_share_peak": round(peak, 3),
             "locust_cpu_warning": warned,
-            "saturated": warned or peak >= SATURATED_CPU,
+            "event_loop_lag_p99_ms": generator.get("lag_ms_p99"),
+            "users_report_saturated": lagged,
+            "saturated": warned or lagged or peak >= SATURATED_CPU,
         },
         "command": " ".join(cmd[1:]).replace(str(ROOT) + "/", ""),
     }

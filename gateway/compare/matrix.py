@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 __all__ = ["Matrix", "Cell", "PRESETS", "PATHS", "TRANSPORTS", "from_args"]
 
-# Transports as the Locust users name them (request_type); the client's name is the part before "-".
-TRANSPORTS = ("sse", "sse-get", "ndjson", "ws")
-# Deployment paths: "direct" to the gateway, the others through the proxy lab's configurations.
-PATHS = ("direct", "nginx-default", "nginx-tuned", "haproxy")
+# Transports as the Locust users name them (request_type, loadtests/locustfile.py).
+TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+# Deployment paths: "direct" to the gateway, the others are the proxy lab's paths (gateway/lab.py).
+PATHS = ("direct", "nginx-defaults", "nginx-accel", "nginx-tuned", "haproxy", "haproxy-tuned")
 
 
 @dataclass
@@ -65,14 +65,14 @@ class Cell:
 
 PRESETS: dict[str, dict] = {
     # About two minutes on a 2-core machine: two concurrency levels, every transport, direct only.
-    "quick": dict(transports=["sse", "ndjson", "ws"], concurrency=[10, 50], cell_s=8.0,
-                  reconnect_s=6.0, memory_connections=200, baseline_lengths=[4, 16, 64, 160]),
+    "quick": dict(transports=list(TRANSPORTS), concurrency=[10, 50], cell_s=7.0,
+                  reconnect_s=5.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
     # Where each transport starts to slip, through every proxy path the lab has.
-    "full": dict(transports=["sse", "sse-get", "ndjson", "ws"], concurrency=[10, 50, 100, 200, 400],
+    "full": dict(transports=list(TRANSPORTS), concurrency=[10, 50, 100, 200, 400],
                  paths=list(PATHS), cell_s=20.0, reconnect_users=20, reconnect_s=15.0,
                  memory_connections=500, baseline_lengths=[2, 4, 8, 16, 32, 64, 128, 256], wire_streams=5),
     # For the end-to-end test: the smallest matrix that still has every section.
-    "tiny": dict(transports=["sse", "ws"], concurrency=[3], cell_s=3.0, reconnect_users=3, reconnect_s=3.0,
+    "tiny": dict(transports=["sse_post", "ws"], concurrency=[3], cell_s=3.0, reconnect_users=3, reconnect_s=3.0,
                  max_tokens=20, token_rate=50.0, ttft_ms=100.0, memory_connections=20,
                  baseline_lengths=[2, 20], wire_streams=1),
 }
@@ -101,9 +101,8 @@ def from_args(args) -> Matrix:
     bad = [t for t in matrix.transports if t not in TRANSPORTS]
     if bad:
         raise SystemExit(f"unknown transport {', '.join(bad)} (choose from {', '.join(TRANSPORTS)})")
-    bad = [p for p in matrix.paths if p not in PATHS]
-    if bad:
-        raise SystemExit(f"unknown path {', '.join(bad)} (choose from {', '.join(PATHS)})")
+    if "direct" not in matrix.paths:
+        matrix.paths.insert(0, "direct")  # the reference every proxy path is compared with
     if not matrix.concurrency or min(matrix.concurrency) < 1:
         raise SystemExit("--concurrency needs positive integers, e.g. 10,50")
     if not 0 <= matrix.drop_rate <= 1:

@@ -12,7 +12,7 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 __all__ = ["COLORS", "latency_cdf", "concurrency", "baseline", "cost", "reconnect"]
 
-COLORS = {"sse": "#2563eb", "sse-get": "#7c3aed", "ndjson": "#059669", "ws": "#ea580c", "complete": "#6b7280"}
+COLORS = {"sse_post": "#2563eb", "sse_get": "#7c3aed", "ndjson": "#059669", "ws": "#ea580c", "complete": "#6b7280"}
 _STYLE = {
     "font.family": "DejaVu Sans", "font.size": 9.5, "axes.titlesize": 10.5, "axes.titleweight": "bold",
     "axes.titlelocation": "left", "axes.spines.top": False, "axes.spines.right": False,
@@ -110,9 +110,9 @@ def baseline(rows: list[dict], noticeable_ms: float) -> str:
         x = [r["tokens"] for r in rows]
         ax.plot(x, [r["complete_ms"] for r in rows], "-o", color=COLORS["complete"], lw=2, ms=4,
                 label="not streamed: whole answer")
-        ax.plot(x, [r["stream_first_words_ms"] for r in rows], "-o", color=COLORS["sse"], lw=2, ms=4,
+        ax.plot(x, [r["stream_first_words_ms"] for r in rows], "-o", color=COLORS["sse_post"], lw=2, ms=4,
                 label="streamed: first words")
-        ax.plot(x, [r["stream_whole_ms"] for r in rows], "--", color=COLORS["sse"], lw=1.2,
+        ax.plot(x, [r["stream_whole_ms"] for r in rows], "--", color=COLORS["sse_post"], lw=1.2,
                 label="streamed: whole answer")
         ax.fill_between(x, [r["stream_first_words_ms"] for r in rows],
                         [r["stream_first_words_ms"] + noticeable_ms for r in rows],

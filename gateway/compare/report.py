@@ -79,7 +79,7 @@ def build(results: dict) -> dict:
 
     lat = Table("Latency per cell (ms, Locust's percentiles)",
                 ["transport", "path", "concurrent", "streams", "TTFT p50", "TTFT p95", "TTFT p99",
-                 "inter-token p50", "inter-token p95", "inter-token p99", "failures"], id="latency")
+                 "inter-token p50", "inter-token p95", "inter-token p99", "failed streams"], id="latency")
     load = Table("Throughput and lateness against concurrency",
                  ["transport", "path", "concurrent", "tokens/s", "TTFT p50 - model", "inter-token p99 - gap",
                   "gateway CPU", "Locust CPU", "verdict"],
@@ -95,7 +95,7 @@ def build(results: dict) -> dict:
         f = failures(c)
         lat.rows.append([c["transport"], c["path"], fmt(c["users"]), fmt(ttft.get("count")), fmt(ttft.get("p50")), fmt(ttft.get("p95")),
                          fmt(ttft.get("p99")), fmt(itl.get("p50")), fmt(itl.get("p95")), fmt(itl.get("p99")),
-                         fmt(f["total"])])
+                         fmt(f["failed"])])
         reasons = slip_reasons(c, m)
         lg = c["load_generator"]
         verdict = ("slips: " + "; ".join(reasons)) if reasons else "keeps pace"
@@ -119,7 +119,7 @@ def build(results: dict) -> dict:
             continue
         r = c["locust"].get("reconnect", {})
         f = failures(c)
-        recon.rows.append([c["transport"], fmt((c["locust"].get("ttft") or {}).get("count")),
+        recon.rows.append([c["transport"], fmt(f["streams"]),
                            fmt(c["gateway"]["resumes"]), fmt(c["gateway"]["drops"]), fmt(r.get("p50")),
                            fmt(r.get("p95")), fmt(r.get("p99")), fmt(f["gaps"]), fmt(f["duplicates"]),
                            fmt(f["cut"]), fmt(f["other"])])
@@ -298,25 +298,24 @@ h3{font-size:14px;margin:18px 0 6px;color:#374151}.sub{color:var(--muted);margin
 box-shadow:0 1px 2px rgba(0,0,0,.04)}
 .warn{background:#fffbeb;border-color:#fcd34d}.warn li{margin:2px 0}
 table{border-collapse:collapse;width:100%;font-size:13px;font-variant-numeric:tabular-nums}
-th{text-align:left;font-weight:600;color:#374151;background:#f3f4f6;border-bottom:1px solid var(--line);padding:6px 8px;white-space:nowrap}
+th{text-align:left;font-weight:600;color:#374151;background:#f3f4f6;border-bottom:1px solid var(--line);padding:6px 8px;vertical-align:bottom}
 td{border-bottom:1px solid var(--line);padding:5px 8px;vertical-align:top}tbody tr:nth-child(even){background:#fafafa}
 .scroll{overflow-x:auto}.note{color:var(--muted);font-size:12.5px;margin:2px 0 8px}
 .win{font-weight:700;color:var(--win)}.badge{display:inline-block;padding:1px 9px;border-radius:999px;background:var(--winbg);color:var(--win);font-weight:700}
 .none{color:var(--muted)}.rule{color:var(--muted);font-size:12.5px}.slip{color:#b91c1c}.ok{color:#047857}
-.grid{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1.25fr);gap:12px;align-items:start}.fig svg{width:100%;height:auto}
+.fig.narrow svg{max-width:700px;display:block}.fig svg{width:100%;height:auto}
 .fig .cap{color:var(--muted);font-size:12px;margin-top:4px}
-.t-sse{color:#2563eb}.t-sse-get{color:#7c3aed}.t-ndjson{color:#059669}.t-ws{color:#ea580c}
+.t-sse_post{color:#2563eb}.t-sse_get{color:#7c3aed}.t-ndjson{color:#059669}.t-ws{color:#ea580c}
 nav a{color:#2563eb;text-decoration:none;margin-right:14px;font-size:13px}
 .lead{font-size:15px}
-@media (max-width:900px){.grid{grid-template-columns:1fr}}
 """
 
 
-def _fig(svg: str | None, caption: str = "") -> str:
+def _fig(svg: str | None, caption: str = "", narrow: bool = False) -> str:
     if not svg:
         return ""
     cap = f'<div class="cap">{html.escape(caption)}</div>' if caption else ""
-    return f'<div class="card fig">{svg}{cap}</div>'
+    return f'<div class="card fig{" narrow" if narrow else ""}">{svg}{cap}</div>'
 
 
 def _verdict_html(table: Table) -> str:
@@ -359,7 +358,8 @@ traffic (flags) and the verdicts follow the numbers.</p>
 <div class="card">{_verdict_html(tables['verdicts'])}</div>
 <h2>When not to stream</h2>
 <p class="lead">{html.escape(_baseline_sentence(bv))}</p>
-<div class="grid">{_fig(figs.get('baseline'))}<div class="card">{tables['baseline'].html(_classes(tables['baseline'], 'verdict', 'stream'))}</div></div>
+{_fig(figs.get('baseline'), narrow=True)}
+<div class="card">{tables['baseline'].html(_classes(tables['baseline'], 'verdict', 'stream'))}</div>
 <h2>Time to first token and gaps between tokens</h2>
 {_fig(figs.get('cdf'), figs.get('cdf_caption', ''))}
 <div class="card">{tables['latency'].html()}</div>
@@ -367,7 +367,8 @@ traffic (flags) and the verdicts follow the numbers.</p>
 {_fig(figs.get('concurrency'), 'Red circles: cells that slipped. Red dashed: the slip limits; dotted: what the model sends.')}
 <div class="card">{tables['load'].html(_classes(tables['load'], 'verdict', 'keeps pace'))}</div>
 <h2>Reconnection</h2>
-<div class="grid">{_fig(figs.get('reconnect'))}<div class="card">{tables['reconnect'].html()}</div></div>
+{_fig(figs.get('reconnect'), narrow=True)}
+<div class="card">{tables['reconnect'].html()}</div>
 <h2>Proxy effect</h2>
 <div class="card">{proxies}</div>
 <h2>Cost</h2>

@@ -14,8 +14,8 @@ __all__ = ["CAPABILITIES", "SLIP", "recommend", "summarize", "slip_reasons", "ba
            "NOTICEABLE_MS", "TIE"]
 
 CAPABILITIES = {
-    "sse": {"browser_api": "fetch + ReadableStream", "browser_resumes": False, "talks_back": False},
-    "sse-get": {"browser_api": "EventSource", "browser_resumes": True, "talks_back": False},
+    "sse_post": {"browser_api": "fetch + ReadableStream", "browser_resumes": False, "talks_back": False},
+    "sse_get": {"browser_api": "EventSource", "browser_resumes": True, "talks_back": False},
     "ndjson": {"browser_api": "fetch + ReadableStream", "browser_resumes": False, "talks_back": False},
     "ws": {"browser_api": "WebSocket", "browser_resumes": False, "talks_back": True},
 }
@@ -30,31 +30,33 @@ def _fig(cell: dict, metric: str, key: str):
 
 
 def failures(cell: dict) -> dict:
-    """Failures in a cell by kind, from Locust's failure messages."""
-    out = {"gaps": 0, "duplicates": 0, "cut": 0, "other": 0}
-    for err in cell.get("errors", []):
-        text = f"{err.get('name', '')} {err.get('error', '')}".lower()
-        kind = ("gaps" if "gap" in text else "duplicates" if "duplicate" in text
-                else "cut" if "cut" in text else "other")
-        out[kind] += err.get("occurrences", 1)
-    out["total"] = sum(m.get("failures", 0) for m in cell["locust"].values())
-    return out
+    """A cell's failed streams, and gaps, duplicates and cut streams among them (the locustfile's
+    `gap`/`duplicate` rows count seq ranges; `cut:` is the message of a stream that ended unresumed)."""
+    rows = cell["locust"]
+    cut = sum(e.get("occurrences", 1) for e in cell.get("errors", [])
+              if e.get("method") == cell["transport"] and "cut:" in str(e.get("error", "")))
+    failed = (rows.get("stream") or {}).get("failures", 0)
+    return {"streams": (rows.get("stream") or {}).get("count", 0), "failed": failed,
+            "gaps": (rows.get("gap") or {}).get("failures", 0),
+            "duplicates": (rows.get("duplicate") or {}).get("failures", 0),
+            "cut": cut, "other": max(0, failed - cut - (rows.get("gap") or {}).get("failures", 0)
+                                     - (rows.get("duplicate") or {}).get("failures", 0))}
 
 
 def slip_reasons(cell: dict, matrix: dict) -> list[str]:
     reasons = []
     itl = _fig(cell, "inter_token", "p99")
     ttft = _fig(cell, "ttft", "p95")
-    streams = _fig(cell, "ttft", "count") or 0
+    f = failures(cell)
+    streams = f["streams"]
     if itl is not None and itl > SLIP["itl_p99_factor"] * matrix["itl_ms"]:
         reasons.append(f"inter-token p99 {itl:g} ms > {SLIP['itl_p99_factor']:g} x {matrix['itl_ms']:g} ms")
     if ttft is not None and ttft > matrix["ttft_ms"] + SLIP["ttft_p95_extra_ms"]:
         reasons.append(f"TTFT p95 {ttft:g} ms > {matrix['ttft_ms']:g} + {SLIP['ttft_p95_extra_ms']:g} ms")
-    total = failures(cell)["total"]
-    if streams == 0:
+    if not _fig(cell, "ttft", "count"):
         reasons.append("no stream delivered a token")
-    elif total / streams > SLIP["failure_share"]:
-        reasons.append(f"{total} failures in {streams} streams")
+    elif streams and f["failed"] / streams > SLIP["failure_share"]:
+        reasons.append(f"{f['failed']} of {streams} streams failed")
     return reasons
 
 

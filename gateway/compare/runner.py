@@ -88,7 +88,9 @@ def conditions() -> dict:
         "versions": {k: v for k, v in versions.items() if v},
         "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(),
                     "memory_bytes": _mem_total(), "loadavg_start": list(os.getloadavg())},
-        "gateway_settings": {k: v for k, v in settings.items() if k not in ("redis_url",)},
+        # host and port are the compare run's own; the rest is what the gateway ran with.
+        "gateway_settings": {k: v for k, v in settings.items()
+                             if k not in ("redis_url", "host", "port", "log_level", "log_prompts")},
         "command": "python -m gateway " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
         else " ".join(sys.argv),
     }
