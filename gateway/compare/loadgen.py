@@ -132,7 +132,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
     cmd = [sys.executable, "-m", "locust", "-f", f"{LOCUSTFILE},{PLUGIN}", "--headless",
            "-u", str(cell.users), "-r", str(cell.users), "-t", f"{cell.duration_s:g}s",
            "--host", url, "--csv", str(prefix), "--json-file", str(prefix),
-           "--exit-code-on-error", "0", "--stop-timeout", "2", *locust_args(cell, matrix, url)]
+           "--exit-code-on-error", "0", "--stop-timeout", "0", *locust_args(cell, matrix, url)]
     env = {**os.environ, "GATEWAY_COMPARE_EXTRA": str(extra), "PYTHONPATH": str(ROOT)}
     before = gw.metrics()
     gw_start = gw.stat()

@@ -22,7 +22,7 @@ class Matrix:
     ttft_ms: float = 300.0
     max_tokens: int = 60
     prompt_bytes: int = 200
-    drop_rate: float = 0.5  # share of streams cut mid-way in the reconnection cells
+    drop_rate: float = 1.0  # share of streams cut mid-way in the reconnection cells
     cell_s: float = 8.0
     reconnect_users: int = 10
     reconnect_s: float = 6.0
@@ -65,8 +65,8 @@ class Cell:
 
 PRESETS: dict[str, dict] = {
     # About two minutes on a 2-core machine: two concurrency levels, every transport, direct only.
-    "quick": dict(transports=list(TRANSPORTS), concurrency=[10, 50], cell_s=7.0,
-                  reconnect_s=5.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
+    "quick": dict(transports=list(TRANSPORTS), concurrency=[10, 50], cell_s=6.0,
+                  reconnect_users=20, reconnect_s=5.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
     # Where each transport starts to slip, through every proxy path the lab has.
     "full": dict(transports=list(TRANSPORTS), concurrency=[10, 50, 100, 200, 400],
                  paths=list(PATHS), cell_s=20.0, reconnect_users=20, reconnect_s=15.0,

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 __all__ = ["COLORS", "latency_cdf", "concurrency", "baseline", "cost", "reconnect"]
@@ -168,12 +169,13 @@ def reconnect(rows: dict[str, dict]) -> str:
         width = 0.25
         for i, (q, alpha) in enumerate((("p50", 1.0), ("p95", 0.65), ("p99", 0.35))):
             xs = [j + (i - 1) * width for j in range(len(names))]
-            ax.bar(xs, [rows[t][q] for t in names], width=width, color=[_color(t) for t in names], alpha=alpha,
-                   label=q)
+            ax.bar(xs, [rows[t][q] for t in names], width=width, color=[_color(t) for t in names], alpha=alpha)
+
         ax.set_xticks(range(len(names)), names)
         ax.set_ylabel("ms")
         ax.set_title("Drop to next event (resume)")
         ax.grid(axis="x", visible=False)
-        ax.legend(loc="upper right", ncols=3, fontsize=8)
+        swatches = [Patch(color="#4b5563", alpha=a, label=q) for q, a in (("p50", 1.0), ("p95", 0.65), ("p99", 0.35))]
+        ax.legend(handles=swatches, loc="upper right", ncols=3, fontsize=8)
         fig.tight_layout()
         return _svg(fig)

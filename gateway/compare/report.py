@@ -113,7 +113,8 @@ def build(results: dict) -> dict:
                   ["transport", "streams", "resumes (gateway)", "drops (gateway)", "reconnect p50", "reconnect p95",
                    "reconnect p99", "gaps", "duplicates", "cut streams", "other failures"],
                   note=f"{fmt(m['drop_rate'] * 100)}% of streams are cut at a random token (sim.drop_after); "
-                       "reconnect = from the cut to the next event, in ms.", id="reconnect")
+                       f"reconnect = from the cut to the next event, in ms (so it includes waiting for the next token, "
+                       f"about {fmt(m['itl_ms'])} ms).", id="reconnect")
     for c in results["cells"]:
         if c["kind"] != "reconnect":
             continue

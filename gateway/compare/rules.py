@@ -69,13 +69,13 @@ def summarize(results: dict) -> dict[str, dict]:
     for t in matrix["transports"]:
         load = sorted((c for c in results["cells"] if c["transport"] == t and c["kind"] == "load"
                        and c["path"] == "direct"), key=lambda c: c["users"])
-        held, slipped_at, why = None, None, []
-        for c in load:
-            reasons = slip_reasons(c, matrix)
-            if reasons:
-                slipped_at, why = c["users"], reasons
-                break
-            held = c
+        # Held: the most streams that kept pace. A slip below that level is noise (a machine that kept
+        # pace with more streams can with fewer), so it does not lower the figure.
+        kept = [c for c in load if not slip_reasons(c, matrix)]
+        held = kept[-1] if kept else None
+        above = [c for c in load if c["users"] > (held["users"] if held else 0) and slip_reasons(c, matrix)]
+        slipped_at = above[0]["users"] if above else None
+        why = slip_reasons(above[0], matrix) if above else []
         low = load[0] if load else None
         rec = next((c for c in results["cells"] if c["transport"] == t and c["kind"] == "reconnect"), None)
         proxied = [c for c in results["cells"] if c["transport"] == t and c["path"] != "direct"]
