@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .cost import client_transport
 from .matrix import Cell, Matrix
-from .procs import ROOT, GatewayProcess, ProcStat, proc_stat, stop
+from .procs import ROOT, GatewayView, ProcStat, proc_stat, stop
 
 __all__ = ["LOCUSTFILE", "METRICS", "run_cell", "locust_args", "read_locust_json", "percentile",
            "SATURATED_CPU"]
@@ -124,7 +124,7 @@ def gateway_delta(before: dict, after: dict, transport: str) -> dict:
     }
 
 
-def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path,
+def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
              tick: Callable[[], None] = lambda: None) -> dict:
     """Run Locust for one cell against `url` (the gateway, directly or through a proxy)."""
     prefix = raw / cell.id
@@ -138,13 +138,19 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
     gw_start = gw.stat()
     with open(prefix.with_name(cell.id + "_locust.log"), "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        sampler = _Sampler({"gateway": gw.pid, "locust": proc.pid})
+        sampler = _Sampler({"locust": proc.pid} | ({"gateway": gw.pid} if gw.pid else {}))
         sampler.start()
-        deadline = time.monotonic() + cell.duration_s + 60
+        # Locust stops by itself after -t; past this, ask it to stop (SIGTERM: it still writes its files).
+        deadline = time.monotonic() + cell.duration_s + 30
+        overran = False
         try:
             while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"locust did not finish cell {cell.id} in time")
+                if time.monotonic() > deadline and not overran:
+                    overran = True
+                    proc.terminate()
+                    deadline += 15
+                elif time.monotonic() > deadline:
+                    break
                 tick()
                 time.sleep(0.2)
         finally:
@@ -155,10 +161,13 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
     after = gw.metrics()
     log_text = prefix.with_name(cell.id + "_locust.log").read_text(errors="replace")
     json_path = prefix.with_name(cell.id + ".json")
-    if proc.returncode not in (0, 1) or not json_path.exists():
-        tail = "\n".join(log_text.splitlines()[-15:])
-        raise RuntimeError(f"locust failed in cell {cell.id} (exit {proc.returncode}):\n{tail}")
-    stats = read_locust_json(json_path)
+    problem = None
+    if overran:
+        problem = f"Locust did not stop {cell.duration_s + 30:g} s after starting and was stopped with SIGTERM"
+    if not json_path.exists():
+        tail = " / ".join(log_text.strip().splitlines()[-3:])
+        problem = (problem or f"Locust exited with {proc.returncode}") + f" and wrote no results ({tail[-300:]})"
+    stats = read_locust_json(json_path) if json_path.exists() else {}
     extra_data = json.loads(extra.read_text()) if extra.exists() else {}
     board_path = prefix.with_name(cell.id + "_transports.json")
     board = json.loads(board_path.read_text()) if board_path.exists() else {}
@@ -166,13 +175,15 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
     locust_cpu = _cpu_shares(sampler.samples["locust"])
     # Locust's first second is its import and start-up: judge saturation on the run itself.
     busy = locust_cpu[2:] or locust_cpu
-    gw_cpu_s = gw_end.cpu_s - gw_start.cpu_s
+    gw_cpu_s = gw_end.cpu_s - gw_start.cpu_s if gw_start and gw_end else None
+    gw_samples = sampler.samples.get("gateway", [])
     gateway = gateway_delta(before, after, client_transport(cell.transport)[0])
     gateway |= {
-        "cpu_s": round(gw_cpu_s, 3),
-        "cpu_us_per_token": round(gw_cpu_s * 1e6 / gateway["tokens"], 1) if gateway["tokens"] else None,
-        "cpu_share_peak": round(max(_cpu_shares(sampler.samples["gateway"]) or [0]), 3),
-        "rss_peak_bytes": max((s.rss for s in sampler.samples["gateway"]), default=gw_end.rss),
+        "cpu_s": None if gw_cpu_s is None else round(gw_cpu_s, 3),
+        "cpu_us_per_token": (round(gw_cpu_s * 1e6 / gateway["tokens"], 1)
+                             if gw_cpu_s is not None and gateway["tokens"] else None),
+        "cpu_share_peak": round(max(_cpu_shares(gw_samples)), 3) if len(gw_samples) > 1 else None,
+        "rss_peak_bytes": max((s.rss for s in gw_samples), default=None),
         "tokens_per_s": round(gateway["tokens"] / cell.duration_s, 1),
     }
     warned = extra_data.get("cpu_warning_emitted", False) or "CPU usage above" in log_text
@@ -194,4 +205,5 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayProcess, raw: Path
             "saturated": warned or lagged or peak >= SATURATED_CPU,
         },
         "command": " ".join(cmd[1:]).replace(str(ROOT) + "/", ""),
+        "problem": problem,
     }

@@ -35,9 +35,11 @@ class Matrix:
         return 1000.0 / self.token_rate
 
     def cells(self) -> list[Cell]:
-        """Load cells (transport x path x concurrency), then one reconnection cell per transport."""
-        out = [Cell("load", t, p, c, self.cell_s)
-               for p in self.paths for t in self.transports for c in self.concurrency]
+        """Load cells (transport x concurrency), then each proxy path at the lowest concurrency (buffering
+        shows without load), then one reconnection cell per transport."""
+        out = [Cell("load", t, "direct", c, self.cell_s) for t in self.transports for c in self.concurrency]
+        out += [Cell("load", t, p, min(self.concurrency), self.cell_s)
+                for p in self.paths if p != "direct" for t in self.transports]
         if self.drop_rate > 0:
             out += [Cell("reconnect", t, "direct", self.reconnect_users, self.reconnect_s) for t in self.transports]
         return out
@@ -69,7 +71,7 @@ PRESETS: dict[str, dict] = {
                   reconnect_users=20, reconnect_s=5.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
     # Where each transport starts to slip, through every proxy path the lab has.
     "full": dict(transports=list(TRANSPORTS), concurrency=[10, 50, 100, 200, 400],
-                 paths=list(PATHS), cell_s=20.0, reconnect_users=20, reconnect_s=15.0,
+                 paths=list(PATHS), cell_s=15.0, reconnect_users=20, reconnect_s=15.0,
                  memory_connections=500, baseline_lengths=[2, 4, 8, 16, 32, 64, 128, 256], wire_streams=5),
     # For the end-to-end test: the smallest matrix that still has every section.
     "tiny": dict(transports=["sse_post", "ws"], concurrency=[3], cell_s=3.0, reconnect_users=3, reconnect_s=3.0,

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["ROOT", "free_port", "GatewayProcess", "ProcStat", "proc_stat", "scrape", "stop"]
+__all__ = ["ROOT", "free_port", "GatewayView", "GatewayProcess", "ProcStat", "proc_stat", "scrape", "stop"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -67,7 +67,21 @@ def stop(proc: subprocess.Popen, timeout: float = 8.0) -> None:
             proc.wait()
 
 
-class GatewayProcess:
+class GatewayView:
+    """A running gateway the comparison reads: its /metrics, and /proc when its pid is known."""
+
+    def __init__(self, url: str, pid: int | None) -> None:
+        self.url = url
+        self.pid = pid
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.url)
+
+    def stat(self) -> ProcStat | None:
+        return proc_stat(self.pid) if self.pid else None
+
+
+class GatewayProcess(GatewayView):
     """`python -m gateway serve` on a free loopback port, from this checkout."""
 
     def __init__(self, env: dict[str, str] | None = None, log: Path | None = None) -> None:
@@ -79,15 +93,12 @@ class GatewayProcess:
             cwd=ROOT, env={**os.environ, "GATEWAY_LOG_LEVEL": "warning", **(env or {})},
             stdout=self._log, stderr=self._log,
         )
+        self.pid = self.proc.pid
         try:
             self._wait()
         except BaseException:
             self.stop()
             raise
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def _wait(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -104,9 +115,6 @@ class GatewayProcess:
 
     def stat(self) -> ProcStat:
         return proc_stat(self.pid)
-
-    def metrics(self) -> dict[str, float]:
-        return scrape(self.url)
 
     def stop(self) -> None:
         stop(self.proc)

@@ -106,7 +106,8 @@ def build(results: dict) -> dict:
             c["transport"], c["path"], fmt(c["users"]), fmt(g["tokens_per_s"]),
             fmt(None if ttft.get("p50") is None else ttft["p50"] - m["ttft_ms"]),
             fmt(None if itl.get("p99") is None else itl["p99"] - m["itl_ms"]),
-            f"{g['cpu_share_peak']:.0%} peak", f"{lg['cpu_share_peak']:.0%} peak", verdict])
+            "–" if g["cpu_share_peak"] is None else f"{g['cpu_share_peak']:.0%} peak",
+            f"{lg['cpu_share_peak']:.0%} peak", verdict])
     t["latency"], t["load"] = lat, load
 
     recon = Table("Reconnection: the gateway cuts streams mid-way, the users resume",
@@ -127,11 +128,14 @@ def build(results: dict) -> dict:
     t["reconnect"] = recon
 
     proxy = Table("Proxy effect: the same load through each path",
-                  ["transport", "path", "concurrent", "streams", "TTFT p50", "inter-token p50", "buffered", "why"], id="proxies")
+                  ["transport", "path", "concurrent", "streams", "TTFT p50", "inter-token p50", "buffered", "why"],
+                  note="Buffered: the first token came later than direct by over max(50 ms, 50%), or tokens came "
+                       "bunched (inter-token p50 under half the gap sent), or none arrived.", id="proxies")
     for tr, summ in s.items():
         for path, p in summ["proxy_paths"].items():
             cell = next(c for c in results["cells"] if c["transport"] == tr and c["path"] == path)
-            proxy.rows.append([tr, path, fmt(cell["users"]), fmt(p["ttft_p50"]),
+            proxy.rows.append([tr, path, fmt(cell["users"]), fmt((cell["locust"].get("ttft") or {}).get("count")),
+                               fmt(p["ttft_p50"]),
                                fmt((cell["locust"].get("inter_token") or {}).get("p50")),
                                fmt(p["buffered"]), "; ".join(p["reasons"]) or "spaced as sent"])
     t["proxies"] = proxy
@@ -177,10 +181,16 @@ def build(results: dict) -> dict:
 
 def _warnings(results: dict) -> list[str]:
     out = list(results.get("notes", []))
+    out += [f"Cell {_label(c)} x{c['users']}: {c['problem']}." for c in results["cells"] if c.get("problem")]
     sat = [c for c in results["cells"] if c["load_generator"]["saturated"]]
     for c in sat:
         lg = c["load_generator"]
-        why = "Locust warned about its CPU" if lg["locust_cpu_warning"] else f"Locust used {lg['cpu_share_peak']:.0%} of a core"
+        if lg["locust_cpu_warning"]:
+            why = "Locust warned about its CPU"
+        elif lg.get("users_report_saturated"):
+            why = f"the users' event loop ran late (p99 {fmt(lg.get('event_loop_lag_p99_ms'))} ms)"
+        else:
+            why = f"Locust used {lg['cpu_share_peak']:.0%} of a core"
         out.append(f"Load generator saturated in {_label(c)} x{c['users']}: {why}; its latency figures there "
                    "include Locust's own queueing, not only the gateway's.")
     cores = results["conditions"]["machine"]["cores"]

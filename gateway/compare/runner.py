@@ -123,7 +123,7 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
     progress.step()
     with ExitStack() as stack:
         gw = stack.enter_context(GatewayProcess(log=raw / "gateway.log"))
-        targets, notes = start_paths(matrix.paths, gw, raw, stack)
+        targets, behind, notes = start_paths(matrix.paths, gw, stack)
         results["notes"] += notes
         results["paths"] = dict(targets)
         progress.estimates = _estimates(matrix, list(targets))
@@ -139,7 +139,8 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
             if cell.path not in targets:
                 continue
             progress.step()
-            results["cells"].append(loadgen.run_cell(cell, matrix, targets[cell.path], gw, raw, progress.draw))
+            results["cells"].append(loadgen.run_cell(cell, matrix, targets[cell.path], behind[cell.path], raw,
+                                                     progress.draw))
         results["gateway_rss_end_bytes"] = gw.stat().rss
     progress.step()
     results["memory"] = memory_per_connection(matrix.transports, matrix.memory_connections, log=raw / "gateway.log")
