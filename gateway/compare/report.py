@@ -99,8 +99,8 @@ def build(results: dict) -> dict:
         reasons = slip_reasons(c, m)
         lg = c["load_generator"]
         verdict = ("slips: " + "; ".join(reasons)) if reasons else "keeps pace"
-        if lg["saturated"]:
-            verdict += " (load generator saturated: suspect)"
+        if lg["saturated"] and reasons:
+            verdict = "not judged, load generator saturated: " + "; ".join(reasons)
         g = c["gateway"]
         load.rows.append([
             c["transport"], c["path"], fmt(c["users"]), fmt(g["tokens_per_s"]),
@@ -342,7 +342,9 @@ def _verdict_html(table: Table) -> str:
 
 def _classes(table: Table, col: str, good: str) -> list[list[str]]:
     i = table.headers.index(col)
-    return [["" if j != i else ("ok" if row[i].split(":")[0] == good else "slip") for j in range(len(row))]
+    def cls(text: str) -> str:
+        return "ok" if text.split(":")[0] == good else "none" if text.startswith("not judged") else "slip"
+    return [["" if j != i else cls(row[i]) for j in range(len(row))]
             for row in table.rows]
 
 
