@@ -19,6 +19,7 @@ from .events import from_json
 from .metrics import Stats
 from .middleware import BodyLimit
 from .models import StreamRequest
+from .page import add_page
 from .problems import Problem, problem
 from .registry import Registry, UnknownModel
 from .settings import Settings, get_settings
@@ -230,6 +231,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status = 504 if stream.error_code == "upstream_timeout" else 502
         return problem(status, "Generation failed", f"the stream ended with {stream.error_code}",
                        code=stream.error_code, partial_text=stream_text(stream), tokens=stream.tokens)
+
+    add_page(app)
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -202,7 +202,7 @@ class Client:
         try:
             if response.status_code >= 400:
                 _check(response.status_code, await response.aread())
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():
                 at = time.perf_counter()
                 result.bytes += len(chunk)
                 for event in decoder.feed(chunk):

@@ -15,6 +15,7 @@ gives the whole run (what the CSV keeps). Locust rounds response times above
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from typing import Any
@@ -64,9 +65,11 @@ class LagMonitor:
 
     def _run(self) -> None:
         while True:
+            # A random period, so that periodic work in the users cannot hide between samples.
+            delay = self.interval * random.uniform(0.5, 1.5)
             t0 = time.perf_counter()
-            gevent.sleep(self.interval)
-            self.lags.append(max(0.0, time.perf_counter() - t0 - self.interval))
+            gevent.sleep(delay)
+            self.lags.append(max(0.0, time.perf_counter() - t0 - delay))
 
     def percentile_ms(self, p: float) -> float:
         """Lateness at percentile `p` over the last `keep` wake-ups (10 s)."""
@@ -121,7 +124,8 @@ class Board:
             self.warned = True
             log.warning(
                 "load generator saturated (CPU %.0f%%, event loop %.1f ms late at p90): its own delay is in "
-                "every TTFT and inter-token figure; add worker processes or run fewer users per process",
+                "every TTFT and inter-token figure, not the gateway's. With its CPU high, add worker "
+                "processes or run fewer users per process; with it low, the machine is busy with other work",
                 cpu, lag["lag_ms"])
         return out
 

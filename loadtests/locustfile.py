@@ -37,7 +37,9 @@ Transports tab: GET /transports on the web UI (master) answers JSON
     with rows keyed as board.COLUMNS (transport, active, streams, failed, tokens, tokens_per_s, bytes,
     ttft_p50/p95/p99, itl_p50/p99, reconnects, reconnect_p99, gaps, duplicates, cuts, note);
     `transports` covers the last 10 s, `totals` the whole run. With --csv PREFIX, the totals are also
-    written to PREFIX_transports.csv and the whole answer to PREFIX_transports.json at exit.
+    written to PREFIX_transports.csv and the whole answer to PREFIX_transports.json at exit, after
+    the users stopped (final figures; Locust's own PREFIX_stats.csv is rewritten once a second and can
+    miss the last second: for final Locust stats add --json-file).
 
 Command-line arguments (all shown in the web UI form unless noted):
     --scenario steady|throughput|reconnection|proxy|mixed|slow (default steady)
@@ -56,7 +58,8 @@ Scenarios (one shape class, ScenarioShape, reads --scenario; -u is the user coun
     reconnection  the gateway cuts each stream (--drop-rate) after a random token; users resume and must
                   end with the exact expected text: any gap, duplicate or text failure shows
     proxy         steady load against --target (a proxy's URL or a lab path name)
-    mixed         all five classes at once, by their weights
+    mixed         all five classes at once (or those named), by their weights (3 sse_post, 3 ws, 2 sse_get,
+                  2 ndjson, 1 complete), all started at once
     slow          a share of users (--slow-share) read at --slow-read-bps or stop reading for --stall-s
 """
 
@@ -87,9 +90,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gateway.events import Done, Error, Token  # noqa: E402
-from gateway.sources.simulated import expected_text  # noqa: E402
+from gateway.sources.simulated import corpus_tokens, expected_text  # noqa: E402
 from loadtests.board import COLUMNS, Board  # noqa: E402
-from loadtests.streaming import GatewayError, Run, StreamClient, post_complete  # noqa: E402
+from loadtests.streaming import GatewayError, Run, StreamClient, post_complete, request_body  # noqa: E402
 
 log = logging.getLogger("loadtests")
 
@@ -166,8 +169,7 @@ def make_request(options) -> dict[str, Any]:
     sim: dict[str, Any] = {"ttft_ms": options.ttft_ms, "itl_ms": options.itl_ms, "jitter": options.jitter}
     if n > 1 and random.random() < drop_rate(options):
         sim["drop_after"] = random.randrange(1, n)
-    prompt = ("Explain streaming transports. " * (options.prompt_bytes // 30 + 1))[:options.prompt_bytes]
-    return {"prompt": prompt, "max_tokens": n, "seed": seed, "sim": sim}
+    return request_body(options.prompt_bytes, n, seed, **sim)
 
 
 def check_text(body: dict[str, Any], text: str, sha256: str | None) -> str | None:
@@ -365,7 +367,9 @@ class ScenarioShape(LoadTestShape):
         users = max(1, options.num_users or 1)
         rate = options.spawn_rate or users
         if options.scenario == "mixed":
-            return users, rate, MIXED
+            # Locust can only run classes chosen at start: all five unless some were named.
+            chosen = [c for c in MIXED if c in environment.user_classes]
+            return users, max(rate, users), chosen or None
         if options.scenario == "throughput":
             return self.ramp(options, users)
         return users, rate
@@ -447,12 +451,12 @@ def answer(environment) -> dict[str, Any]:
 def tab_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The tab's table: the transports, then a row on the load generator's health."""
     g = result["generator"]
-    health = f"CPU {g['cpu_percent']}%, event loop late by {g['lag_ms_p90']} ms (p90), {g['lag_ms_p99']} ms (p99)"
+    health = (f"{g['processes']} process(es), CPU {g['cpu_percent']}%, "
+              f"loop late {g['lag_ms_p90']} ms p90 / {g['lag_ms_p99']} ms p99")
     if g["saturated"]:
-        health = "SATURATED, timings include the generator's own delay: " + health
+        health = "SATURATED (timings include its delay): " + health
     blank = {key: None for key, _ in COLUMNS}
-    return result["transports"] + [{**blank, "transport": "load generator", "active": g["processes"],
-                                    "note": health}]
+    return result["transports"] + [{**blank, "transport": "load generator", "note": health}]
 
 
 def _tick(environment) -> None:
@@ -465,13 +469,18 @@ def _tick(environment) -> None:
         gevent.sleep(1.0)
 
 
+_ENV: list = []  # the environment, for listeners Locust calls without it
+
+
 @events.init.add_listener
 def _init(environment, **_kw) -> None:
+    _ENV[:] = [environment]
     runner = environment.runner
     options = knobs(environment)
     if options is not None:
         board.lag_warn_ms = options.lag_warn_ms
     if not isinstance(runner, MasterRunner):
+        corpus_tokens()  # load the corpus now: on the first stream it would stall every user's timing
         board.monitor.start()
     if isinstance(runner, WorkerRunner):
         environment.events.report_to_master.add_listener(
@@ -534,10 +543,16 @@ def _record_timings(environment, path: str) -> None:
 @events.test_start.add_listener
 def _test_start(environment, **_kw) -> None:
     board.reset()
+    board.monitor.lags.clear()
 
 
-@events.quitting.add_listener
-def _quitting(environment, **_kw) -> None:
+@events.quit.add_listener
+def _write_files(**_kw) -> None:
+    # After the runner has stopped (Locust's own stats CSV is rewritten once a second, so it can miss
+    # the last second; these files and --json-file hold the final figures).
+    environment = _ENV[0] if _ENV else None
+    if environment is None:
+        return
     options = knobs(environment)
     prefix = getattr(options, "csv_prefix", None) if options is not None else None
     if not prefix or isinstance(environment.runner, WorkerRunner):

@@ -31,7 +31,7 @@ from gateway.client import GatewayError, StreamResult, _check
 from gateway.codecs import ndjson, sse, ws
 from gateway.events import Done, Error, Event, Heartbeat, Meta
 
-__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete"]
+__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body"]
 
 # sse_get attaches by id, as EventSource does; the others create and stream in one request.
 TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
@@ -129,6 +129,7 @@ class StreamClient:
               **kw: Any) -> Iterator[tuple[Event, float]]:
         r = self.session.request(method, self.base_url + path, stream=True,
                                  timeout=(10, self.read_timeout), **kw)
+        ended = False
         try:
             if r.status_code >= 400:
                 _check(r.status_code, r.content)
@@ -141,12 +142,22 @@ class StreamClient:
                 if not chunk:
                     return
                 run.bytes += len(chunk)
-                for event in decoder.feed(chunk):
+                events = decoder.feed(chunk)
+                if events and isinstance(events[-1], (Done, Error)):
+                    # The end of the body follows the terminal event: read it, so the
+                    # connection goes back to the pool for the next stream (as a browser's would).
+                    while raw.read1(size, decode_content=False):
+                        pass
+                    ended = True
+                for event in events:
                     yield event, at
                 if slow:
                     time.sleep(len(chunk) / slow)
         finally:
-            r.close()
+            if ended:
+                r.raw.release_conn()
+            else:
+                r.close()
 
     def _ws(self, body: dict, stream_id: str | None, after: int, run: Run) -> Iterator[tuple[Event, float]]:
         with ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24, open_timeout=10,
@@ -172,3 +183,9 @@ def post_complete(session: requests.Session, base_url: str, body: dict[str, Any]
     r = session.post(base_url.rstrip("/") + "/v1/complete", json=body, timeout=(10, timeout))
     _check(r.status_code, r.content)
     return orjson.loads(r.content), len(r.content)
+
+
+def request_body(prompt_bytes: int, max_tokens: int, seed: int, **sim: Any) -> dict[str, Any]:
+    """A stream request with a prompt of `prompt_bytes` bytes; `sim` as in the API (ttft_ms, ...)."""
+    prompt = ("Explain streaming transports. " * (prompt_bytes // 30 + 1))[:prompt_bytes]
+    return {"prompt": prompt, "max_tokens": max_tokens, "seed": seed, "sim": sim}
