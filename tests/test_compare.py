@@ -78,6 +78,7 @@ class _Tables(HTMLParser):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     require("locust")
+    require("nginx")  # the tiny matrix has one proxy path, through the lab's tuned nginx
     out = tmp_path_factory.mktemp("compare") / "report"
     proc = subprocess.run([sys.executable, "-m", "gateway", "compare", "--preset", "tiny", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
@@ -91,8 +92,10 @@ def test_report_files(report: Path):
     for name in ("index.html", "summary.md", "raw/results.json", "raw/results.csv", "raw/gateway.log"):
         assert (report / name).is_file(), name
     results = json.loads((report / "raw/results.json").read_text())
-    kinds = {(c["kind"], c["transport"]) for c in results["cells"]}
-    assert kinds == {(k, t) for k in ("load", "reconnect") for t in ("sse_post", "ws")}
+    kinds = {(c["kind"], c["transport"], c["path"]) for c in results["cells"]}
+    assert kinds == {(k, t, p) for k, p in (("load", "direct"), ("load", "nginx-tuned"), ("reconnect", "direct"))
+                     for t in ("sse_post", "ws")}
+    assert results["paths"]["nginx-tuned"] != results["paths"]["direct"]
     for c in results["cells"]:
         assert (report / "raw" / f"{c['cell']}.json").is_file()
         assert (report / "raw" / f"{c['cell']}_stats.csv").is_file()
@@ -107,9 +110,9 @@ def test_latency_figures_equal_locust_raw_data(report: Path):
     locust = json.loads(out.stdout)
     rows = md_table((report / "summary.md").read_text(), "Latency per cell")
     load = [c for c in results["cells"] if c["kind"] == "load"]
-    assert len(rows) == len(load) == 2
+    assert len(rows) == len(load) == 4
     for row, cell in zip(rows, load):
-        assert row["transport"] == cell["transport"]
+        assert (row["transport"], row["path"]) == (cell["transport"], cell["path"])
         path = str(report / "raw" / f"{cell['cell']}.json")
         n, failed, *pcts = locust[f"{path}|{cell['transport']}|ttft"]
         assert n > 0
@@ -128,6 +131,7 @@ def test_html_shows_the_same_tables_as_markdown(report: Path):
     parser = _Tables()
     parser.feed(page)
     for table_id, title in (("latency", "Latency per cell"), ("load", "Throughput and lateness"),
+                            ("proxies", "Proxy effect"),
                             ("reconnect", "Reconnection"), ("cost", "Cost per transport"),
                             ("baseline", "When not to stream")):
         html_rows = parser.tables[table_id]
@@ -165,7 +169,13 @@ def test_gateway_figures_and_verdicts_follow_raw_data(report: Path):
         assert v["winner"] == (r["winner"] or "none") and v["rule"] == r["rule"]
     by_need = {v["need"]: v for v in verdicts}
     assert by_need["bidirectional control"]["winner"] == "ws"  # the only one measured that talks back
-    assert by_need["strict proxies"]["winner"] == "none"  # no proxy path in the tiny matrix
+    # Through the proxy: the proxy table shows each cell's own figures, and tokens came through.
+    proxied = [c for c in results["cells"] if c["path"] == "nginx-tuned"]
+    for row, c in zip(md_table(md, "Proxy effect"), proxied):
+        assert (row["transport"], row["path"]) == (c["transport"], "nginx-tuned")
+        assert row["streams"] == str(c["locust"]["ttft"]["count"]) and c["locust"]["ttft"]["count"] > 0
+        assert row["TTFT p50"] == fmt(c["locust"]["ttft"]["p50"])
+        assert c["gateway"]["tokens"] > 0  # counted by the lab's gateway behind the proxy
     for t in ("sse_post", "ws"):
         w = next(w for w in results["wire"] if w["transport"] == t)
         m = next(m for m in results["memory"] if m["transport"] == t)

@@ -66,15 +66,16 @@ class Cell:
 
 
 PRESETS: dict[str, dict] = {
-    # About two minutes on a 2-core machine: two concurrency levels, every transport, direct only.
-    "quick": dict(transports=list(TRANSPORTS), concurrency=[10, 50], cell_s=6.0,
-                  reconnect_users=20, reconnect_s=5.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
+    # About two minutes on a 2-core machine: every transport at two concurrency levels, and through
+    # stock nginx (the path most teams meet first).
+    "quick": dict(transports=list(TRANSPORTS), concurrency=[10, 50], paths=["direct", "nginx-defaults"],
+                  cell_s=5.0, reconnect_users=20, reconnect_s=4.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
     # Where each transport starts to slip, through every proxy path the lab has.
     "full": dict(transports=list(TRANSPORTS), concurrency=[10, 50, 100, 200, 400],
                  paths=list(PATHS), cell_s=15.0, reconnect_users=20, reconnect_s=15.0,
                  memory_connections=500, baseline_lengths=[2, 4, 8, 16, 32, 64, 128, 256], wire_streams=5),
     # For the end-to-end test: the smallest matrix that still has every section.
-    "tiny": dict(transports=["sse_post", "ws"], concurrency=[3], cell_s=3.0, reconnect_users=3, reconnect_s=3.0,
+    "tiny": dict(transports=["sse_post", "ws"], concurrency=[3], paths=["direct", "nginx-tuned"], cell_s=3.0, reconnect_users=3, reconnect_s=3.0,
                  max_tokens=20, token_rate=50.0, ttft_ms=100.0, memory_connections=20,
                  baseline_lengths=[2, 20], wire_streams=1),
 }
