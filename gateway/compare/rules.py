@@ -178,6 +178,9 @@ def _proxies(s: dict[str, dict]) -> tuple[str | None, str]:
         return None, "not measured: no proxy path ran (see the notes)"
     share = {t: sum(not p["buffered"] for p in paths.values()) / len(paths) for t, paths in measured.items()}
     top = max(share.values())
+    if top == 0:
+        return None, ("no transport arrived unbuffered through any measured path: "
+                      + ", ".join(sorted({p for paths in measured.values() for p in paths})))
     tied = {t: s[t]["ttft_p95_low"] or 0.0 for t, v in share.items() if v == top}
     best, _ = _best(tied)
     return best, "unbuffered paths: " + ", ".join(f"{t} {share[t]:.0%}" for t in sorted(share, key=lambda t: -share[t]))
