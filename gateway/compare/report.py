@@ -145,8 +145,8 @@ def build(results: dict) -> dict:
     cost = Table("Cost per transport",
                  ["transport", "gateway CPU per token (us)", "memory per open connection (KiB)",
                   "bytes on the wire per token", "body bytes per event", "token text bytes per token"],
-                 note=("CPU: gateway user+system time (/proc/<pid>/stat) over a load cell at the highest concurrency "
-                       "that kept pace, divided by tokens delivered (gateway /metrics). Memory: gateway RSS with "
+                 note=(f"CPU: gateway user+system time (/proc/<pid>/stat) over the load cell at {max(m['concurrency'])} "
+                       "streams, divided by the tokens it delivered (gateway /metrics). Memory: gateway RSS with "
                        f"{m['memory_connections']} open streams minus before, on a fresh gateway per transport. "
                        f"Wire: every byte the gateway sent for {m['wire_streams']} whole {m['max_tokens']}-token "
                        "streams (headers, chunked or WebSocket framing), counted by a relay, per token."), id="cost")
@@ -234,7 +234,7 @@ def _plots(results: dict) -> dict[str, str]:
                   for c in direct if c["users"] == low}
         out["cdf"] = plots.latency_cdf(series, m["itl_ms"], m["ttft_ms"])
         out["cdf_caption"] = f"At {low} concurrent streams, direct. Dashed: what the model sends."
-    loads = [c for c in results["cells"] if c["kind"] == "load"]
+    loads = [c for c in results["cells"] if c["kind"] == "load" and c["path"] == "direct"]
     if loads:
         rows = [{"label": _label(c), "users": c["users"], "tokens_per_s": c["gateway"]["tokens_per_s"],
                  "ttft_p95": (c["locust"].get("ttft") or {}).get("p95"),
@@ -377,7 +377,7 @@ traffic (flags) and the verdicts follow the numbers.</p>
 {_fig(figs.get('cdf'), figs.get('cdf_caption', ''))}
 <div class="card">{tables['latency'].html()}</div>
 <h2>Throughput and lateness against concurrency</h2>
-{_fig(figs.get('concurrency'), 'Red circles: cells that slipped. Red dashed: the slip limits; dotted: what the model sends.')}
+{_fig(figs.get('concurrency'), 'Direct to the gateway. Red circles: cells that slipped. Red dashed: the slip limits; dotted: what the model sends.')}
 <div class="card">{tables['load'].html(_classes(tables['load'], 'verdict', 'keeps pace'))}</div>
 <h2>Reconnection</h2>
 {_fig(figs.get('reconnect'), narrow=True)}
