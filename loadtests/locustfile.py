@@ -43,7 +43,8 @@ Transports tab: GET /transports on the web UI (master) answers JSON
 
 Command-line arguments (all shown in the web UI form unless noted):
     --scenario steady|throughput|reconnection|proxy|mixed|slow (default steady)
-    --target URL or lab path name (default: --host)      --prompt-bytes N (64)
+    --target URL, or a lab path name (nginx-tuned, haproxy, ...: see loadtests/targets.py) on the lab
+             whose gateway is --host (default: --host itself)      --prompt-bytes N (64)
     --max-tokens N (128)   --ttft-ms MS (300)   --itl-ms MS (25)   --jitter F (0.3)   --seed N (-1: random)
     --drop-rate F (0; reconnection: 1 when 0)             --slow-share F (0; slow: 0.3 when 0)
     --slow-read-bps N (2000)   --stall-s S (10)
@@ -57,7 +58,7 @@ Scenarios (one shape class, ScenarioShape, reads --scenario; -u is the user coun
                   step's inter-token p99 passes --itl-limit-ms or its failed-stream ratio --error-limit
     reconnection  the gateway cuts each stream (--drop-rate) after a random token; users resume and must
                   end with the exact expected text: any gap, duplicate or text failure shows
-    proxy         steady load against --target (a proxy's URL or a lab path name)
+    proxy         steady load against --target (a proxy's URL or a lab path name); run once per path
     mixed         all five classes at once (or those named), by their weights (3 sse_post, 3 ws, 2 sse_get,
                   2 ndjson, 1 complete), all started at once
     slow          a share of users (--slow-share) read at --slow-read-bps or stop reading for --stall-s
@@ -91,6 +92,7 @@ if str(ROOT) not in sys.path:
 
 from gateway.events import Done, Error, Token  # noqa: E402
 from gateway.sources.simulated import corpus_tokens, expected_text  # noqa: E402
+from loadtests import targets  # noqa: E402
 from loadtests.board import COLUMNS, Board  # noqa: E402
 from loadtests.streaming import GatewayError, Run, StreamClient, post_complete, request_body  # noqa: E402
 
@@ -139,17 +141,7 @@ def knobs(environment) -> Any:
 
 
 def target_url(environment) -> str:
-    options = knobs(environment)
-    target = (getattr(options, "target", "") or environment.host or "").strip()
-    if "://" in target:
-        return target.rstrip("/")
-    if not target:
-        raise ValueError("no target: pass --host or --target with the gateway's base URL")
-    try:  # a lab path name, when the proxy lab (python -m gateway lab) is present
-        from gateway.lab import target_url as lab_target  # type: ignore[import-not-found]
-    except ImportError:
-        raise ValueError(f"--target {target!r} is not a URL, and no proxy lab is installed to name paths") from None
-    return lab_target(target).rstrip("/")
+    return targets.resolve(getattr(knobs(environment), "target", ""), environment.host)
 
 
 def drop_rate(options) -> float:
@@ -544,6 +536,15 @@ def _record_timings(environment, path: str) -> None:
 def _test_start(environment, **_kw) -> None:
     board.reset()
     board.monitor.lags.clear()
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    try:
+        target_url(environment)
+    except ValueError as exc:  # say so once, rather than one traceback per user
+        log.error("%s", exc)
+        environment.process_exit_code = 2
+        runner = environment.runner
+        gevent.spawn_later(0.1, runner.quit if environment.parsed_options.headless else runner.stop)
 
 
 @events.quit.add_listener

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests import fidelity
+from gateway.lab import Lab
+from loadtests import fidelity, targets
 
 from .support import ROOT, free_port, gateway, require, stop, wait_http
 
@@ -26,6 +27,7 @@ LOCUST = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
 
 def run_locust(tmp_path: Path, host: str, *args: str, users: int = 8, seconds: int = 6) -> dict:
     """Run Locust headless; return its stats rows {(type, name): row}, failures and transports JSON."""
+    tmp_path.mkdir(exist_ok=True)
     prefix = tmp_path / "run"
     cmd = [*LOCUST, "--host", host, "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
            "--csv", str(prefix), "--html", str(tmp_path / "report.html"), "--stop-timeout", "5",
@@ -101,10 +103,7 @@ def test_reconnection_ends_with_the_exact_text(gw, tmp_path):
     assert out["transports"]["scenario"]["drop_rate"] == 1.0
 
 
-def test_a_cut_that_cannot_resume_is_a_failure(gw, tmp_path):
-    # A resume point past the end: the gateway refuses to resume (HTTP 409), so the user reports it.
-    from loadtests.streaming import request_body  # noqa: F401  (the body helper the users share)
-
+def test_a_refused_stream_is_a_failure_with_its_status(gw, tmp_path):
     out = run_locust(tmp_path, gw.url, "--max-tokens", "5", "--ttft-ms", "10", "--itl-ms", "5",
                      "--drop-rate", "1", "--target", gw.url + "/nowhere", "SsePostUser", users=2, seconds=3)
     assert {f["Name"] for f in out["failures"]} == {"stream"}
@@ -154,53 +153,37 @@ def test_slow_readers_have_their_own_rows(gw, tmp_path):
         assert median(stats, transport, "inter_token") <= 15
 
 
-NGINX_TUNED = """
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            proxy_http_version 1.1;
-            proxy_buffering off;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_read_timeout 120s;
-        }}
-    }}
-}}
-"""
+def test_proxy_scenario_through_the_lab(tmp_path):
+    require("nginx")
+    with Lab(port=0, proxies=("nginx-tuned", "nginx-defaults")) as lab:
+        common = ("--scenario", "proxy", "--max-tokens", "30", "--ttft-ms", "100", "--itl-ms", "20",
+                  "SsePostUser", "NdjsonUser", "WsUser")
+        tuned = run_locust(tmp_path / "tuned", lab.urls["gateway"], "--target", lab.urls["nginx-tuned"], *common)
+        held = run_locust(tmp_path / "held", lab.urls["gateway"], "--target", lab.urls["nginx-defaults"], *common,
+                          users=6, seconds=5)
+    assert tuned["transports"]["scenario"]["target"] == lab.urls["nginx-tuned"]
+    assert not tuned["failures"], tuned["failures"]
+    for transport in ("sse_post", "ndjson", "ws"):
+        assert 70 <= median(tuned["stats"], transport, "ttft") <= 200, transport
+        assert 14 <= median(tuned["stats"], transport, "inter_token") <= 30, transport
+    # Stock nginx in front of a gateway without its anti-buffering header: gzip holds SSE and NDJSON,
+    # and the users see it: the first token comes with the last (the stream lasts ~100 + 30 x 20 ms).
+    stats = held["stats"]
+    for transport in ("sse_post", "ndjson"):
+        assert median(stats, transport, "ttft") >= 0.8 * median(stats, transport, "stream"), transport
+        assert median(stats, transport, "inter_token") <= 2, transport
+    # No WebSocket upgrade through it: every ws stream fails, with the refusal as its message.
+    assert count(stats, "ws", "stream") and not count(stats, "ws", "ttft")
+    errors = [f["Error"] for f in held["failures"] if f["Method"] == "ws" and f["Name"] == "stream"]
+    assert errors and all("refused" in e or "cut" in e for e in errors), errors
 
 
-def test_proxy_scenario_through_nginx(gw, tmp_path):
-    nginx = require("nginx")
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_TUNED.format(dir=tmp_path, port=port, upstream=gw.port))
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
-                             "-g", "daemon off;"])
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        out = run_locust(tmp_path, gw.url, "--scenario", "proxy", "--target", f"http://127.0.0.1:{port}",
-                         "--max-tokens", "30", "--ttft-ms", "200", "--itl-ms", "20",
-                         *[c for c in ("SseGetUser", "SsePostUser", "NdjsonUser", "WsUser")])
-    finally:
-        stop(proc)
-    stats = out["stats"]
-    assert out["transports"]["scenario"]["target"] == f"http://127.0.0.1:{port}"
-    assert not out["failures"], out["failures"]
-    for transport in STREAMING:
-        assert 140 <= median(stats, transport, "ttft") <= 300, transport
-        assert 14 <= median(stats, transport, "inter_token") <= 30, transport
-    # The load went through nginx: the gateway saw its requests from nginx's connections.
-    assert gw.metrics()
+def test_a_lab_path_name_is_a_port_on_the_lab():
+    assert targets.resolve("nginx-tuned", "http://127.0.0.1:8000") == "http://127.0.0.1:8003"
+    assert targets.resolve("", "http://127.0.0.1:9000/") == "http://127.0.0.1:9000"
+    assert targets.resolve("http://10.0.0.1:81/", "http://127.0.0.1:8000") == "http://10.0.0.1:81"
+    with pytest.raises(ValueError, match="neither a URL nor a lab path"):
+        targets.resolve("nginx-fast", "http://127.0.0.1:8000")
 
 
 def test_tab_endpoint_on_a_master_with_two_workers(gw, tmp_path):
