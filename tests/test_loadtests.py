@@ -227,15 +227,19 @@ def test_users_timings_agree_with_the_asyncio_client(gw):
     """Medians of the users' samples against gateway.client's, measured at the same time.
 
     Inter-token gaps agree within 1 ms. Time to first token includes each client's own cost of sending
-    a request, which on this shared 2-core machine (load average often above 5) varies by 1-2 ms
-    between the two processes; the 1 ms figure for it comes from `python -m loadtests.fidelity` on a
-    quiet machine (README), so the test allows 3 ms rather than be flaky.
+    a request: on this shared 2-core machine (load average often above 5) gateway.client (httpx) reads
+    up to ~2 ms later than the users, so the test allows 3 ms; both sit just above the model's own
+    schedule, which no honest measurement can beat.
     """
     _, rows = fidelity.compare(gw.url, list(STREAMING), seconds=8, tolerance_ms=1.0)
     print(json.dumps(rows, indent=1))
     assert all(r["locust_n"] >= 20 and r["client_n"] >= 20 for r in rows), rows
     for r in rows:
         assert abs(r["diff_ms"]) <= (1.0 if r["metric"] == "inter_token" else 3.0), r
+        if r["metric"] == "ttft":
+            assert r["schedule_ms"] - 0.5 <= r["locust_ms"] <= r["schedule_ms"] + 15, r
+        else:
+            assert abs(r["locust_ms"] - r["schedule_ms"]) <= 1.5, r
 
 
 LAG_PROBE = """
