@@ -3,7 +3,13 @@
 "use strict";
 
 (() => {
+  // Raw HTML off (model output is untrusted); links open in a new tab, away from a running stream.
   const md = window.markdownit({ html: false, linkify: false, typographer: false });
+  md.renderer.rules.link_open = (tokens, i, options, env, self) => {
+    tokens[i].attrSet("target", "_blank");
+    tokens[i].attrSet("rel", "noopener noreferrer");
+    return self.renderToken(tokens, i, options);
+  };
   const utf8 = new TextEncoder();
   const MAX_TRIES = 5;  // reconnect attempts in a row without a new event before giving up
 
@@ -235,6 +241,7 @@
       this.client = null;
       this.reset(performance.now());
       this.setStatus("idle", "idle");
+      this.ui.output.setAttribute("aria-busy", "false");
     }
 
     reset(t0) {
@@ -697,5 +704,6 @@
   window.demo = {
     state: () => panels.map((p) => p.snapshot()),
     settled: () => panels.every((p) => p.hashed),
+    render: (text) => md.render(text),
   };
 })();
