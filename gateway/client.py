@@ -59,6 +59,7 @@ class StreamResult:
     gaps: int = 0
     duplicates: int = 0
     bytes: int = 0
+    last_seq: int = -1  # the last seq received (or the resume point to start from)
 
     @property
     def tokens(self) -> list[Token]:
@@ -96,6 +97,28 @@ class StreamResult:
     def ttft(self) -> float | None:
         arr = self.token_arrivals
         return arr[0] - self.started if arr else None
+
+    def take(self, event: Event, at: float) -> bool:
+        """Record an arrival; False for a heartbeat or a duplicate (not to be passed on).
+
+        A seq at or below `last_seq` is a duplicate; one beyond `last_seq + 1`
+        means events were skipped (a gap).
+        """
+        if type(event) is Heartbeat:
+            self.heartbeats += 1
+            return False
+        seq, last = event.seq, self.last_seq
+        if seq <= last and last >= 0:
+            self.duplicates += 1
+            return False
+        if seq > last + 1:
+            self.gaps += 1
+        self.last_seq = seq
+        if type(event) is Meta:
+            self.stream_id = event.stream_id
+        self.events.append(event)
+        self.arrivals.append(at)
+        return True
 
 
 class Client:
@@ -177,32 +200,20 @@ class Client:
         result.started = time.perf_counter()
         result.stream_id = stream_id
         body = {"prompt": prompt, **fields}
-        last = after
+        result.last_seq = after
         attempt = 0
         while True:
             delay = 0.0
             refused = False
-            connection = self._connect(transport, body, result.stream_id, last, result)
+            connection = self._connect(transport, body, result.stream_id, result.last_seq, result)
             try:
                 async for event, at in connection:
-                    if type(event) is Heartbeat:
-                        result.heartbeats += 1
-                        continue
                     if type(event) is Reconnect:
                         result.reconnect_requests += 1
                         delay = event.retry_ms / 1000
                         break
-                    seq = event.seq
-                    if seq <= last and last >= 0:
-                        result.duplicates += 1
+                    if not result.take(event, at):
                         continue
-                    if seq > last + 1:
-                        result.gaps += 1
-                    last = seq
-                    if type(event) is Meta:
-                        result.stream_id = event.stream_id
-                    result.events.append(event)
-                    result.arrivals.append(at)
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return

@@ -38,7 +38,7 @@ async def drain(ctx: Context) -> None:
             stream.kick()
         # Let every connection say goodbye before uvicorn's shutdown closes it.
         until = loop.time() + 2.0
-        while loop.time() < until and any(s.subs for s in store.local()):
+        while loop.time() < until and any(sub.kicked for s in store.local() for sub in s.subs):
             await asyncio.sleep(0.02)
     deadline = loop.time() + ctx.settings.drain_timeout_s
     while loop.time() < deadline and any(s.generation is not None for s in store.local()):
