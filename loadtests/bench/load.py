@@ -26,7 +26,7 @@ import time
 import orjson
 from websockets.frames import Frame, Opcode
 
-__all__ = ["main", "proc_cpu", "proc_rss"]
+__all__ = ["main", "proc_cpu", "proc_rss", "proc_wait"]
 
 TOKEN, DONE = b'"token"', b'"done"'
 _TAIL = len(TOKEN) - 1
@@ -39,6 +39,12 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+def proc_wait(pid: int) -> float:
+    """Seconds the process's main thread spent runnable but waiting for a CPU (other load)."""
+    with open(f"/proc/{pid}/schedstat", "rb") as f:
+        return int(f.read().split()[1]) / 1e9
 
 
 def proc_rss(pid: int) -> int:
@@ -229,10 +235,12 @@ async def bench(args: argparse.Namespace) -> dict:
     lags: list[float] = []
     probe = asyncio.create_task(lag_probe(lags))
     cpu0, me0, t0 = proc_cpu(pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    wait0, mywait0 = proc_wait(pid), proc_wait(os.getpid())
     run.counting = True
     await asyncio.sleep(args.duration)
     run.counting = False
     cpu1, me1, t1 = proc_cpu(pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    wait1, mywait1 = proc_wait(pid), proc_wait(os.getpid())
     rss = proc_rss(pid)
     open_now = run.open
     probe.cancel()
@@ -258,6 +266,7 @@ async def bench(args: argparse.Namespace) -> dict:
         "late_max_ms": percentile(run.hist, 1.0),
         "rss_idle": rss_idle, "rss": rss, "kb_per_stream": (rss - rss_idle) / 1024 / max(open_now, 1),
         "client_cpu_share": client_cpu / wall,
+        "server_wait_share": (wait1 - wait0) / wall, "client_wait_share": (mywait1 - mywait0) / wall,
         "client_lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000 if lags else float("nan"),
         "witness": check,
     }
