@@ -54,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", type=float, default=20.0, help="idle gap to survive, in seconds (0: skip)")
     p.add_argument("--tokens", type=int, default=40, help="tokens per test stream")
     p.add_argument("--itl-ms", type=float, default=50.0, help="gap between tokens as sent")
+    from . import compare
+    compare.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port)
+    elif args.command == "compare":
+        return compare.main(args)
     elif args.command == "lab":
         from .lab import run
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
-from .events import token_json
+from .events import from_json, token_json
 from .log import KIND, EventLog
 
 if TYPE_CHECKING:
@@ -206,6 +206,9 @@ class Stream:
         drop_at = None
         if self.drop_after is not None and after < self.drop_after:
             drop_at = self.drop_after + 1  # deliver meta and N tokens, then cut
+            # Once per stream: a browser can lose the last chunk before a cut (Chromium's fetch
+            # does, often), resume from before N, and would be cut again at N for ever.
+            self.drop_after = None
         sub = Subscriber(after + 1, transport, now, drop_at)
         self.subs.append(sub)
         self.detached_since = None
@@ -236,6 +239,11 @@ class Stream:
             await fut
         finally:
             sub.waiter = None
+
+    def text(self) -> str:
+        """The text so far, from the log (the log is the only copy)."""
+        log = self.log
+        return "".join(from_json(log.json(i)).text for i in range(len(log)) if log.kinds[i] == _TOKEN)
 
     def status_info(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from .eager import Parked, finish, send_now
 
 if TYPE_CHECKING:
     from ..app import Context
+    from ..log import EventLog
     from ..stream import Stream, Subscriber
 
 __all__ = ["EventStream", "DropConnection", "streaming_headers"]
@@ -52,7 +53,7 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx, stream, sub = self.ctx, self.stream, self.sub
         stats = ctx.stats[self.fmt]
-        media = sse.MEDIA_TYPE if self.fmt == "sse" else ndjson.MEDIA_TYPE
+        media = ndjson.MEDIA_TYPE if self.fmt == "ndjson" else sse.MEDIA_TYPE
         headers = streaming_headers(media, ctx.settings.x_accel_buffering, stream.id)
         stats.connections += 1
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
@@ -69,6 +70,10 @@ class EventStream(Response):
             stats.connections -= 1
             stream.detach(sub, ctx.clock.now(), self.client_left)
 
+    def frames(self, log: EventLog, start: int, end: int) -> bytes:
+        """Log events [start, end) as body bytes (a subclass may map them to another format)."""
+        return log.sse_frames(start, end) if self.fmt == "sse" else log.ndjson(start, end)
+
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -78,8 +83,8 @@ class EventStream(Response):
 
     async def _pump(self, send: Send, stats) -> None:
         stream, sub, log = self.stream, self.sub, self.stream.log
-        is_sse = self.fmt == "sse"
-        heartbeat = sse.HEARTBEAT_FRAME if is_sse else ndjson.HEARTBEAT_LINE
+        frames = self.frames
+        heartbeat = ndjson.HEARTBEAT_LINE if self.fmt == "ndjson" else sse.HEARTBEAT_FRAME
         wait = stream.wait
         while True:
             sub.push = self._push
@@ -99,7 +104,7 @@ class EventStream(Response):
             if cursor < end:
                 if sub.drop_at is not None and end >= sub.drop_at:
                     end, drop = sub.drop_at, True
-                body = log.sse_frames(cursor, end) if is_sse else log.ndjson(cursor, end)
+                body = frames(log, cursor, end)
                 stats.events += end - cursor
                 sub.cursor = end
                 terminal = not stream.running and end == len(log)
@@ -124,7 +129,7 @@ class EventStream(Response):
         cursor, end = sub.cursor, len(log)
         if cursor >= end:
             return True
-        body = log.sse_frames(cursor, end) if self.fmt == "sse" else log.ndjson(cursor, end)
+        body = self.frames(log, cursor, end)
         sub.cursor = end
         stats = self.ctx.stats[self.fmt]
         stats.events += end - cursor
