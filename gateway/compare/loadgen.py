@@ -141,7 +141,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
         sampler = _Sampler({"locust": proc.pid} | ({"gateway": gw.pid} if gw.pid else {}))
         sampler.start()
         # Locust stops by itself after -t; past this, ask it to stop (SIGTERM: it still writes its files).
-        deadline = time.monotonic() + cell.duration_s + 30
+        deadline = time.monotonic() + cell.duration_s + 20
         overran = False
         try:
             while proc.poll() is None:
@@ -163,7 +163,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     json_path = prefix.with_name(cell.id + ".json")
     problem = None
     if overran:
-        problem = f"Locust did not stop {cell.duration_s + 30:g} s after starting and was stopped with SIGTERM"
+        problem = f"Locust did not stop {cell.duration_s + 20:g} s after starting and was stopped with SIGTERM"
     if not json_path.exists():
         tail = " / ".join(log_text.strip().splitlines()[-3:])
         problem = (problem or f"Locust exited with {proc.returncode}") + f" and wrote no results ({tail[-300:]})"
