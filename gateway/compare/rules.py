@@ -25,10 +25,6 @@ TIE = 0.10  # figures within 10% count as a tie (the machine is noisy)
 NOTICEABLE_MS = 200.0  # a wait shorter than this is hardly noticed
 
 
-def fmt_s(seconds: float) -> str:
-    return f"{seconds:g}"
-
-
 def _saturated(cell: dict) -> bool:
     return bool(cell["load_generator"]["saturated"])
 
@@ -130,7 +126,7 @@ def _proxy_ok(cell: dict, direct: list[dict], matrix: dict) -> dict:
             reasons.append(f"no token arrived ({f['failed']} of {f['streams']} streams failed"
                            + (f": {message}" if message else "") + ")")
         else:
-            reasons.append(f"no token arrived and no stream ended within the {fmt_s(cell['duration_s'])} s cell")
+            reasons.append(f"no token arrived and no stream ended within the {cell['duration_s']:g} s cell")
     elif base is not None and ttft > base + max(50.0, 0.5 * base):
         reasons.append(f"TTFT p50 {ttft:g} ms vs {base:g} ms direct")
     if itl50 is not None and itl50 < 0.5 * matrix["itl_ms"]:
