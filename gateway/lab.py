@@ -319,7 +319,7 @@ def run(port: int = 8000, proxies: tuple[str, ...] | None = None, read_timeout: 
     lab = Lab(port=port, proxies=proxies, read_timeout=read_timeout)
     try:
         lab.start()
-        print(lab.table())
+        print(lab.table(), flush=True)
         if measure_idle is not None:
             print("\n" + measure(lab, measure_idle), flush=True)
             return 0

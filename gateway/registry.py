@@ -15,6 +15,7 @@ from .metrics import Stats
 from .models import StreamRequest
 from .settings import Settings
 from .sources.base import Source
+from .sources.relay import build_sources
 from .sources.simulated import SimulatedModel
 from .store.base import StreamStore
 from .stream import Stream
@@ -36,9 +37,16 @@ class Registry:
         self.store = store
         sim = SimulatedModel(clock, settings.sim_ttft_ms, settings.sim_itl_ms, settings.sim_jitter)
         self.sources: dict[str, Source] = {"sim": sim}
+        self.sources.update(build_sources(settings.models, settings.idle_timeout_s))
 
     def start(self) -> None:
         self.clock.every(self.settings.sweep_s, self.sweep)
+
+    async def aclose(self) -> None:
+        for source in self.sources.values():
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
 
     def source(self, model: str | None) -> tuple[str, Source]:
         name = model or self.settings.model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -228,3 +229,41 @@ def test_probe_reports_an_idle_cut_with_the_path_timeout(silent_lab):
         idle = report["transports"][t]["idle"]
         assert idle["survived"] is False and idle["heartbeats"] == 0
         assert 1.0 < idle["cut_after_silence_s"] < 3.0  # the proxy's 2 s read timeout
+
+
+def test_the_browser_page_through_default_and_tuned_nginx(lab):
+    """What a person sees: the demo page's four clients, opened through each proxy."""
+    chromium = require("chromium")
+    from playwright.sync_api import sync_playwright
+
+    n, itl_ms, ttft_ms = 60, 40, 200
+    scheduled_ms = ttft_ms + (n - 1) * itl_ms  # when the last token leaves the gateway
+    states = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            for path in ("nginx-defaults", "nginx-tuned"):
+                page = browser.new_page(viewport={"width": 1400, "height": 620})
+                page.goto(lab.urls[path] + "/")
+                page.fill("#max_tokens", str(n))
+                page.fill("#ttft_ms", str(ttft_ms))
+                page.fill("#itl_ms", str(itl_ms))
+                page.click("#start")
+                if os.environ.get("UPDATE_SCREENSHOT") and path == "nginx-defaults":
+                    page.wait_for_timeout(scheduled_ms * 0.6)  # mid-stream
+                    page.screenshot(path=str(ROOT / "docs" / "page-through-nginx-defaults.png"))
+                page.wait_for_function("() => demo.settled()", timeout=60_000)
+                states[path] = {s["kind"]: s for s in page.evaluate("() => demo.state()")}
+                page.close()
+        finally:
+            browser.close()
+
+    held, tuned = states["nginx-defaults"], states["nginx-tuned"]
+    for kind in ("eventsource", "fetch-sse", "fetch-ndjson"):
+        # Every HTTP client got the whole answer, but its first token only came with the last.
+        assert held[kind]["tokens"] == n and held[kind]["sha"] == held[kind]["doneSha"], kind
+        assert held[kind]["ttftMs"] > 0.8 * scheduled_ms, (kind, held[kind]["ttftMs"])
+    assert held["websocket"]["tokens"] == 0 and held["websocket"]["status"] != "done"
+    for kind, s in tuned.items():
+        assert s["tokens"] == n and s["sha"] == s["doneSha"], kind
+        assert s["ttftMs"] < 0.3 * scheduled_ms, (kind, s["ttftMs"])
