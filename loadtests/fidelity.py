@@ -9,7 +9,8 @@ At the same time, against the same gateway, the project's asyncio client
 (gateway.client: httpx and websockets, its own event loop and timestamps, in
 another process) runs the same requests with the same concurrency. Per
 transport, the medians of time to first token and of the inter-token gaps must
-agree within the tolerance. Exit status 1 if not.
+agree within the tolerance. Exit status 1 if not. The model's own schedule for
+these requests is printed alongside: both clients sit just above it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 
 from gateway.client import Client
+from gateway.models import StreamRequest
+from gateway.sources.simulated import SimGeneration
 from loadtests.streaming import request_body
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,8 +110,46 @@ def measure(host: str, transports: list[str], seconds: int) -> tuple[dict, dict]
         return read_samples(out, transports), independent
 
 
+class _ScheduleClock:
+    """Stands in for the gateway's clock to read the simulated model's schedule without waiting."""
+
+    def __init__(self) -> None:
+        self.deadlines: list[float] = []
+
+    def now(self) -> float:
+        return 0.0
+
+    def call_at(self, deadline: float, callback) -> None:
+        self.deadlines.append(deadline)
+
+
+class _Drain:
+    def token(self, text: str) -> None: ...
+    def fail(self, code: str, message: str, retryable: bool = False) -> None: ...
+    def finish(self, finish_reason: str = "stop") -> None: ...
+
+
+def schedule() -> dict[str, float]:
+    """The model's own schedule for PARAMS (ms): TTFT, and the median gap between tokens.
+
+    Every stream of the run has this schedule (same prompt, seed and max_tokens); what each
+    client adds on top is the path: request, server, socket, wake-up.
+    """
+    p = PARAMS
+    request = StreamRequest(**request_body(p["prompt_bytes"], p["max_tokens"], p["seed"],
+                                           ttft_ms=p["ttft_ms"], itl_ms=p["itl_ms"], jitter=p["jitter"]))
+    clock = _ScheduleClock()
+    generation = SimGeneration(_Drain(), clock, request, (p["ttft_ms"], p["itl_ms"], p["jitter"]))
+    while len(clock.deadlines) < p["max_tokens"]:
+        generation.step()
+    times = clock.deadlines
+    return {"ttft": times[0] * 1000,
+            "inter_token": statistics.median(b - a for a, b in zip(times, times[1:])) * 1000}
+
+
 def compare(host: str, transports: list[str], seconds: int, tolerance_ms: float) -> tuple[bool, list[dict]]:
     users, independent = measure(host, transports, seconds)
+    planned = schedule()
     rows, ok = [], True
     for t in transports:
         for metric in ("ttft", "inter_token"):
@@ -120,7 +161,8 @@ def compare(host: str, transports: list[str], seconds: int, tolerance_ms: float)
             ma, mb = statistics.median(a), statistics.median(b)
             good = abs(ma - mb) <= tolerance_ms
             ok &= good
-            rows.append({"transport": t, "metric": metric, "locust_ms": round(ma, 3), "client_ms": round(mb, 3),
+            rows.append({"transport": t, "metric": metric, "schedule_ms": round(planned[metric], 3),
+                         "locust_ms": round(ma, 3), "client_ms": round(mb, 3),
                          "diff_ms": round(ma - mb, 3), "locust_n": len(a), "client_n": len(b), "ok": good})
     return ok, rows
 
@@ -138,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"ok": ok, "tolerance_ms": args.tolerance_ms, "params": PARAMS, "rows": rows}))
     else:
-        print(f"{'transport':10} {'metric':12} {'locust p50':>11} {'client p50':>11} {'diff':>8} {'n (locust/client)':>18}")
+        print(f"{'transport':10} {'metric':12} {'schedule':>9} {'locust p50':>11} {'client p50':>11} {'diff':>8} "
+              f"{'n (locust/client)':>18}")
         for r in rows:
-            print(f"{r['transport']:10} {r['metric']:12} {r.get('locust_ms', '-'):>11} {r.get('client_ms', '-'):>11} "
+            print(f"{r['transport']:10} {r['metric']:12} {r.get('schedule_ms', '-'):>9} "
+                  f"{r.get('locust_ms', '-'):>11} {r.get('client_ms', '-'):>11} "
                   f"{r.get('diff_ms', '-'):>8} {str(r['locust_n']) + '/' + str(r['client_n']):>18}"
                   + ("" if r["ok"] else "  <-- over tolerance"))
         print(("agree" if ok else "DISAGREE") + f" within {args.tolerance_ms} ms at the median")

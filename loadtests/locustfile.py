@@ -8,7 +8,7 @@ Run (from the repository root, gateway on :8000):
 
 Stable interface (the comparison report reads it; change only with it):
 
-User classes (pick on the command line, in the UI with --class-picker, or by tag):
+User classes (pick on the command line, in the UI with --class-picker, or by tag: --tags ws sse_post):
     SseGetUser  (tag sse_get)   POST /v1/streams, then GET /v1/streams/{id}/sse (EventSource style)
     SsePostUser (tag sse_post)  POST /v1/sse (fetch style)
     NdjsonUser  (tag ndjson)    POST /v1/ndjson
@@ -43,13 +43,15 @@ Transports tab: GET /transports on the web UI (master) answers JSON
 
 Command-line arguments (all shown in the web UI form unless noted):
     --scenario steady|throughput|reconnection|proxy|mixed|slow (default steady)
-    --target URL or lab path name (default: --host)      --prompt-bytes N (64)
+    --target URL, or a lab path name (nginx-tuned, haproxy, ...: see loadtests/targets.py) on the lab
+             whose gateway is --host (default: --host itself)      --prompt-bytes N (64)
     --max-tokens N (128)   --ttft-ms MS (300)   --itl-ms MS (25)   --jitter F (0.3)   --seed N (-1: random)
     --drop-rate F (0; reconnection: 1 when 0)             --slow-share F (0; slow: 0.3 when 0)
     --slow-read-bps N (2000)   --stall-s S (10)
     --ramp-step N (5)   --ramp-every S (10)   --itl-limit-ms MS (250)   --error-limit F (0.01)
-    --lag-warn-ms MS (10, p90 over 10 s)   --timings-out PATH (not in the UI: every ttft/inter_token/reconnect/stream
-                            sample as JSON lines {"t": transport, "m": metric, "ms": value})
+    --lag-warn-ms MS (10, p90 over 10 s)
+    --timings-out PATH (not in the UI) every ttft/inter_token/reconnect/stream sample as JSON lines
+                       {"t": transport, "m": metric, "ms": value} (from workers: PATH.<pid>)
 
 Scenarios (one shape class, ScenarioShape, reads --scenario; -u is the user count, or the ramp's ceiling):
     steady        -u users of the chosen classes
@@ -57,10 +59,11 @@ Scenarios (one shape class, ScenarioShape, reads --scenario; -u is the user coun
                   step's inter-token p99 passes --itl-limit-ms or its failed-stream ratio --error-limit
     reconnection  the gateway cuts each stream (--drop-rate) after a random token; users resume and must
                   end with the exact expected text: any gap, duplicate or text failure shows
-    proxy         steady load against --target (a proxy's URL or a lab path name)
-    mixed         all five classes at once (or those named), by their weights (3 sse_post, 3 ws, 2 sse_get,
-                  2 ndjson, 1 complete), all started at once
-    slow          a share of users (--slow-share) read at --slow-read-bps or stop reading for --stall-s
+    proxy         steady load against --target (a proxy's URL or a lab path name); run once per path
+    mixed         all five classes (or those named or tagged) at once, by their weights (3 sse_post, 3 ws,
+                  2 sse_get, 2 ndjson, 1 complete), all started at once
+    slow          a share of each transport's users (--slow-share), spread evenly, in turn read at
+                  --slow-read-bps or stop reading for --stall-s (then leave)
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ if str(ROOT) not in sys.path:
 
 from gateway.events import Done, Error, Token  # noqa: E402
 from gateway.sources.simulated import corpus_tokens, expected_text  # noqa: E402
+from loadtests import targets  # noqa: E402
 from loadtests.board import COLUMNS, Board  # noqa: E402
 from loadtests.streaming import GatewayError, Run, StreamClient, post_complete, request_body  # noqa: E402
 
@@ -129,7 +133,7 @@ def _arguments(parser) -> None:
     arg("--ramp-every", 10.0, "throughput: seconds per step")
     arg("--itl-limit-ms", 250.0, "throughput: stop when a step's inter-token p99 passes this")
     arg("--error-limit", 0.01, "throughput: stop when a step's failed-stream ratio passes this")
-    arg("--lag-warn-ms", 10.0, "warn when the load generator's event loop runs this late (p99)")
+    arg("--lag-warn-ms", 10.0, "warn when the load generator's event loop runs this late (p90 over 10 s)")
     arg("--timings-out", "", "write every timing sample to this JSON-lines file", include_in_web_ui=False)
 
 
@@ -139,17 +143,7 @@ def knobs(environment) -> Any:
 
 
 def target_url(environment) -> str:
-    options = knobs(environment)
-    target = (getattr(options, "target", "") or environment.host or "").strip()
-    if "://" in target:
-        return target.rstrip("/")
-    if not target:
-        raise ValueError("no target: pass --host or --target with the gateway's base URL")
-    try:  # a lab path name, when the proxy lab (python -m gateway lab) is present
-        from gateway.lab import target_url as lab_target  # type: ignore[import-not-found]
-    except ImportError:
-        raise ValueError(f"--target {target!r} is not a URL, and no proxy lab is installed to name paths") from None
-    return lab_target(target).rstrip("/")
+    return targets.resolve(getattr(knobs(environment), "target", ""), environment.host)
 
 
 def drop_rate(options) -> float:
@@ -183,6 +177,17 @@ def check_text(body: dict[str, Any], text: str, sha256: str | None) -> str | Non
 
 # -- users -----------------------------------------------------------------------
 
+_started: dict[str, int] = {}  # users started per transport in this process
+
+
+def pick_reader(transport: str, share: float) -> str:
+    """normal, slow or stalled: `share` of each transport's users, spread evenly, slow and stalled in turn."""
+    i = _started[transport] = _started.get(transport, 0) + 1
+    special = int(i * share)
+    if special > int((i - 1) * share):
+        return "slow" if special % 2 else "stalled"
+    return "normal"
+
 
 class GatewayUser(User):
     abstract = True
@@ -192,10 +197,7 @@ class GatewayUser(User):
     def on_start(self) -> None:
         self.session = requests.Session()
         self.base_url = target_url(self.environment)
-        self.reader = "normal"
-        share = slow_share(knobs(self.environment))
-        if share and random.random() < share:
-            self.reader = random.choice(("slow", "stalled"))
+        self.reader = pick_reader(self.transport, slow_share(knobs(self.environment)))
 
     def on_stop(self) -> None:
         self.session.close()
@@ -348,6 +350,13 @@ MIXED = [*STREAMING, CompleteUser]
 # -- scenarios ---------------------------------------------------------------------
 
 
+def _tagged(user_class, options) -> bool:
+    """Whether --tags / --exclude-tags leave the class a task (Locust filters only after the shape)."""
+    tags, exclude = set(options.tags or ()), set(options.exclude_tags or ())
+    have = set().union(*(getattr(t, "locust_tag_set", set()) for t in user_class.tasks))
+    return bool(user_class.tasks) and (not tags or bool(have & tags)) and not have & exclude
+
+
 class ScenarioShape(LoadTestShape):
     """Drives every scenario: steady counts, the throughput ramp, the mixed set of classes."""
 
@@ -366,15 +375,15 @@ class ScenarioShape(LoadTestShape):
             return None  # Locust applies --run-time to a shape only after the shape ends
         users = max(1, options.num_users or 1)
         rate = options.spawn_rate or users
-        if options.scenario == "mixed":
-            # Locust can only run classes chosen at start: all five unless some were named.
-            chosen = [c for c in MIXED if c in environment.user_classes]
-            return users, max(rate, users), chosen or None
+        # Classes named on the command line or picked in the UI, and tagged if --tags is given.
+        chosen = [c for c in environment.user_classes if _tagged(c, options)] or None
+        if options.scenario == "mixed":  # everyone at once
+            return users, max(rate, users), chosen
         if options.scenario == "throughput":
-            return self.ramp(options, users)
-        return users, rate
+            return self.ramp(options, users, chosen)
+        return users, rate, chosen
 
-    def ramp(self, options, ceiling: int):
+    def ramp(self, options, ceiling: int, chosen):
         now = self.get_run_time()
         if not hasattr(self, "step_users"):
             self.reset_time()
@@ -402,7 +411,7 @@ class ScenarioShape(LoadTestShape):
             self.step_users = min(ceiling, self.step_users + options.ramp_step)
             self.step_started = now
             self.step_marks = self._marks()
-        return self.step_users, max(options.spawn_rate or 0, self.step_users)
+        return self.step_users, max(options.spawn_rate or 0, self.step_users), chosen
 
     def _marks(self) -> dict:
         return {key: (dict(e.response_times), e.num_requests, e.num_failures)
@@ -544,6 +553,19 @@ def _record_timings(environment, path: str) -> None:
 def _test_start(environment, **_kw) -> None:
     board.reset()
     board.monitor.lags.clear()
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    scenario = environment.parsed_options.scenario
+    if scenario in ("throughput", "mixed") and environment.shape_class is None:
+        log.warning("the %s scenario needs the shape class ScenarioShape (pick it in the form): "
+                    "this run keeps a steady user count", scenario)
+    try:
+        target_url(environment)
+    except ValueError as exc:  # say so once, rather than one traceback per user
+        log.error("%s", exc)
+        environment.process_exit_code = 2
+        runner = environment.runner
+        gevent.spawn_later(0.1, runner.quit if environment.parsed_options.headless else runner.stop)
 
 
 @events.quit.add_listener

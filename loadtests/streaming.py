@@ -7,6 +7,8 @@ same resume rules and the same codecs:
 - SSE and NDJSON with `requests` (`stream=True`), read with `raw.read1()`: it
   returns as soon as the socket holds bytes, so an event is timed when it
   arrives, not when a 1 KiB buffer fills (FastHttpUser's `iter_lines` bunches).
+  Like a browser it accepts gzip (a proxy may compress); `bytes` counts the
+  decoded body.
 - WebSocket with the `websockets` sync client.
 
 `StreamClient.events()` yields (event, arrival) until the terminal event and
@@ -25,11 +27,12 @@ import orjson
 import requests
 import urllib3
 import websockets
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from gateway.client import GatewayError, StreamResult, _check
 from gateway.codecs import ndjson, sse, ws
-from gateway.events import Done, Error, Event, Heartbeat, Meta
+from gateway.events import Done, Error, Event
 
 __all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body"]
 
@@ -80,24 +83,11 @@ class StreamClient:
         run.started = time.perf_counter()
         if transport == "sse_get":
             run.stream_id = self.create(body)
-        last = -1
         while True:
             try:
-                for event, at in self._connect(transport, body, run.stream_id, last, run):
-                    if type(event) is Heartbeat:
-                        run.heartbeats += 1
+                for event, at in self._connect(transport, body, run.stream_id, run.last_seq, run):
+                    if not run.take(event, at):  # a heartbeat or a duplicate
                         continue
-                    seq = event.seq
-                    if seq <= last and last >= 0:
-                        run.duplicates += 1
-                        continue
-                    if seq > last + 1:
-                        run.gaps += 1
-                    last = seq
-                    if type(event) is Meta:
-                        run.stream_id = event.stream_id
-                    run.events.append(event)
-                    run.arrivals.append(at)
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return
@@ -137,7 +127,7 @@ class StreamClient:
             slow = self.read_bps
             size = 256 if slow else 65536
             while True:
-                chunk = raw.read1(size, decode_content=False)
+                chunk = raw.read1(size, decode_content=True)
                 at = time.perf_counter()
                 if not chunk:
                     return
@@ -146,7 +136,7 @@ class StreamClient:
                 if events and isinstance(events[-1], (Done, Error)):
                     # The end of the body follows the terminal event: read it, so the
                     # connection goes back to the pool for the next stream (as a browser's would).
-                    while raw.read1(size, decode_content=False):
+                    while raw.read1(size, decode_content=True):
                         pass
                     ended = True
                 for event in events:
@@ -160,8 +150,13 @@ class StreamClient:
                 r.close()
 
     def _ws(self, body: dict, stream_id: str | None, after: int, run: Run) -> Iterator[tuple[Event, float]]:
-        with ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24, open_timeout=10,
-                        close_timeout=1, ping_interval=None) as sock:
+        try:
+            sock = ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24, open_timeout=10,
+                              close_timeout=1, ping_interval=None)
+        except InvalidStatus as exc:  # the upgrade was refused (or a proxy did not pass it on)
+            _check(exc.response.status_code, exc.response.body or b"")
+            raise
+        with sock:
             sock.send(ws.start(**body) if stream_id is None else ws.resume(stream_id, after))
             slow = self.read_bps
             while True:
