@@ -97,6 +97,7 @@ def test_report_files(report: Path):
                      for t in ("sse_post", "ws")}
     assert results["paths"]["nginx-tuned"] != results["paths"]["direct"]
     for c in results["cells"]:
+        assert c["users_reached"] == c["users"] and c["problem"] is None, c["cell"]
         assert (report / "raw" / f"{c['cell']}.json").is_file()
         assert (report / "raw" / f"{c['cell']}_stats.csv").is_file()
 

@@ -129,7 +129,7 @@ class EventStream(Response):
         cursor, end = sub.cursor, len(log)
         if cursor >= end:
             return True
-        body = log.sse_frames(cursor, end) if self.fmt == "sse" else log.ndjson(cursor, end)
+        body = self.frames(log, cursor, end)
         sub.cursor = end
         stats = self.ctx.stats[self.fmt]
         stats.events += end - cursor
