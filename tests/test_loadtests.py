@@ -114,6 +114,19 @@ def test_a_refused_stream_is_a_failure_with_its_status(gw, tmp_path):
     assert all("refused: HTTP 404" in f["Error"] for f in out["failures"]), out["failures"]
 
 
+def test_users_stopped_mid_stream_let_locust_exit(gw, tmp_path):
+    # Streams of ~10 s in a 3 s run: at the end Locust kills every user inside a read (after
+    # --stop-timeout 5), WebSocket and HTTP alike, and must still exit (run_locust fails rather than wait).
+    started = time.monotonic()
+    out = run_locust(tmp_path, gw.url, "--max-tokens", "200", "--ttft-ms", "20", "--itl-ms", "50",
+                     "WsUser", "SsePostUser", users=4, seconds=3)
+    assert time.monotonic() - started < 45
+    for transport in ("ws", "sse_post"):
+        assert count(out["stats"], transport, "ttft") >= 1, transport  # they were streaming
+        assert not count(out["stats"], transport, "stream"), transport  # and none had finished
+    assert not out["failures"], out["failures"]
+
+
 def test_throughput_ramp_stops_at_the_limit(gw, tmp_path):
     out = run_locust(tmp_path, gw.url, "--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2",
                      "--itl-limit-ms", "1", "--max-tokens", "40", "--ttft-ms", "20", "--itl-ms", "20",
