@@ -68,6 +68,10 @@ class Context:
                 raise Problem(410, "Stream expired", "the stream ended and its events are gone", code="expired")
             raise Problem(404, "Stream not found", f"no stream {stream_id!r}", code="not_found")
         last = stream.last_seq
+        if after > last and stream.running and self.store.shared:
+            # The client may have read up to `after` on another replica: this copy can lag behind.
+            await self.store.catch_up(stream, after)
+            last = stream.last_seq
         if after > last or (after == last and not stream.running):
             raise Problem(409, "Nothing to resume",
                           f"resume point {after} is past the stream's last event {last}"

@@ -32,6 +32,10 @@ class StreamStore(Protocol):
     async def get(self, stream_id: str) -> Stream | None:
         """The stream to attach to: a local one, or a local mirror of one kept elsewhere."""
 
+    async def catch_up(self, stream: Stream, seq: int) -> None:
+        """A client has seen `seq` (on another replica) but this copy of a running stream has not:
+        bring it up to date (or until it ends, or a short bound passes). Only on a resume past the end."""
+
     async def expired(self, stream_id: str) -> bool:
         """True for a stream that existed but whose TTL ran out (410, not 404)."""
 

@@ -58,6 +58,9 @@ _TOMBSTONE_S = 86_400  # the meta hash outlives the log by this much: 410 rather
 _BLOCK_MS = 2_000  # the reader's XREAD returns at least this often (new mirrors also interrupt it)
 _BATCH = 4096  # events per flush round trip
 _CUT_MSG = "the stream store (Redis) is unreachable"
+# How long a resume past a mirror's end waits for the event its client saw elsewhere (the generator's
+# flusher may not have written it yet): a point still past the end after this is refused (409).
+_CATCH_UP_S = 2.0
 
 # One call appends a whole round for every stream: KEYS are their logs; ARGV is maxlen, then per stream
 # first seq, kinds (one digit per event) and the events as NDJSON lines (a slice of the local log: two
@@ -308,6 +311,27 @@ class RedisStore:
             self._loading[stream_id] = task
             task.add_done_callback(lambda _: self._loading.pop(stream_id, None))
         return await asyncio.shield(task)
+
+    async def catch_up(self, stream: Stream, seq: int) -> None:
+        # The client read `seq` from another replica, ahead of the one reader's last XREAD here (or of
+        # the generator's last flush): read Redis directly, from the mirror's end, until it is there.
+        if not isinstance(stream, Mirror):
+            return  # generated here: the local log is the newest copy
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CATCH_UP_S
+        while stream.running and stream.last_seq < seq:
+            try:
+                entries = await self.redis.xrange(stream.key, b"1-%d" % len(stream.log), "+")
+            except _DOWN as exc:
+                self._failing("catch up", exc)
+                raise StoreUnavailable() from None
+            self._ok()
+            if entries and stream.running:  # feed skips what the reader delivered meanwhile
+                self.events_read += len(entries)
+                stream.feed(entries, self.clock.now())
+            if stream.last_seq >= seq or loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.02)
 
     async def expired(self, stream_id: str) -> bool:
         try:
