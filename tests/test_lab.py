@@ -15,8 +15,10 @@ import time
 
 import httpx
 import pytest
+import websockets
 
 from gateway.client import Client
+from gateway.codecs import ws
 from gateway.events import Done, Meta, Token
 from gateway.lab import PROXIES, Lab, render
 from gateway.sources.simulated import expected_text
@@ -109,39 +111,53 @@ def _created(url: str) -> float:
 
 def test_resume_in_pieces_through_the_load_balancer():
     """Every piece is a new connection resuming after the last seq seen; nginx alternates the replicas,
-    so most resumes land on the replica that did not serve the previous piece (its mirror may lag)."""
+    so every other resume lands on a replica that follows the stream through Redis (a copy that lags)."""
     require("nginx")
     require("redis-server")
-    n, piece, prompt = 120, 5, "pieces"
+    n, piece = 120, 5
+    prompts = [f"pieces {i}" for i in range(3)]  # at once: more resumes racing the mirrors
     with Lab(port=0, proxies=("nginx-lb",)) as lab:
         assert lab.notes["nginx-lb"] == "(Redis store)"
 
+        async def read_in_pieces(client: Client, prompt: str):
+            sid = (await client.create(prompt, max_tokens=n, sim={"ttft_ms": 50, "itl_ms": 5}))["id"]
+            seqs, texts, done, after, pieces = [], [], None, -1, 0
+            while done is None:
+                assert pieces < 2 * n, "no progress"
+                got = 0
+                # sse, ndjson, ws (a resume message on /v1/ws), then /v1/streams/{id}/ws?after=
+                transport = ("sse", "ndjson", "ws", None)[pieces % 4]
+                events = (client.events(transport, stream_id=sid, after=after, resume=False) if transport
+                          else _ws_attach(client.ws_url, sid, after))
+                async for event, _ in events:
+                    if isinstance(event, Token):
+                        seqs.append(event.seq)
+                        texts.append(event.text)
+                        after, got = event.seq, got + 1
+                        if got == piece:
+                            break
+                    elif isinstance(event, Done):
+                        done = event
+                    else:
+                        assert isinstance(event, Meta), event
+                await events.aclose()
+                pieces += 1
+            return seqs, "".join(texts), done, pieces
+
         async def main():
             async with Client(lab.urls["nginx-lb"]) as client:
-                sid = (await client.create(prompt, max_tokens=n, sim={"ttft_ms": 50, "itl_ms": 5}))["id"]
-                seqs, texts, done, after, pieces = [], [], None, -1, 0
-                transports = ("sse", "ndjson", "ws")
-                while done is None:
-                    assert pieces < 2 * n, "no progress"
-                    got = 0
-                    events = client.events(transports[pieces % 3], stream_id=sid, after=after, resume=False)
-                    async for event, _ in events:
-                        if isinstance(event, Token):
-                            seqs.append(event.seq)
-                            texts.append(event.text)
-                            after, got = event.seq, got + 1
-                            if got == piece:
-                                break
-                        elif isinstance(event, Done):
-                            done = event
-                        else:
-                            assert isinstance(event, Meta), event
-                    await events.aclose()
-                    pieces += 1
-                return seqs, "".join(texts), done, pieces
+                return await asyncio.gather(*(read_in_pieces(client, p) for p in prompts))
 
-        seqs, text, done, pieces = asyncio.run(main())
-        assert seqs == list(range(1, n + 1))  # no gap, no duplicate
-        assert text == expected_text(prompt, 0, n)
-        assert done.sha256 == hashlib.sha256(text.encode()).hexdigest() and done.tokens == n
-        assert pieces >= n // piece
+        for prompt, (seqs, text, done, pieces) in zip(prompts, asyncio.run(main())):
+            assert seqs == list(range(1, n + 1))  # no gap, no duplicate
+            assert text == expected_text(prompt, 0, n)
+            assert done.sha256 == hashlib.sha256(text.encode()).hexdigest() and done.tokens == n
+            assert pieces >= n // piece
+
+
+async def _ws_attach(ws_url: str, stream_id: str, after: int):
+    """Events of /v1/streams/{id}/ws?after=: the resume point in the URL, refused with an HTTP status."""
+    async with websockets.connect(f"{ws_url}/v1/streams/{stream_id}/ws?after={after}", compression=None,
+                                  open_timeout=10, ping_interval=None) as sock:
+        async for message in sock:
+            yield ws.decode(message), time.perf_counter()

@@ -10,9 +10,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import orjson
 import pytest
+import websockets
 
 from gateway.client import TRANSPORTS, Client, StreamResult
+from gateway.codecs import ws
 from gateway.events import Token
 from gateway.sources.simulated import expected_text
 
@@ -308,3 +311,53 @@ def test_redis_outage_then_recovery():
         for gw in (a, b):
             gw.stop()
         redis.stop()
+
+
+def test_resume_past_the_real_end_on_a_mirror_is_still_refused(pair):
+    """A mirror that lags catches up from Redis before it refuses a resume point, but a point past the
+    stream's real end is refused all the same (409 past_end, after a bounded wait), on every transport."""
+    a, b = pair
+
+    async def go():
+        async with Client(a.url) as ca, Client(b.url) as cb, httpx.AsyncClient(base_url=b.url) as http:
+            sid = (await ca.create("past", max_tokens=1000, seed=2, sim=SIM))["id"]
+            keep = asyncio.create_task(ca.stream("ndjson", stream_id=sid))  # keeps it generating
+            last, _ = await read_until(cb, "sse", sid, 3)  # B follows it now
+            after = last + 900  # 18 s of tokens away
+
+            async def sse_():
+                r = await http.get(f"/v1/streams/{sid}/sse", headers={"Last-Event-ID": str(after)})
+                return r.status_code, r.json()["code"]
+
+            async def ndjson_():
+                r = await http.get(f"/v1/streams/{sid}/ndjson", params={"after": after})
+                return r.status_code, r.json()["code"]
+
+            async def ws_():
+                async with websockets.connect(cb.ws_url + "/v1/ws", open_timeout=10) as sock:
+                    await sock.send(ws.resume(sid, after))
+                    event = ws.decode(await sock.recv())
+                    return event.seq, event.code
+
+            async def ws_attach():
+                try:
+                    async with websockets.connect(f"{cb.ws_url}/v1/streams/{sid}/ws?after={after}",
+                                                  open_timeout=10):
+                        return "accepted"
+                except websockets.exceptions.InvalidStatus as exc:
+                    return exc.response.status_code, orjson.loads(exc.response.body)["code"]
+
+            t0 = time.monotonic()
+            out = dict(zip(("sse", "ndjson", "ws", "ws-attach"),
+                           await asyncio.gather(sse_(), ndjson_(), ws_(), ws_attach())))
+            elapsed = time.monotonic() - t0
+            running = (await http.get(f"/v1/streams/{sid}")).json()["status"]
+            await ca.cancel(sid)
+            await keep
+            return out, elapsed, running
+
+    out, elapsed, running = run(go())
+    assert out == {"sse": (409, "past_end"), "ndjson": (409, "past_end"), "ws": (-1, "past_end"),
+                   "ws-attach": (409, "past_end")}
+    assert running == "running"  # refused while it ran: not because it had ended
+    assert elapsed < 15  # a bounded wait (2 s), not one until the stream gets there (18 s)

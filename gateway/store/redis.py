@@ -313,24 +313,24 @@ class RedisStore:
         return await asyncio.shield(task)
 
     async def catch_up(self, stream: Stream, seq: int) -> None:
-        # The client read `seq` from another replica, ahead of the one reader's last XREAD here (or of
-        # the generator's last flush): read Redis directly, from the mirror's end, until it is there.
-        if not isinstance(stream, Mirror):
-            return  # generated here: the local log is the newest copy
+        # The client read `seq` from another replica, ahead of the one reader here: read Redis directly
+        # from the mirror's end. If the generator has not written it yet, the reader brings it when it does.
+        if not isinstance(stream, Mirror) or not stream.running or stream.last_seq >= seq:
+            return  # generated here, the local log is the newest copy; or nothing to wait for
+        if stream.detached_since is not None:
+            stream.detached_since = self.clock.now()  # a client is coming: the sweep keeps it followed
+        try:
+            entries = await self.redis.xrange(stream.key, b"1-%d" % len(stream.log), "+")
+        except _DOWN as exc:
+            self._failing("catch up", exc)
+            raise StoreUnavailable() from None
+        self._ok()
+        if entries and stream.running:  # feed skips what the reader delivered meanwhile
+            self.events_read += len(entries)
+            stream.feed(entries, self.clock.now())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CATCH_UP_S
-        while stream.running and stream.last_seq < seq:
-            try:
-                entries = await self.redis.xrange(stream.key, b"1-%d" % len(stream.log), "+")
-            except _DOWN as exc:
-                self._failing("catch up", exc)
-                raise StoreUnavailable() from None
-            self._ok()
-            if entries and stream.running:  # feed skips what the reader delivered meanwhile
-                self.events_read += len(entries)
-                stream.feed(entries, self.clock.now())
-            if stream.last_seq >= seq or loop.time() >= deadline:
-                return
+        while stream.running and stream.last_seq < seq and loop.time() < deadline:
             await asyncio.sleep(0.02)
 
     async def expired(self, stream_id: str) -> bool:
