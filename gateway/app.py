@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException
 
 from .chat import add_openai_routes
 from .clock import Clock
+from .codecs import sse
+from .events import Reconnect
 from .metrics import Stats
 from .middleware import BodyLimit
 from .models import StreamRequest
@@ -24,7 +26,7 @@ from .problems import Problem, problem
 from .registry import Registry, UnknownModel
 from .settings import Settings, get_settings
 from .sources.base import PreStreamError
-from .store import MemoryStore
+from .store import make_store
 from .stream import Stream
 from .transports import DropConnection, EventStream, WSSession
 
@@ -40,10 +42,17 @@ class Context:
         self.settings = settings
         self.clock = Clock()
         self.stats = Stats()
-        self.store = MemoryStore(settings.ttl_s)
+        self.store = make_store(settings, self.clock, self.stats)
         self.registry = Registry(settings, self.clock, self.stats, self.store)
+        self.draining = False  # SIGTERM came: no new streams or clients here (gateway/drain.py)
+
+    def refuse_if_draining(self) -> None:
+        if self.draining:
+            raise Problem(503, "Draining", "this replica is shutting down: use another one",
+                          retry_after=1, code="draining")
 
     def check_request(self, request: StreamRequest) -> None:
+        self.refuse_if_draining()
         s = self.settings
         if len(request.prompt.encode()) > s.max_prompt_bytes:
             raise Problem(413, "Prompt too large", f"the prompt is over {s.max_prompt_bytes} bytes")
@@ -52,6 +61,7 @@ class Context:
 
     async def find(self, stream_id: str, after: int) -> Stream:
         """The stream to attach to, with the resume point checked; raises Problem."""
+        self.refuse_if_draining()
         stream = await self.store.get(stream_id)
         if stream is None:
             if await self.store.expired(stream_id):
@@ -198,6 +208,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         last_event_id_q: Annotated[str | None, Query(alias="last_event_id")] = None,
     ):
         value = last_event_id if last_event_id is not None else last_event_id_q
+        if ctx.draining:
+            # EventSource gives up on a 503 but reconnects after a `retry` and a clean close.
+            return Response(sse.encode(Reconnect(settings.sse_retry_ms)), media_type=sse.MEDIA_TYPE,
+                            headers={"Cache-Control": "no-cache"})
         return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse")
 
     @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response)
@@ -253,8 +267,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_page(app)
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok", "active_streams": ctx.stats.active_streams}
+    async def healthz() -> JSONResponse:
+        # 503 while draining, so a load balancer stops sending clients here.
+        body = {"status": "draining" if ctx.draining else "ok", "active_streams": ctx.stats.active_streams}
+        return JSONResponse(body, status_code=503 if ctx.draining else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:

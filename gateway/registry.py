@@ -67,7 +67,11 @@ class Registry:
             drop_after=request.sim.drop_after,
         )
         stream.generation = await source.start(request, stream)
-        self.store.add(stream)
+        try:
+            await self.store.add(stream)
+        except BaseException:
+            stream.generation.cancel()
+            raise
         self.stats.streams_created += 1
         self.stats.active_streams += 1
         log.info("stream created id=%s model=%s one_shot=%s", stream.id, name, one_shot)

@@ -33,6 +33,7 @@ __all__ = ["Stream", "Subscriber", "RUNNING", "DONE", "FAILED"]
 log = logging.getLogger("gateway.stream")
 
 RUNNING, DONE, FAILED = "running", "done", "error"
+RESUMABLE = ("sse", "ndjson", "ws")  # transports whose clients can resume elsewhere (not chat, complete)
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
 
@@ -72,7 +73,7 @@ _batch = _Batch()
 class Subscriber:
     """One client connection reading a stream."""
 
-    __slots__ = ("cursor", "waiter", "beat", "gone", "drop_at", "transport", "mark", "quiet_since",
+    __slots__ = ("cursor", "waiter", "beat", "gone", "kicked", "drop_at", "transport", "mark", "quiet_since",
                  "push", "queued")
 
     def __init__(self, cursor: int, transport: str, now: float, drop_at: int | None) -> None:
@@ -80,6 +81,7 @@ class Subscriber:
         self.waiter: asyncio.Future | None = None
         self.beat = False  # a heartbeat is due
         self.gone = False  # the client left, or the server is ending this connection
+        self.kicked = False  # the server is draining: tell the client to reconnect elsewhere
         self.drop_at = drop_at  # fault injection: cut the connection at this index
         self.transport = transport
         self.mark = -1
@@ -135,6 +137,7 @@ class Stream:
         self.progress_mark = 0
         self.progress_at = now
         self._on_event = on_event  # lifecycle hook: metrics and logs
+        self.on_append: Callable[[Stream], None] | None = None  # a shared store persisting the log
         meta = {"type": "meta", "seq": 0, "stream_id": stream_id, "model": model, "created": self.created}
         self.log.append(_META, orjson.dumps(meta))
 
@@ -148,6 +151,8 @@ class Stream:
         self.log.append(_TOKEN, token_json(len(self.log), text))
         if self.tokens == 1:
             self._on_event(self, "first_token")
+        if self.on_append is not None:
+            self.on_append(self)
         for sub in self.subs:
             sub.wake()
 
@@ -170,6 +175,8 @@ class Stream:
         self.log.append(kind, orjson.dumps(obj))
         self.generation = None
         self._on_event(self, "ended")
+        if self.on_append is not None:
+            self.on_append(self)
         for sub in self.subs:
             sub.wake()
 
@@ -186,6 +193,13 @@ class Stream:
         self._on_event(self, "cancelled:" + reason)
         self.fail("cancelled", f"stream cancelled ({reason})", False)
         return True
+
+    def kick(self) -> None:
+        """Ask every client that can resume to reconnect (to another replica): this one is draining."""
+        for sub in self.subs:
+            if sub.transport in RESUMABLE:
+                sub.kicked = sub.gone = True
+                sub.wake()
 
     @property
     def running(self) -> bool:

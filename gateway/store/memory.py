@@ -12,6 +12,8 @@ _TOMBSTONES = 100_000
 
 
 class MemoryStore:
+    shared = False
+
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self.streams: dict[str, Stream] = {}
@@ -23,7 +25,7 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
-    def add(self, stream: Stream) -> None:
+    async def add(self, stream: Stream) -> None:
         self.streams[stream.id] = stream
 
     async def get(self, stream_id: str) -> Stream | None:
@@ -37,6 +39,9 @@ class MemoryStore:
         if stream is None:
             return None
         return stream.cancel(reason)
+
+    async def flush(self, timeout: float) -> None:
+        pass
 
     def sweep(self, now: float) -> None:
         ttl = self.ttl_s
