@@ -573,7 +573,7 @@ def _test_start(environment, **_kw) -> None:
 @events.quit.add_listener
 def _write_files(**_kw) -> None:
     # After the runner has stopped (Locust's own stats CSV is rewritten once a second, so it can miss
-    # the last second; these files and --json-file hold the final figures).
+    # the last second; these files and PREFIX_final_*.csv hold the final figures).
     environment = _ENV[0] if _ENV else None
     if environment is None:
         return

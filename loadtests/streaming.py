@@ -12,9 +12,9 @@ same resume rules and the same codecs:
 - WebSocket with the `websockets` sans-I/O protocol on a plain socket: one
   blocking loop in the user's own greenlet. (The `websockets` sync client reads
   in a background thread, under gevent a greenlet waiting in a selector on a
-  socket that another greenlet closes: now and then it spun the CPU after a run
-  ended and Locust never exited.) Every read has a timeout, and the socket is
-  closed whichever way the stream ends, a Locust stop included.
+  socket that another greenlet closes; Locust runs with it were seen to spin the
+  CPU after the run ended and never exit.) Every read has a timeout, and the
+  socket is closed whichever way the stream ends, a Locust stop included.
 
 `StreamClient.events()` yields (event, arrival) until the terminal event and
 resumes by itself after a cut; the `Run` it fills says what happened.

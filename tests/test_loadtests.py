@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from gateway.lab import Lab
@@ -307,3 +308,21 @@ def test_generator_saturation_is_reported(tmp_path):
     assert result["calm"] < result["busy"]
     assert result["busy"] >= 10 and result["generator"]["saturated"]
     assert "load generator saturated" in proc.stderr
+
+
+def test_a_run_that_does_not_end_is_killed_with_its_children(tmp_path):
+    # What run_locust and fidelity rely on: a hung run (here a process and its child, both sleeping)
+    # ends in TimeoutExpired after the bound, and its whole process group is gone.
+    pidfile = tmp_path / "child"
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            f"open({str(pidfile)!r}, 'w').write(str(c.pid)); time.sleep(120)")
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        procs.run([sys.executable, "-c", code], timeout=3)
+    assert time.monotonic() - started < 60
+    child = psutil.Process(int(pidfile.read_text()))
+    deadline = time.monotonic() + 10
+    while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
