@@ -14,8 +14,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from .auth import Auth
 from .clock import Clock
 from .events import from_json
+from .guard import KEY, Edge, Guard, cors
+from .limits import Buckets
 from .metrics import Stats
 from .middleware import BodyLimit
 from .models import StreamRequest
@@ -41,6 +44,8 @@ class Context:
         self.stats = Stats()
         self.store = MemoryStore(settings.ttl_s)
         self.registry = Registry(settings, self.clock, self.stats, self.store)
+        self.auth = Auth(settings)
+        self.rates = Buckets(settings.rate_per_key) if settings.rate_per_key else None
 
     def check_request(self, request: StreamRequest) -> None:
         s = self.settings
@@ -49,13 +54,23 @@ class Context:
         if request.max_tokens > s.max_tokens_limit:
             raise Problem(422, "Invalid request", f"max_tokens is over the limit of {s.max_tokens_limit}")
 
-    async def find(self, stream_id: str, after: int) -> Stream:
-        """The stream to attach to, with the resume point checked; raises Problem."""
+    async def owned(self, stream_id: str, key: str | None) -> Stream:
+        """The stream if `key` owns it; another key's stream is not found (404, no existence oracle)."""
         stream = await self.store.get(stream_id)
-        if stream is None:
-            if await self.store.expired(stream_id):
+        if stream is None or stream.owner != key:
+            if stream is None and await self.store.expired(stream_id, key):
                 raise Problem(410, "Stream expired", "the stream ended and its events are gone", code="expired")
-            raise Problem(404, "Stream not found", f"no stream {stream_id!r}", code="not_found")
+            raise Problem(404, "Stream not found", f"no stream {stream_id[:64]!r}", code="not_found")
+        return stream
+
+    async def find(self, stream_id: str, after: int, key: str | None) -> Stream:
+        """The stream to attach to, with the resume point checked; raises Problem."""
+        stream = await self.owned(stream_id, key)
+        limit = self.settings.clients_per_stream
+        if limit and len(stream.subs) >= limit:
+            self.stats.refused["clients"] += 1
+            raise Problem(429, "Too many clients", f"this stream has {limit} clients already",
+                          retry_after=1, code="too_many_clients")
         last = stream.last_seq
         if after > last or (after == last and not stream.running):
             raise Problem(409, "Nothing to resume",
@@ -63,9 +78,14 @@ class Context:
                           + ("" if stream.running else " (the stream has ended)"), code="past_end")
         return stream
 
-    async def create(self, request: StreamRequest, one_shot: bool) -> Stream:
+    async def create(self, request: StreamRequest, one_shot: bool, key: str | None) -> Stream:
         self.check_request(request)
-        return await self.registry.create(request, one_shot=one_shot)
+        limit = self.settings.streams_per_key
+        if limit and self.registry.running.get(key, 0) >= limit:
+            self.stats.refused["streams"] += 1
+            raise Problem(429, "Too many streams", f"this key has {limit} streams generating already",
+                          retry_after=1, code="too_many_streams")
+        return await self.registry.create(request, one_shot=one_shot, owner=key)
 
 
 class _QuietDrops(logging.Filter):
@@ -109,6 +129,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Guard, ctx=ctx)
+    if settings.allowed_origins:
+        app.add_middleware(cors, ctx=ctx)
+    stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: Edge(stack(), ctx)  # outermost, so it sees uvicorn's own send
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -135,32 +160,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def links(stream: Stream) -> dict:
         base = f"/v1/streams/{stream.id}"
-        return {"id": stream.id, "sse": f"{base}/sse", "ndjson": f"{base}/ndjson", "ws": f"{base}/ws"}
+        out = {"id": stream.id, "sse": f"{base}/sse", "ndjson": f"{base}/ndjson", "ws": f"{base}/ws"}
+        if ctx.auth.enabled:
+            # For EventSource and WebSocket, which cannot send an Authorization header.
+            out["token"] = token = ctx.auth.token(stream.id, stream.owner)
+            for kind in ("sse", "ndjson", "ws"):
+                out[kind] += "?token=" + token
+        return out
 
     @app.post("/v1/streams", status_code=201)
-    async def create_stream(body: StreamRequest) -> JSONResponse:
-        stream = await ctx.create(body, one_shot=False)
+    async def create_stream(body: StreamRequest, request: Request) -> JSONResponse:
+        stream = await ctx.create(body, False, request.scope.get(KEY))
         out = links(stream)
         return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}"})
 
     @app.get("/v1/streams/{stream_id}")
-    async def stream_status(stream_id: str) -> dict:
-        stream = await ctx.store.get(stream_id)
-        if stream is None:
-            raise Problem(404, "Stream not found", f"no stream {stream_id!r}")
+    async def stream_status(stream_id: str, request: Request) -> dict:
+        stream = await ctx.owned(stream_id, request.scope.get(KEY))
         return stream.status_info() | links(stream)
 
     @app.delete("/v1/streams/{stream_id}", status_code=204)
-    async def cancel_stream(stream_id: str) -> Response:
+    async def cancel_stream(stream_id: str, request: Request) -> Response:
+        await ctx.owned(stream_id, request.scope.get(KEY))
         done = await ctx.store.cancel(stream_id, "delete")
         if done is None:
-            raise Problem(404, "Stream not found", f"no stream {stream_id!r}")
+            raise Problem(404, "Stream not found", f"no stream {stream_id[:64]!r}", code="not_found")
         if not done:
             raise Problem(409, "Stream already ended", "nothing to cancel")
         return Response(status_code=204)
 
-    async def attach(stream_id: str, after: int, fmt: str) -> EventStream:
-        stream = await ctx.find(stream_id, after)
+    async def attach(stream_id: str, after: int, fmt: str, request: Request) -> EventStream:
+        stream = await ctx.find(stream_id, after, request.scope.get(KEY))
         if after >= 0:
             ctx.stats[fmt].resumes += 1
         return EventStream(ctx, stream, stream.attach(after, fmt, ctx.clock.now()), fmt)
@@ -168,27 +198,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/streams/{stream_id}/sse", response_class=Response)
     async def attach_sse(
         stream_id: str,
+        request: Request,
         last_event_id: Annotated[str | None, Header()] = None,
         last_event_id_q: Annotated[str | None, Query(alias="last_event_id")] = None,
     ):
         value = last_event_id if last_event_id is not None else last_event_id_q
-        return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse")
+        return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse", request)
 
     @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response)
-    async def attach_ndjson(stream_id: str, after: Annotated[str | None, Query()] = None):
-        return await attach(stream_id, _parse_after(after, "after"), "ndjson")
+    async def attach_ndjson(stream_id: str, request: Request, after: Annotated[str | None, Query()] = None):
+        return await attach(stream_id, _parse_after(after, "after"), "ndjson", request)
 
-    async def one_shot(body: StreamRequest, fmt: str) -> EventStream:
-        stream = await ctx.create(body, one_shot=True)
+    async def one_shot(body: StreamRequest, fmt: str, request: Request) -> EventStream:
+        stream = await ctx.create(body, True, request.scope.get(KEY))
         return EventStream(ctx, stream, stream.attach(-1, fmt, ctx.clock.now()), fmt)
 
     @app.post("/v1/sse", response_class=Response)
-    async def post_sse(body: StreamRequest):
-        return await one_shot(body, "sse")
+    async def post_sse(body: StreamRequest, request: Request):
+        return await one_shot(body, "sse", request)
 
     @app.post("/v1/ndjson", response_class=Response)
-    async def post_ndjson(body: StreamRequest):
-        return await one_shot(body, "ndjson")
+    async def post_ndjson(body: StreamRequest, request: Request):
+        return await one_shot(body, "ndjson", request)
 
     @app.websocket("/v1/ws")
     async def ws_session(websocket: WebSocket) -> None:
@@ -199,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ws_attach(websocket: WebSocket, stream_id: str) -> None:
         try:
             after = _parse_after(websocket.query_params.get("after"), "after")
-            stream = await ctx.find(stream_id, after)
+            stream = await ctx.find(stream_id, after, websocket.scope.get(KEY))
         except Problem as exc:
             # Refuse before accepting: the client sees the HTTP status and problem body.
             await websocket.send_denial_response(exc.response())
@@ -212,7 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/complete")
     async def complete(body: StreamRequest, request: Request) -> JSONResponse:
         """The same generation, not streamed: the baseline for 'when not to stream'."""
-        stream = await ctx.create(body, one_shot=True)
+        stream = await ctx.create(body, True, request.scope.get(KEY))
         sub = stream.attach(-1, "complete", ctx.clock.now())
         left = asyncio.get_running_loop().create_task(_disconnected(request))
         left.add_done_callback(lambda _: (setattr(sub, "gone", True), sub.wake()))

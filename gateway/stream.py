@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Stream", "Subscriber", "RUNNING", "DONE", "FAILED"]
 
-log = logging.getLogger("gateway.stream")
-
 RUNNING, DONE, FAILED = "running", "done", "error"
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
@@ -33,7 +30,8 @@ _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND[
 class Subscriber:
     """One client connection reading a stream."""
 
-    __slots__ = ("cursor", "waiter", "beat", "gone", "drop_at", "transport", "mark", "quiet_since")
+    __slots__ = ("cursor", "waiter", "beat", "gone", "drop_at", "transport", "mark", "quiet_since",
+                 "since", "sending", "abort", "cut")
 
     def __init__(self, cursor: int, transport: str, now: float, drop_at: int | None) -> None:
         self.cursor = cursor
@@ -44,6 +42,11 @@ class Subscriber:
         self.transport = transport
         self.mark = -1
         self.quiet_since = now
+        self.since = now
+        # Slow consumers (the sweep): loop time when the pending write began, 0.0 when none is.
+        self.sending = 0.0
+        self.abort: Callable[[], None] | None = None  # drops the connection, buffered bytes and all
+        self.cut: str | None = None  # why the connection ended before the stream's end
 
     def wake(self) -> None:
         w = self.waiter
@@ -61,11 +64,13 @@ class Stream:
         *,
         one_shot: bool,
         now: float,
-        on_event: Callable[["Stream", str], None],
+        on_event: Callable[..., None],
         drop_after: int | None = None,
         info: dict[str, Any] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.id = stream_id
+        self.owner = owner  # the key id that created it; only that key can see it
         self.model = model
         self.one_shot = one_shot
         self.created = time.time()
@@ -84,7 +89,7 @@ class Stream:
         self.ended_at: float | None = None
         self.progress_mark = 0
         self.progress_at = now
-        self._on_event = on_event  # lifecycle hook: metrics and logs
+        self._on_event = on_event  # lifecycle hook (stream, what, subscriber=None): metrics and logs
         meta = {"type": "meta", "seq": 0, "stream_id": stream_id, "model": model, "created": self.created}
         self.log.append(_META, orjson.dumps(meta))
 
@@ -132,7 +137,6 @@ class Stream:
         gen = self.generation
         if gen is not None:
             gen.cancel()
-        log.info("stream cancelled id=%s reason=%s tokens=%d", self.id, reason, self.tokens)
         self._on_event(self, "cancelled:" + reason)
         self.fail("cancelled", f"stream cancelled ({reason})", False)
         return True
@@ -159,7 +163,7 @@ class Stream:
         sub = Subscriber(after + 1, transport, now, drop_at)
         self.subs.append(sub)
         self.detached_since = None
-        self._on_event(self, "attached")
+        self._on_event(self, "attached", sub)
         return sub
 
     def detach(self, sub: Subscriber, now: float, client_left: bool) -> None:
@@ -168,11 +172,15 @@ class Stream:
         except ValueError:
             return
         sub.wake()
+        if sub.cut is None and (self.status is RUNNING or sub.cursor < len(self.log)):
+            sub.cut = "client_left" if client_left else "server"
+        if sub.cut is not None:
+            self._on_event(self, "cut", sub)
         if self.subs:
             return
         self.detached_since = now
         # A one-shot stream's client is its only reader: when it leaves, stop paying for tokens.
-        if client_left and self.one_shot and self.status is RUNNING:
+        if sub.cut == "client_left" and self.one_shot and self.status is RUNNING:
             self.cancel("client_gone")
 
     async def wait(self, sub: Subscriber) -> None:

@@ -20,8 +20,11 @@ class StreamStore(Protocol):
     async def get(self, stream_id: str) -> Stream | None:
         """The stream to attach to: a local one, or a local mirror of one kept elsewhere."""
 
-    async def expired(self, stream_id: str) -> bool:
-        """True for a stream that existed but whose TTL ran out (410, not 404)."""
+    async def expired(self, stream_id: str, owner: str | None = None) -> bool:
+        """True for a stream of `owner` that existed but whose TTL ran out (410, not 404).
+
+        Streams carry their owner's key id (`Stream.owner`): a store that keeps streams
+        elsewhere keeps it with their metadata, so another key gets 404, never 410."""
 
     async def cancel(self, stream_id: str, reason: str) -> bool | None:
         """Cancel a stream wherever it generates: True if cancelled, False if already ended, None if unknown."""

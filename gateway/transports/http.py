@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..codecs import ndjson, sse
+from ..guard import ABORT
 
 if TYPE_CHECKING:
     from ..app import Context
@@ -51,6 +52,7 @@ class EventStream(Response):
         media = sse.MEDIA_TYPE if self.fmt == "sse" else ndjson.MEDIA_TYPE
         headers = streaming_headers(media, ctx.settings.x_accel_buffering, stream.id)
         stats.connections += 1
+        sub.abort = scope.get(ABORT)
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
@@ -76,6 +78,7 @@ class EventStream(Response):
         is_sse = self.fmt == "sse"
         heartbeat = sse.HEARTBEAT_FRAME if is_sse else ndjson.HEARTBEAT_LINE
         wait = stream.wait
+        clock = asyncio.get_running_loop().time
         while True:
             await wait(sub)
             if sub.gone:
@@ -95,10 +98,11 @@ class EventStream(Response):
                 body = heartbeat
             sub.beat = False
             stats.bytes += len(body)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            sub.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
+            await send({"type": "http.response.body", "body": body, "more_body": not terminal})
+            sub.sending = 0.0
             if drop:
                 stats.drops += 1
                 raise DropConnection(stream.id)
             if terminal:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return

@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from ..codecs import ws as codec
+from ..guard import ABORT, KEY
+from ..limits import Bucket
 from ..models import StreamRequest
 from ..problems import Problem
 from ..sources.base import PreStreamError
@@ -43,6 +45,9 @@ class WSSession:
         self.pump: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
         self.dropped = False
+        self.key = websocket.scope.get(KEY)
+        rate = ctx.settings.ws_messages_per_s
+        self.bucket = Bucket(rate, 2 * rate, ctx.clock.now()) if rate else None
 
     async def run(self, stream: Stream | None = None, after: int = -1) -> None:
         """Serve the socket until the client leaves; attach to `stream` first if given."""
@@ -69,6 +74,10 @@ class WSSession:
             msg = await receive()
             if msg["type"] == "websocket.disconnect":
                 return True
+            if self.bucket is not None and self.bucket.take(self.ctx.clock.now()):
+                self.ctx.stats.refused["ws_rate"] += 1
+                await self._refuse("rate_limited", "too many control messages", codec.CLOSE_POLICY)
+                return False
             text = msg.get("text")
             if text is None:
                 await self._refuse("bad_message", "control messages are JSON text frames", codec.CLOSE_UNSUPPORTED)
@@ -101,13 +110,15 @@ class WSSession:
         ctx = self.ctx
         try:
             request = StreamRequest.model_validate(fields)
-            ctx.check_request(request)
-            stream = await ctx.registry.create(request, one_shot=True)
+            stream = await ctx.create(request, True, self.key)
         except ValidationError as exc:
             msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             await self._refuse("invalid_request", msg, codec.CLOSE_POLICY)
             return False
         except Problem as exc:
+            if exc.status == 429:  # a limit of the key, not a fault of this socket: it stays usable
+                await self.ws.send_text(error_text(exc.extra["code"], exc.detail, True))
+                return True
             close = codec.CLOSE_TOO_BIG if exc.status == 413 else codec.CLOSE_POLICY
             await self._refuse(f"http_{exc.status}", exc.detail or exc.title, close)
             return False
@@ -123,7 +134,7 @@ class WSSession:
 
     async def _resume(self, control: codec.Resume) -> None:
         try:
-            stream = await self.ctx.find(control.stream_id, control.after)
+            stream = await self.ctx.find(control.stream_id, control.after, self.key)
         except Problem as exc:
             await self.ws.send_text(error_text(exc.extra.get("code", f"http_{exc.status}"), exc.detail))
             return
@@ -133,6 +144,7 @@ class WSSession:
         self._stop(False)
         self.stream = stream
         self.sub = stream.attach(after, "ws", self.ctx.clock.now())
+        self.sub.abort = self.ws.scope.get(ABORT)
         if after >= 0:
             self.stats.resumes += 1
         self.pump = asyncio.get_running_loop().create_task(self._pump(stream, self.sub))
@@ -150,6 +162,7 @@ class WSSession:
 
     async def _pump(self, stream: Stream, sub: Subscriber) -> None:
         log, stats, send = stream.log, self.stats, self.ws.send
+        clock = asyncio.get_running_loop().time
         try:
             while True:
                 await stream.wait(sub)
@@ -166,9 +179,11 @@ class WSSession:
                 else:
                     texts, drop, terminal = [codec.HEARTBEAT_TEXT], False, False
                 sub.beat = False
+                sub.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
                 for text in texts:
                     await send({"type": "websocket.send", "text": text})
                     stats.bytes += len(text)
+                sub.sending = 0.0
                 stats.events += len(texts) if cursor < end else 0
                 if drop:
                     stats.drops += 1
