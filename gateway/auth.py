@@ -59,6 +59,8 @@ class Auth:
             keys.append((_digest(secret), name.strip()))
         self.keys = keys
         self.enabled = bool(keys)
+        if self.enabled and "*" in settings.allowed_origins:
+            raise ValueError("allowed_origins must list origins, not '*', when API keys are set")
         self.ttl = settings.attach_token_ttl_s
         self._secret = (settings.token_secret or secrets.token_hex(32)).encode()
 

@@ -124,8 +124,6 @@ def _token(scope: Scope) -> str | None:
 
 def cors(app: ASGIApp, ctx: Context) -> ASGIApp:
     origins = ctx.settings.allowed_origins
-    if ctx.auth.enabled and "*" in origins:
-        raise ValueError("allowed_origins must list origins, not '*', when API keys are set")
     return CORSMiddleware(
         app, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],

@@ -99,7 +99,9 @@ class EventStream(Response):
             sub.beat = False
             stats.bytes += len(body)
             sub.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
-            await send({"type": "http.response.body", "body": body, "more_body": not terminal})
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            if terminal and not drop:  # a separate send: it waits for the client to take the rest
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             sub.sending = 0.0
             if drop:
                 stats.drops += 1
