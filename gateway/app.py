@@ -264,7 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "active_streams": ctx.stats.active_streams}
+        return {"status": "ok", "active_streams": ctx.stats.active_streams, "kept_streams": len(ctx.store.local())}
 
     @app.get("/metrics")
     async def metrics() -> Response:
