@@ -21,6 +21,7 @@ from .guard import KEY, Edge, Guard, cors
 from .limits import Buckets
 from .metrics import Stats
 from .middleware import BodyLimit
+from . import openapi
 from .models import StreamRequest
 from .problems import Problem, problem
 from .registry import Registry, UnknownModel
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
+    openapi.install(app, settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Guard, ctx=ctx)
     if settings.allowed_origins:
@@ -156,7 +158,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail))
+        response = problem(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first route's methods only
+            response.headers["Allow"] = openapi.allowed(app, request.scope)
+        return response
 
     def links(stream: Stream) -> dict:
         base = f"/v1/streams/{stream.id}"
@@ -168,18 +174,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 out[kind] += "?token=" + token
         return out
 
-    @app.post("/v1/streams", status_code=201)
+    @app.post("/v1/streams", status_code=201, responses=openapi.CREATE)
     async def create_stream(body: StreamRequest, request: Request) -> JSONResponse:
         stream = await ctx.create(body, False, request.scope.get(KEY))
         out = links(stream)
         return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}"})
 
-    @app.get("/v1/streams/{stream_id}")
+    @app.get("/v1/streams/{stream_id}", responses=openapi.STATUS)
     async def stream_status(stream_id: str, request: Request) -> dict:
         stream = await ctx.owned(stream_id, request.scope.get(KEY))
         return stream.status_info() | links(stream)
 
-    @app.delete("/v1/streams/{stream_id}", status_code=204)
+    @app.delete("/v1/streams/{stream_id}", status_code=204, responses=openapi.CANCEL)
     async def cancel_stream(stream_id: str, request: Request) -> Response:
         await ctx.owned(stream_id, request.scope.get(KEY))
         done = await ctx.store.cancel(stream_id, "delete")
@@ -195,29 +201,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.stats[fmt].resumes += 1
         return EventStream(ctx, stream, stream.attach(after, fmt, ctx.clock.now()), fmt)
 
-    @app.get("/v1/streams/{stream_id}/sse", response_class=Response)
+    @app.get("/v1/streams/{stream_id}/sse", response_class=Response, responses=openapi.ATTACH["sse"])
     async def attach_sse(
         stream_id: str,
         request: Request,
-        last_event_id: Annotated[str | None, Header()] = None,
-        last_event_id_q: Annotated[str | None, Query(alias="last_event_id")] = None,
+        last_event_id: Annotated[str | None, Header(json_schema_extra=openapi.SEQ)] = None,
+        last_event_id_q: Annotated[str | None, Query(alias="last_event_id", json_schema_extra=openapi.SEQ)] = None,
     ):
         value = last_event_id if last_event_id is not None else last_event_id_q
         return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse", request)
 
-    @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response)
-    async def attach_ndjson(stream_id: str, request: Request, after: Annotated[str | None, Query()] = None):
+    @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response, responses=openapi.ATTACH["ndjson"])
+    async def attach_ndjson(stream_id: str, request: Request, after: Annotated[str | None, Query(json_schema_extra=openapi.SEQ)] = None):
         return await attach(stream_id, _parse_after(after, "after"), "ndjson", request)
 
     async def one_shot(body: StreamRequest, fmt: str, request: Request) -> EventStream:
         stream = await ctx.create(body, True, request.scope.get(KEY))
         return EventStream(ctx, stream, stream.attach(-1, fmt, ctx.clock.now()), fmt)
 
-    @app.post("/v1/sse", response_class=Response)
+    @app.post("/v1/sse", response_class=Response, responses=openapi.ONE_SHOT["sse"])
     async def post_sse(body: StreamRequest, request: Request):
         return await one_shot(body, "sse", request)
 
-    @app.post("/v1/ndjson", response_class=Response)
+    @app.post("/v1/ndjson", response_class=Response, responses=openapi.ONE_SHOT["ndjson"])
     async def post_ndjson(body: StreamRequest, request: Request):
         return await one_shot(body, "ndjson", request)
 
@@ -240,7 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.stats["ws"].resumes += 1
         await WSSession(ctx, websocket).run(stream, after)
 
-    @app.post("/v1/complete")
+    @app.post("/v1/complete", responses=openapi.COMPLETE)
     async def complete(body: StreamRequest, request: Request) -> JSONResponse:
         """The same generation, not streamed: the baseline for 'when not to stream'."""
         stream = await ctx.create(body, True, request.scope.get(KEY))
@@ -250,6 +256,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             while stream.running and not sub.gone:
                 sub.cursor = len(stream.log)
+                sub.beat = False  # no heartbeats here; left set, wait() would return at once, forever
                 await stream.wait(sub)
         finally:
             left.cancel()
@@ -262,11 +269,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return problem(status, "Generation failed", f"the stream ended with {stream.error_code}",
                        code=stream.error_code, partial_text=stream_text(stream), tokens=stream.tokens)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=openapi.OPEN)
     async def healthz() -> dict:
         return {"status": "ok", "active_streams": ctx.stats.active_streams, "kept_streams": len(ctx.store.local())}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=openapi.METRICS)
     async def metrics() -> Response:
         return Response(generate_latest(ctx.stats.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -8,6 +8,7 @@ plus four. SSE frames are built only once a client reads SSE.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 
 from .codecs.sse import frame
 
@@ -40,6 +41,14 @@ class EventLog:
         if self.sse is not None:
             self.sse += frame(seq, KINDS[kind], json)
             self.sse_ends.append(len(self.sse))
+
+    def batch_end(self, start: int, end: int, limit: int) -> int:
+        """Where a batch from `start` stops to hold about `limit` bytes at most (one event at least)."""
+        ends = self.ends
+        base = ends[start - 1] if start else 0
+        if ends[end - 1] - base <= limit:
+            return end
+        return max(start + 1, bisect_right(ends, base + limit, start, end))
 
     def ndjson(self, start: int, end: int) -> bytes:
         """Events [start, end) as NDJSON lines."""

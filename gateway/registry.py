@@ -108,12 +108,14 @@ class Registry:
         heartbeat, idle, grace = s.heartbeat_s, s.idle_timeout_s, s.detach_grace_s
         send_timeout, max_lag = s.send_timeout_s, s.max_lag_bytes
         for stream in self.store.local():
-            log = stream.log
+            size = len(stream.log.lines)
             for sub in stream.subs:
                 if sub.sending and not sub.gone:
+                    if sub.sending != sub.blocked:  # a write the sweep has not seen blocked before
+                        sub.blocked, sub.lag_base = sub.sending, size
                     if now - sub.sending >= send_timeout:
                         self._cut_slow(sub, "slow_send")
-                    elif len(log.lines) - (log.ends[sub.cursor - 1] if sub.cursor else 0) > max_lag:
+                    elif size - sub.lag_base > max_lag:  # the stream ran this far ahead meanwhile
                         self._cut_slow(sub, "slow_lag")
                 if sub.cursor != sub.mark:
                     sub.mark = sub.cursor

@@ -68,9 +68,11 @@ class Settings(BaseSettings):
     max_connections: int = Field(10_000, ge=0)  # requests and WebSockets in flight per process
     clients_per_stream: int = Field(1_000, ge=0)
     ws_messages_per_s: float = Field(20.0, ge=0)  # control messages per WebSocket, burst twice that
-    # Slow consumers: a connection whose write has been blocked this long, or that is blocked
-    # with this many bytes of newer events behind it, is cut (the stream stays resumable).
+    # Slow consumers: a connection whose write has been blocked this long, or while the stream
+    # added this many bytes of events, is cut (the stream stays resumable).
     send_timeout_s: float = Field(30.0, gt=0)
+    # One write holds at most about this much (NDJSON bytes): what a stalled connection pins.
+    max_batch_bytes: int = Field(65_536, gt=0)
     max_lag_bytes: int = Field(4 * 1_048_576, gt=0)
 
     @property

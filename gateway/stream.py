@@ -31,7 +31,7 @@ class Subscriber:
     """One client connection reading a stream."""
 
     __slots__ = ("cursor", "waiter", "beat", "gone", "drop_at", "transport", "mark", "quiet_since",
-                 "since", "sending", "abort", "cut")
+                 "since", "sending", "abort", "cut", "blocked", "lag_base")
 
     def __init__(self, cursor: int, transport: str, now: float, drop_at: int | None) -> None:
         self.cursor = cursor
@@ -45,6 +45,8 @@ class Subscriber:
         self.since = now
         # Slow consumers (the sweep): loop time when the pending write began, 0.0 when none is.
         self.sending = 0.0
+        self.blocked = 0.0  # the `sending` the sweep last saw, and the log size then
+        self.lag_base = 0
         self.abort: Callable[[], None] | None = None  # drops the connection, buffered bytes and all
         self.cut: str | None = None  # why the connection ended before the stream's end
 

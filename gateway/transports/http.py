@@ -79,6 +79,7 @@ class EventStream(Response):
         heartbeat = sse.HEARTBEAT_FRAME if is_sse else ndjson.HEARTBEAT_LINE
         wait = stream.wait
         clock = asyncio.get_running_loop().time
+        batch = self.ctx.settings.max_batch_bytes
         while True:
             await wait(sub)
             if sub.gone:
@@ -88,6 +89,7 @@ class EventStream(Response):
             cursor, end = sub.cursor, len(log)
             drop = terminal = False
             if cursor < end:
+                end = log.batch_end(cursor, end, batch)
                 if sub.drop_at is not None and end >= sub.drop_at:
                     end, drop = sub.drop_at, True
                 body = log.sse_frames(cursor, end) if is_sse else log.ndjson(cursor, end)

@@ -163,6 +163,7 @@ class WSSession:
     async def _pump(self, stream: Stream, sub: Subscriber) -> None:
         log, stats, send = stream.log, self.stats, self.ws.send
         clock = asyncio.get_running_loop().time
+        batch = self.ctx.settings.max_batch_bytes
         try:
             while True:
                 await stream.wait(sub)
@@ -170,6 +171,7 @@ class WSSession:
                     return
                 cursor, end = sub.cursor, len(log)
                 if cursor < end:
+                    end = log.batch_end(cursor, end, batch)
                     drop = sub.drop_at is not None and end >= sub.drop_at
                     if drop:
                         end = sub.drop_at

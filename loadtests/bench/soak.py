@@ -6,7 +6,7 @@
 Starts its own gateway (uvicorn, loopback) and keeps `--streams` streams open at all times:
 `--stalled` of them have a reader that never reads, the rest are read to the end by the gateway's
 own client over SSE, NDJSON and WebSocket in turn (each checks its text against the simulated
-model's). Half the stalled readers sit on live streams (the kernel buffers what they do not read),
+model's), spread over `--procs` load processes so the readers' own loops do not lag. Half the stalled readers sit on live streams (the kernel buffers what they do not read),
 half ask for a large ended stream from its start (their writes block, and the gateway cuts them
 after `send_timeout_s`). It samples the gateway's RSS and metrics every few seconds, then stops the
 load and checks that streams and connections return to zero. Not run in CI.
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -44,18 +45,20 @@ def metric(text: str, name: str) -> float:
     return total
 
 
-class Soak:
-    def __init__(self, args: argparse.Namespace, gw: Gateway) -> None:
+class Load:
+    """One load process: its share of readers and stalled readers."""
+
+    def __init__(self, args: argparse.Namespace, port: int, ids: range, t0: float) -> None:
         self.args = args
-        self.gw = gw
-        self.proc = psutil.Process(gw.proc.pid)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ids = ids
         self.stop = False
         self.done = self.failed = self.wrong = 0
         self.gaps: list[tuple[float, float]] = []  # (time, inter-token gap) of normal readers
         self.ttfts: list[tuple[float, float]] = []
-        self.samples: list[dict] = []
         self.backlog: str | None = None  # a large ended stream for the stalled readers that block
-        self.t0 = time.monotonic()
+        self.t0 = t0
         self.sim = {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms, "jitter": 0.3}
 
     # -- load -----------------------------------------------------------------------------
@@ -78,7 +81,7 @@ class Soak:
             if r.text != expected_text(prompt, seed, self.args.tokens):
                 self.wrong += 1
             self.done += 1
-            now = time.monotonic() - self.t0
+            now = time.time() - self.t0
             arr = r.token_arrivals
             self.ttfts.append((now, r.ttft))
             self.gaps.extend((now, b - a) for a, b in zip(arr, arr[1:]))
@@ -101,7 +104,7 @@ class Soak:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.setblocking(False)
             try:
-                await loop.sock_connect(sock, ("127.0.0.1", self.gw.port))
+                await loop.sock_connect(sock, ("127.0.0.1", self.port))
                 await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 await asyncio.sleep(hold)
             finally:
@@ -111,9 +114,50 @@ class Soak:
         """A large ended stream; renewed well within its TTL."""
         while not self.stop:
             created = await client.create("backlog", max_tokens=self.args.backlog_tokens,
-                                          sim={"ttft_ms": 0, "itl_ms": 0, "jitter": 0})
+                                          sim={"ttft_ms": 0, "itl_ms": 0.05, "jitter": 0})
             self.backlog = created["id"]
             await asyncio.sleep(self.args.ttl / 2)
+
+    async def run(self) -> dict:
+        a = self.args
+        normal = a.streams - a.stalled
+        async with Client(self.url, read_timeout=120) as client:
+            tasks = [asyncio.create_task(self.refresh_backlog(client))]
+            for n in self.ids:
+                task = self.reader(client, n) if n < normal else self.stalled(client, n)
+                tasks.append(asyncio.create_task(task))
+                await asyncio.sleep(a.ramp / len(self.ids))  # spread the starts
+            await asyncio.sleep(max(0.0, a.duration - (time.time() - self.t0)))
+            self.stop = True
+            await asyncio.wait(tasks, timeout=(a.ttft_ms + a.tokens * a.itl_ms) / 1000 + a.send_timeout + 30)
+            for t in tasks:
+                t.cancel()
+        return {"done": self.done, "failed": self.failed, "wrong": self.wrong, "gaps": self.gaps,
+                "ttfts": self.ttfts}
+
+
+def load_process(args: argparse.Namespace, port: int, ids: range, t0: float, out) -> None:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    out.put(asyncio.run(Load(args, port, ids, t0).run()))
+
+
+class Soak:
+    """Starts the load processes, samples the gateway, then checks that everything drains."""
+
+    def __init__(self, args: argparse.Namespace, gw: Gateway) -> None:
+        self.args = args
+        self.gw = gw
+        self.proc = psutil.Process(gw.proc.pid)
+        self.stop = False
+        self.samples: list[dict] = []
+        self.t0 = time.time()
+        self.done = self.failed = self.wrong = 0  # from the load processes, at the end
+        self.gaps: list[tuple[float, float]] = []
+        self.ttfts: list[tuple[float, float]] = []
 
     # -- watching ---------------------------------------------------------------------------
 
@@ -121,7 +165,7 @@ class Soak:
         text = (await http.get("/metrics")).text
         health = (await http.get("/healthz")).json()
         s = {
-            "t": round(time.monotonic() - self.t0, 1),
+            "t": round(time.time() - self.t0, 1),
             "rss_mb": round(self.proc.memory_info().rss / 2**20, 1),
             "cpu_s": round(sum(self.proc.cpu_times()[:2]), 1),
             "active_streams": health["active_streams"],
@@ -129,7 +173,6 @@ class Soak:
             "connections": metric(text, "gateway_connections{"),
             "slow_cuts": metric(text, "gateway_slow_cuts_total"),
             "created": metric(text, "gateway_streams_created_total"),
-            "done": self.done, "failed": self.failed, "wrong": self.wrong,
         }
         self.samples.append(s)
         return s
@@ -143,21 +186,26 @@ class Soak:
 
     async def run(self) -> dict:
         a = self.args
-        async with Client(self.gw.url, read_timeout=120) as client, \
-                httpx.AsyncClient(base_url=self.gw.url, timeout=30) as http:
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        shares = [range(i, a.streams, a.procs) for i in range(a.procs)]
+        procs = [ctx.Process(target=load_process, args=(a, self.gw.port, ids, self.t0, out)) for ids in shares]
+        for p in procs:
+            p.start()
+        async with httpx.AsyncClient(base_url=self.gw.url, timeout=30) as http:
             watcher = asyncio.create_task(self.watch(http))
-            tasks = [asyncio.create_task(self.refresh_backlog(client))]
-            normal = a.streams - a.stalled
-            for n in range(a.streams):
-                task = self.reader(client, n) if n < normal else self.stalled(client, n)
-                tasks.append(asyncio.create_task(task))
-                await asyncio.sleep(a.ramp / a.streams)  # spread the starts
-            await asyncio.sleep(max(0.0, a.duration - (time.monotonic() - self.t0)))
-            self.stop = True
-            load_end = time.monotonic() - self.t0
-            await asyncio.wait(tasks, timeout=(a.ttft_ms + a.tokens * a.itl_ms) / 1000 + a.send_timeout + 30)
-            for t in tasks:
-                t.cancel()
+            await asyncio.sleep(max(0.0, a.duration - (time.time() - self.t0)))
+            load_end = time.time() - self.t0
+            loop = asyncio.get_running_loop()
+            for _ in procs:
+                part = await loop.run_in_executor(None, out.get)
+                self.done += part["done"]
+                self.failed += part["failed"]
+                self.wrong += part["wrong"]
+                self.gaps += part["gaps"]
+                self.ttfts += part["ttfts"]
+            for p in procs:
+                p.join()
             # Everything ends: one-shot streams at once, the rest after the detach grace, and then the TTL.
             deadline = time.monotonic() + a.ttl + 60
             while True:
@@ -215,6 +263,7 @@ def main() -> int:
     p.add_argument("--send-timeout", type=float, default=5)
     p.add_argument("--ttl", type=float, default=60, help="how long ended streams stay (GATEWAY_TTL_S)")
     p.add_argument("--every", type=float, default=5, help="seconds between samples")
+    p.add_argument("--procs", type=int, default=3, help="load processes")
     p.add_argument("--out", default="soak.json")
     a = p.parse_args()
     env = {"GATEWAY_SEND_TIMEOUT_S": str(a.send_timeout), "GATEWAY_TTL_S": str(a.ttl),
@@ -222,11 +271,6 @@ def main() -> int:
            "GATEWAY_LOG_LEVEL": "warning"}
     gw = Gateway(env)
     try:
-        try:
-            import uvloop
-            uvloop.install()
-        except ImportError:
-            pass
         result = asyncio.run(Soak(a, gw).run())
     finally:
         gw.stop()
