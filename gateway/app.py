@@ -15,14 +15,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .auth import Auth
+from .chat import add_openai_routes
 from .clock import Clock
-from .events import from_json
 from .guard import KEY, Edge, Guard, cors
+from .journal import configure as configure_journal
 from .limits import Buckets
 from .metrics import Stats
 from .middleware import BodyLimit
 from . import openapi
 from .models import StreamRequest
+from .page import add_page
 from .problems import Problem, problem
 from .registry import Registry, UnknownModel
 from .settings import Settings, get_settings
@@ -79,7 +81,7 @@ class Context:
                           + ("" if stream.running else " (the stream has ended)"), code="past_end")
         return stream
 
-    async def create(self, request: StreamRequest, one_shot: bool, key: str | None) -> Stream:
+    async def create(self, request: StreamRequest, one_shot: bool, key: str | None = None) -> Stream:
         self.check_request(request)
         limit = self.settings.streams_per_key
         if limit and self.registry.running.get(key, 0) >= limit:
@@ -87,6 +89,28 @@ class Context:
             raise Problem(429, "Too many streams", f"this key has {limit} streams generating already",
                           retry_after=1, code="too_many_streams")
         return await self.registry.create(request, one_shot=one_shot, owner=key)
+
+    async def run_to_end(self, stream: Stream, request: Request) -> None:
+        """Wait, unstreamed, until `stream` ends or the client leaves (which cancels it)."""
+        sub = stream.attach(-1, "complete", self.clock.now())
+        left = asyncio.get_running_loop().create_task(_disconnected(request))
+        left.add_done_callback(lambda _: (setattr(sub, "gone", True), sub.wake()))
+        try:
+            while stream.running and not sub.gone:
+                sub.cursor = len(stream.log)
+                sub.beat = False  # no heartbeats here; left set, wait() would return at once, forever
+                await stream.wait(sub)
+        finally:
+            left.cancel()
+            stream.detach(sub, self.clock.now(), client_left=sub.gone)
+
+
+class _App(FastAPI):
+    async def __call__(self, scope, receive, send) -> None:
+        # The server's own `send`, under every middleware: streams write their
+        # events through it (after the response start went the usual way).
+        scope["gateway.send"] = send
+        await super().__call__(scope, receive, send)
 
 
 class _QuietDrops(logging.Filter):
@@ -116,18 +140,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        configure_journal(settings)
         await ctx.store.open()
         ctx.registry.start()
         # Everything alive now lives for the process: keep the cyclic GC from rescanning it.
         gc.collect()
         gc.freeze()
+        # Streams make few reference cycles: collect young objects 70x less often
+        # (measured: the collector's CPU fell from ~7% to ~4% at 1,000 streams).
+        gc.set_threshold(50_000, 20, 100)
         yield
         for stream in ctx.store.local():
             stream.cancel("shutdown")
         ctx.clock.stop()
         await ctx.store.close()
+        await ctx.registry.aclose()
 
-    app = FastAPI(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
+    app = _App(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
     openapi.install(app, settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -250,24 +279,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def complete(body: StreamRequest, request: Request) -> JSONResponse:
         """The same generation, not streamed: the baseline for 'when not to stream'."""
         stream = await ctx.create(body, True, request.scope.get(KEY))
-        sub = stream.attach(-1, "complete", ctx.clock.now())
-        left = asyncio.get_running_loop().create_task(_disconnected(request))
-        left.add_done_callback(lambda _: (setattr(sub, "gone", True), sub.wake()))
-        try:
-            while stream.running and not sub.gone:
-                sub.cursor = len(stream.log)
-                sub.beat = False  # no heartbeats here; left set, wait() would return at once, forever
-                await stream.wait(sub)
-        finally:
-            left.cancel()
-            stream.detach(sub, ctx.clock.now(), client_left=sub.gone)
+        await ctx.run_to_end(stream, request)
         if stream.status == "done":
-            return JSONResponse({"id": stream.id, "model": stream.model, "text": stream_text(stream),
+            return JSONResponse({"id": stream.id, "model": stream.model, "text": stream.text(),
                                  "tokens": stream.tokens, "finish_reason": stream.finish_reason,
                                  "sha256": stream.sha256})
         status = 504 if stream.error_code == "upstream_timeout" else 502
         return problem(status, "Generation failed", f"the stream ended with {stream.error_code}",
-                       code=stream.error_code, partial_text=stream_text(stream), tokens=stream.tokens)
+                       code=stream.error_code, partial_text=stream.text(), tokens=stream.tokens)
+
+    add_openai_routes(app, ctx)
+
+    add_page(app)
 
     @app.get("/healthz", responses=openapi.OPEN)
     async def healthz() -> dict:
@@ -283,12 +306,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def stream_text(stream: Stream) -> str:
-    """The text so far, from the log (the log is the only copy)."""
-    out = []
-    for i in range(len(stream.log)):
-        if stream.log.kinds[i] == 1:
-            out.append(from_json(stream.log.json(i)).text)
-    return "".join(out)

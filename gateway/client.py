@@ -51,6 +51,7 @@ class StreamResult:
     gaps: int = 0
     duplicates: int = 0
     bytes: int = 0
+    last_seq: int = -1  # the last seq received (or the resume point to start from)
 
     @property
     def tokens(self) -> list[Token]:
@@ -88,6 +89,28 @@ class StreamResult:
     def ttft(self) -> float | None:
         arr = self.token_arrivals
         return arr[0] - self.started if arr else None
+
+    def take(self, event: Event, at: float) -> bool:
+        """Record an arrival; False for a heartbeat or a duplicate (not to be passed on).
+
+        A seq at or below `last_seq` is a duplicate; one beyond `last_seq + 1`
+        means events were skipped (a gap).
+        """
+        if type(event) is Heartbeat:
+            self.heartbeats += 1
+            return False
+        seq, last = event.seq, self.last_seq
+        if seq <= last and last >= 0:
+            self.duplicates += 1
+            return False
+        if seq > last + 1:
+            self.gaps += 1
+        self.last_seq = seq
+        if type(event) is Meta:
+            self.stream_id = event.stream_id
+        self.events.append(event)
+        self.arrivals.append(at)
+        return True
 
 
 class Client:
@@ -154,25 +177,13 @@ class Client:
         result.started = time.perf_counter()
         result.stream_id = stream_id
         body = {"prompt": prompt, **fields}
-        last = after
+        result.last_seq = after
         attempt = 0
         while True:
             try:
-                async for event, at in self._connect(transport, body, result.stream_id, last, result):
-                    if type(event) is Heartbeat:
-                        result.heartbeats += 1
+                async for event, at in self._connect(transport, body, result.stream_id, result.last_seq, result):
+                    if not result.take(event, at):
                         continue
-                    seq = event.seq
-                    if seq <= last and last >= 0:
-                        result.duplicates += 1
-                        continue
-                    if seq > last + 1:
-                        result.gaps += 1
-                    last = seq
-                    if type(event) is Meta:
-                        result.stream_id = event.stream_id
-                    result.events.append(event)
-                    result.arrivals.append(at)
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return
@@ -203,7 +214,7 @@ class Client:
         try:
             if response.status_code >= 400:
                 _check(response.status_code, await response.aread())
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():
                 at = time.perf_counter()
                 result.bytes += len(chunk)
                 for event in decoder.feed(chunk):

@@ -21,12 +21,13 @@ if TYPE_CHECKING:
     from .models import StreamRequest
     from .stream import Stream, Subscriber
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "configure"]
 
 _log = logging.getLogger("gateway.lifecycle")
 
 
 def configure(settings: Settings) -> None:
+    """Call at startup, after the server configured logging (dictConfig resets child loggers)."""
     if not _log.handlers:
         handler = logging.FileHandler(settings.log_file) if settings.log_file else logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -37,7 +38,6 @@ def configure(settings: Settings) -> None:
 
 class Journal:
     def __init__(self, settings: Settings) -> None:
-        configure(settings)
         self.prompts = settings.log_prompts
 
     def emit(self, event: str, stream: Stream, **fields: Any) -> None:

@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["Stats", "TransportStats", "TRANSPORTS"]
 
-TRANSPORTS = ("sse", "ndjson", "ws")
+TRANSPORTS = ("sse", "ndjson", "ws", "chat")  # chat: POST /v1/chat/completions streamed
 
 
 class TransportStats:

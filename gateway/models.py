@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
-__all__ = ["SimParams", "StreamRequest"]
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["SimParams", "ChatMessage", "StreamRequest", "message_text", "prompt_of"]
 
 
 class SimParams(BaseModel):
@@ -22,6 +24,34 @@ class SimParams(BaseModel):
     pre_error: int | None = Field(None, ge=400, le=599, description="refuse with this HTTP status")
 
 
+class ChatMessage(BaseModel):
+    """One chat message, as the OpenAI API has it; relays forward it whole (extra fields too)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(min_length=1, max_length=64)
+    content: str | list[dict[str, Any]] | None = None
+
+
+def message_text(message: ChatMessage) -> str:
+    """The text of a message: its string content, or its text parts joined."""
+    content = message.content
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+
+
+def prompt_of(messages: list[ChatMessage]) -> str:
+    """The prompt the simulated model sees for a conversation (documented in the README).
+
+    One user message is its text; anything else is `role: text` blocks joined by
+    a blank line, so every message (the system prompt too) changes the answer.
+    """
+    if len(messages) == 1 and messages[0].role == "user":
+        return message_text(messages[0])
+    return "\n\n".join(f"{m.role}: {message_text(m)}" for m in messages)
+
+
 class StreamRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,3 +60,13 @@ class StreamRequest(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     model: str | None = Field(None, max_length=200)
     sim: SimParams = Field(default_factory=SimParams)
+    # A conversation instead of `prompt`: relays send it as is, the simulated model reads `prompt_of` it.
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _prompt_from_messages(self) -> StreamRequest:
+        if self.messages is not None:
+            if self.prompt:
+                raise ValueError("give prompt or messages, not both")
+            self.prompt = prompt_of(self.messages)
+        return self

@@ -17,6 +17,7 @@ from .metrics import Stats
 from .models import StreamRequest
 from .settings import Settings
 from .sources.base import Source
+from .sources.relay import build_sources
 from .sources.simulated import SimulatedModel
 from .store.base import StreamStore
 from .stream import Stream, Subscriber
@@ -36,11 +37,18 @@ class Registry:
         self.store = store
         sim = SimulatedModel(clock, settings.sim_ttft_ms, settings.sim_itl_ms, settings.sim_jitter)
         self.sources: dict[str, Source] = {"sim": sim}
+        self.sources.update(build_sources(settings.models, settings.idle_timeout_s))
         self.journal = Journal(settings)
         self.running: Counter[str | None] = Counter()  # streams generating, by owner key id
 
     def start(self) -> None:
         self.clock.every(self.settings.sweep_s, self.sweep)
+
+    async def aclose(self) -> None:
+        for source in self.sources.values():
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
 
     def source(self, model: str | None) -> tuple[str, Source]:
         name = model or self.settings.model

@@ -5,10 +5,22 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "ModelSpec", "get_settings"]
+
+
+class ModelSpec(BaseModel):
+    """A model served by relaying an upstream (see gateway/sources/relay.py)."""
+
+    kind: Literal["openai", "ollama"]
+    base_url: str  # OpenAI-compatible: up to and with /v1; Ollama: the server root
+    api_key: str | None = None
+    upstream_model: str | None = None  # the name the upstream knows it by; default the gateway's name
+    connect_timeout_s: float = Field(10.0, gt=0)
+    # OpenAI's reasoning models refuse `max_tokens` and want `max_completion_tokens`.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
 
 class Settings(BaseSettings):
@@ -36,6 +48,8 @@ class Settings(BaseSettings):
     ws_per_message_deflate: bool = False
 
     model: str = "sim"
+    # Relayed models by name, as JSON: {"name": {"kind": "openai", "base_url": ..., ...}}.
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
     # Simulated model defaults, overridable per request in `sim`.
     sim_ttft_ms: float = Field(300.0, ge=0)
     sim_itl_ms: float = Field(25.0, ge=0)

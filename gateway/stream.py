@@ -4,6 +4,12 @@ The stream is the sink a model source pushes into (`token`, `fail`,
 `finish`). Each attached client is a `Subscriber` with a cursor into the log;
 appending wakes the waiting subscribers, which then write everything past
 their cursor in one batch (coalescing happens by itself under load).
+
+Wakes are batched: a subscriber woken during a loop callback (one clock tick
+fires every token due) is flushed once that callback returns. A transport
+whose connection is idle sets `push`, which writes right there, in the flush,
+without waking its task; anything unusual (the end, a heartbeat, a client
+gone, backpressure) falls back to waking the task.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
-from .events import token_json
+from .events import from_json, token_json
 from .log import KIND, EventLog
 
 if TYPE_CHECKING:
@@ -27,11 +33,44 @@ RUNNING, DONE, FAILED = "running", "done", "error"
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
 
+class _Batch:
+    """Subscribers woken during the current loop callback, flushed right after it."""
+
+    __slots__ = ("subs", "loop")
+
+    def __init__(self) -> None:
+        self.subs: list[Subscriber] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, sub: Subscriber) -> None:
+        if self.loop is None or self.loop.is_closed():  # (a loop that died with a flush pending)
+            self.subs.clear()
+            self.loop = asyncio.get_running_loop()
+            self.loop.call_soon(self.flush)
+        self.subs.append(sub)
+
+    def flush(self) -> None:
+        subs, self.subs, self.loop = self.subs, [], None
+        for sub in subs:
+            sub.queued = False
+            push = sub.push
+            try:
+                if push is not None and push(sub):
+                    continue
+            except Exception:  # a broken connection must not stop the others
+                log.exception("push failed")
+            sub.push = None
+            sub.resolve()
+
+
+_batch = _Batch()
+
+
 class Subscriber:
     """One client connection reading a stream."""
 
     __slots__ = ("cursor", "waiter", "beat", "gone", "drop_at", "transport", "mark", "quiet_since",
-                 "since", "sending", "abort", "cut", "blocked", "lag_base")
+                 "push", "queued", "since", "sending", "abort", "cut", "blocked", "lag_base")
 
     def __init__(self, cursor: int, transport: str, now: float, drop_at: int | None) -> None:
         self.cursor = cursor
@@ -42,6 +81,10 @@ class Subscriber:
         self.transport = transport
         self.mark = -1
         self.quiet_since = now
+        # Set by the transport while its task is parked: `push(sub)` writes
+        # what is due and returns True, or False to have the task woken.
+        self.push: Callable[[Subscriber], bool] | None = None
+        self.queued = False
         self.since = now
         # Slow consumers (the sweep): loop time when the pending write began, 0.0 when none is.
         self.sending = 0.0
@@ -51,6 +94,12 @@ class Subscriber:
         self.cut: str | None = None  # why the connection ended before the stream's end
 
     def wake(self) -> None:
+        if not self.queued:
+            self.queued = True
+            _batch.add(self)
+
+    def resolve(self) -> None:
+        """Wake the transport's task now."""
         w = self.waiter
         if w is not None:
             self.waiter = None
@@ -162,6 +211,9 @@ class Stream:
         drop_at = None
         if self.drop_after is not None and after < self.drop_after:
             drop_at = self.drop_after + 1  # deliver meta and N tokens, then cut
+            # Once per stream: a browser can lose the last chunk before a cut (Chromium's fetch
+            # does, often), resume from before N, and would be cut again at N for ever.
+            self.drop_after = None
         sub = Subscriber(after + 1, transport, now, drop_at)
         self.subs.append(sub)
         self.detached_since = None
@@ -173,6 +225,7 @@ class Stream:
             self.subs.remove(sub)
         except ValueError:
             return
+        sub.push = None
         sub.wake()
         if sub.cut is None and (self.status is RUNNING or sub.cursor < len(self.log)):
             sub.cut = "client_left" if client_left else "server"
@@ -195,6 +248,11 @@ class Stream:
             await fut
         finally:
             sub.waiter = None
+
+    def text(self) -> str:
+        """The text so far, from the log (the log is the only copy)."""
+        log = self.log
+        return "".join(from_json(log.json(i)).text for i in range(len(log)) if log.kinds[i] == _TOKEN)
 
     def status_info(self) -> dict[str, Any]:
         return {

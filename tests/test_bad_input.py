@@ -51,6 +51,15 @@ def test_body_over_the_limit_is_413(gw):
     assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
 
 
+def test_chunked_body_over_the_limit_is_413(gw):
+    def chunks():  # no Content-Length: the limit applies as the body arrives
+        for _ in range(300):
+            yield b" " * 4096
+
+    r = post(gw, "/v1/sse", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
+
+
 def test_unknown_model_is_404(gw):
     assert post(gw, "/v1/sse", json={"model": "nope"}).status_code == 404
 

@@ -78,6 +78,20 @@ def test_drop_is_a_cut_then_resumes_exactly(gw, transport):
     assert r.done.sha256 == hashlib.sha256(r.text.encode()).hexdigest()
 
 
+def test_drop_fires_once_per_stream(gw):
+    """A client that lost the last chunk before the cut resumes from before N and is not cut again."""
+    async def go():
+        async with Client(gw.url) as client:
+            info = await client.create("once", max_tokens=30, seed=1, sim={**FAST_SIM, "drop_after": 10})
+            first = await client.stream("ndjson", stream_id=info["id"], resume=False)
+            again = await client.stream("ndjson", stream_id=info["id"], after=8, resume=False)
+            return first, again
+
+    first, again = run(go())
+    assert first.cut and len(first.tokens) == 10
+    assert not again.cut and again.done is not None and again.tokens[0].seq == 9
+
+
 @pytest.mark.parametrize(("first", "second"), [("sse", "ws"), ("ws", "ndjson"), ("ndjson", "sse")])
 def test_resume_on_another_transport(gw, first, second):
     async def go():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..events import HEARTBEAT, DecodeError, Event, from_json, to_json
 
-__all__ = ["MEDIA_TYPE", "HEARTBEAT_LINE", "encode", "Decoder"]
+__all__ = ["MEDIA_TYPE", "HEARTBEAT_LINE", "encode", "Lines", "Decoder"]
 
 MEDIA_TYPE = "application/x-ndjson"
 HEARTBEAT_LINE = b'{"type":"heartbeat"}\n'
@@ -16,22 +16,23 @@ def encode(event: Event) -> bytes:
     return to_json(event) + b"\n"
 
 
-class Decoder:
-    """Incremental decoder: feed any split of the byte stream, get whole events.
+class Lines:
+    """Incremental line splitter for any NDJSON stream (the gateway's, or an upstream's such as Ollama).
 
-    Lines end in LF (a CR before it is tolerated). Blank lines are skipped.
+    Feed any split of the byte stream, get whole non-blank lines. Lines end in
+    LF (a CR before it is tolerated).
     """
 
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf + data if self._buf else data
         if b"\n" not in buf:
             self._buf = buf
             return []
         *lines, self._buf = buf.split(b"\n")
-        return [from_json(line) for line in lines if line.strip()]
+        return [line for line in lines if line.strip()]
 
     def close(self) -> None:
         """Call at end of stream: a partial last line means the stream was cut."""
@@ -41,3 +42,20 @@ class Decoder:
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+
+class Decoder:
+    """The gateway's NDJSON: each line is one event."""
+
+    def __init__(self) -> None:
+        self.lines = Lines()
+
+    def feed(self, data: bytes) -> list[Event]:
+        return [from_json(line) for line in self.lines.feed(data)]
+
+    def close(self) -> None:
+        self.lines.close()
+
+    @property
+    def pending(self) -> int:
+        return self.lines.pending

@@ -10,9 +10,11 @@ from starlette.types import Receive, Scope, Send
 
 from ..codecs import ndjson, sse
 from ..guard import ABORT
+from .eager import Parked, finish, send_now
 
 if TYPE_CHECKING:
     from ..app import Context
+    from ..log import EventLog
     from ..stream import Stream, Subscriber
 
 __all__ = ["EventStream", "DropConnection", "streaming_headers"]
@@ -45,11 +47,14 @@ class EventStream(Response):
         self.status_code = status
         self.client_left = False
         self.background = None
+        self.send: Send | None = None
+        self.parked: Parked | None = None  # a push whose send blocked: the task finishes it
+        self.failed: BaseException | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx, stream, sub = self.ctx, self.stream, self.sub
         stats = ctx.stats[self.fmt]
-        media = sse.MEDIA_TYPE if self.fmt == "sse" else ndjson.MEDIA_TYPE
+        media = ndjson.MEDIA_TYPE if self.fmt == "ndjson" else sse.MEDIA_TYPE
         headers = streaming_headers(media, ctx.settings.x_accel_buffering, stream.id)
         stats.connections += 1
         sub.abort = scope.get(ABORT)
@@ -60,11 +65,16 @@ class EventStream(Response):
                 # `retry` first, so the headers and this go out before the first token.
                 await send({"type": "http.response.body", "body": sse.retry(ctx.settings.sse_retry_ms),
                             "more_body": True})
-            await self._pump(send, stats)
+            self.send = scope.get("gateway.send", send)
+            await self._pump(self.send, stats)
         finally:
             watcher.cancel()
             stats.connections -= 1
             stream.detach(sub, ctx.clock.now(), self.client_left)
+
+    def frames(self, log: EventLog, start: int, end: int) -> bytes:
+        """Log events [start, end) as body bytes (a subclass may map them to another format)."""
+        return log.sse_frames(start, end) if self.fmt == "sse" else log.ndjson(start, end)
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -75,13 +85,21 @@ class EventStream(Response):
 
     async def _pump(self, send: Send, stats) -> None:
         stream, sub, log = self.stream, self.sub, self.stream.log
-        is_sse = self.fmt == "sse"
-        heartbeat = sse.HEARTBEAT_FRAME if is_sse else ndjson.HEARTBEAT_LINE
+        frames = self.frames
+        heartbeat = ndjson.HEARTBEAT_LINE if self.fmt == "ndjson" else sse.HEARTBEAT_FRAME
         wait = stream.wait
         clock = asyncio.get_running_loop().time
         batch = self.ctx.settings.max_batch_bytes
         while True:
+            sub.push = self._push
             await wait(sub)
+            sub.push = None
+            if self.parked is not None:
+                parked, self.parked = self.parked, None
+                await finish(parked)
+                sub.sending = 0.0
+            if self.failed is not None:
+                raise self.failed
             if sub.gone:
                 if self.client_left and stream.running:
                     stats.disconnects += 1
@@ -92,7 +110,7 @@ class EventStream(Response):
                 end = log.batch_end(cursor, end, batch)
                 if sub.drop_at is not None and end >= sub.drop_at:
                     end, drop = sub.drop_at, True
-                body = log.sse_frames(cursor, end) if is_sse else log.ndjson(cursor, end)
+                body = frames(log, cursor, end)
                 stats.events += end - cursor
                 sub.cursor = end
                 terminal = not stream.running and end == len(log)
@@ -110,3 +128,28 @@ class EventStream(Response):
                 raise DropConnection(stream.id)
             if terminal:
                 return
+
+    def _push(self, sub: Subscriber) -> bool:
+        """Write the new events from the batch flush; False hands anything unusual to the task."""
+        stream = self.stream
+        if sub.gone or sub.beat or sub.drop_at is not None or not stream.running:
+            return False
+        log = stream.log
+        cursor, end = sub.cursor, len(log)
+        if cursor >= end:
+            return True
+        end = log.batch_end(cursor, end, self.ctx.settings.max_batch_bytes)
+        body = self.frames(log, cursor, end)
+        sub.cursor = end
+        stats = self.ctx.stats[self.fmt]
+        stats.events += end - cursor
+        stats.bytes += len(body)
+        try:
+            self.parked = send_now(self.send, {"type": "http.response.body", "body": body, "more_body": True})
+        except Exception as exc:
+            self.failed = exc
+            return False
+        if self.parked is not None:
+            sub.sending = self.ctx.clock.now()  # blocked: the task finishes it, the sweep watches it
+            return False
+        return end == len(log)  # a capped batch: the task writes the rest

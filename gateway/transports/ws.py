@@ -19,6 +19,7 @@ from ..limits import Bucket
 from ..models import StreamRequest
 from ..problems import Problem
 from ..sources.base import PreStreamError
+from .eager import Parked, finish, send_now
 from .http import DropConnection
 
 if TYPE_CHECKING:
@@ -45,6 +46,10 @@ class WSSession:
         self.pump: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
         self.dropped = False
+        # Events go straight to the server's send (no Starlette wrapper on the hot path).
+        self.send = websocket.scope.get("gateway.send") or websocket.send
+        self.parked: Parked | None = None  # a push whose send blocked: the pump finishes it
+        self.failed: BaseException | None = None
         self.key = websocket.scope.get(KEY)
         rate = ctx.settings.ws_messages_per_s
         self.bucket = Bucket(rate, 2 * rate, ctx.clock.now()) if rate else None
@@ -161,12 +166,21 @@ class WSSession:
             self.stream = None
 
     async def _pump(self, stream: Stream, sub: Subscriber) -> None:
-        log, stats, send = stream.log, self.stats, self.ws.send
+        log, stats, send = stream.log, self.stats, self.send
         clock = asyncio.get_running_loop().time
         batch = self.ctx.settings.max_batch_bytes
         try:
             while True:
+                sub.push = self._push
                 await stream.wait(sub)
+                sub.push = None
+                if self.parked is not None:
+                    parked, self.parked = self.parked, None
+                    await finish(parked)
+                    sub.sending = 0.0
+                if self.failed is not None:
+                    failed, self.failed = self.failed, None
+                    raise failed
                 if sub.gone:
                     return
                 cursor, end = sub.cursor, len(log)
@@ -201,6 +215,31 @@ class WSSession:
         except OSError:
             # The client is gone; the reader sees the disconnect and cleans up.
             return
+
+    def _push(self, sub: Subscriber) -> bool:
+        """Send the new events from the batch flush; False hands anything unusual to the pump."""
+        stream = self.stream
+        if sub is not self.sub or sub.gone or sub.beat or sub.drop_at is not None or not stream.running:
+            return False
+        log = stream.log
+        cursor, end = sub.cursor, len(log)
+        if cursor >= end:
+            return True
+        end = log.batch_end(cursor, end, self.ctx.settings.max_batch_bytes)
+        stats, send = self.stats, self.send
+        for text in log.texts(cursor, end):
+            sub.cursor += 1
+            stats.events += 1
+            stats.bytes += len(text)
+            try:
+                self.parked = send_now(send, {"type": "websocket.send", "text": text})
+            except Exception as exc:
+                self.failed = exc
+                return False
+            if self.parked is not None:
+                sub.sending = self.ctx.clock.now()  # blocked: the pump finishes it, the sweep watches it
+                return False
+        return end == len(log)  # a capped batch: the pump sends the rest
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
         await self.ws.send_text(error_text(code, message))

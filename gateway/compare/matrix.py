@@ -1,0 +1,115 @@
+"""What a comparison runs: the matrix of cells, from a preset and the command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["Matrix", "Cell", "PRESETS", "PATHS", "TRANSPORTS", "from_args"]
+
+# Transports as the Locust users name them (request_type, loadtests/locustfile.py).
+TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+# Deployment paths: "direct" to the gateway, the others are the proxy lab's paths (gateway/lab.py).
+PATHS = ("direct", "nginx-defaults", "nginx-accel", "nginx-tuned", "haproxy", "haproxy-tuned")
+
+
+@dataclass
+class Matrix:
+    transports: list[str]
+    concurrency: list[int]
+    paths: list[str] = field(default_factory=lambda: ["direct"])
+    token_rate: float = 20.0  # tokens per second per stream
+    ttft_ms: float = 300.0
+    max_tokens: int = 60
+    prompt_bytes: int = 200
+    drop_rate: float = 1.0  # share of streams cut mid-way in the reconnection cells
+    cell_s: float = 8.0
+    reconnect_users: int = 10
+    reconnect_s: float = 6.0
+    memory_connections: int = 200
+    baseline_lengths: list[int] = field(default_factory=lambda: [4, 16, 64, 160])
+    wire_streams: int = 3
+
+    @property
+    def itl_ms(self) -> float:
+        return 1000.0 / self.token_rate
+
+    def cells(self) -> list[Cell]:
+        """Load cells (transport x concurrency), then each proxy path at the lowest concurrency (buffering
+        shows without load), then one reconnection cell per transport."""
+        out = [Cell("load", t, "direct", c, self.cell_s) for t in self.transports for c in self.concurrency]
+        out += [Cell("load", t, p, min(self.concurrency), self.cell_s)
+                for p in self.paths if p != "direct" for t in self.transports]
+        if self.drop_rate > 0:
+            out += [Cell("reconnect", t, "direct", self.reconnect_users, self.reconnect_s) for t in self.transports]
+        return out
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"itl_ms": self.itl_ms}
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: str  # "load" or "reconnect"
+    transport: str
+    path: str
+    users: int
+    duration_s: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.path}-{self.transport}-c{self.users}"
+
+    def label(self) -> str:
+        where = "" if self.path == "direct" else f" via {self.path}"
+        return f"{self.kind} {self.transport}{where} x{self.users}"
+
+
+PRESETS: dict[str, dict] = {
+    # About two minutes on a 2-core machine: every transport at two concurrency levels, and through
+    # HAProxy as most set it up (it holds small writes: buffering the report should flag).
+    "quick": dict(transports=list(TRANSPORTS), concurrency=[10, 50], paths=["direct", "haproxy"],
+                  cell_s=5.0, reconnect_users=20, reconnect_s=4.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
+    # Where each transport starts to slip, through every proxy path the lab has.
+    "full": dict(transports=list(TRANSPORTS), concurrency=[10, 50, 100, 200, 400],
+                 paths=list(PATHS), cell_s=15.0, reconnect_users=20, reconnect_s=15.0,
+                 memory_connections=500, baseline_lengths=[2, 4, 8, 16, 32, 64, 128, 256], wire_streams=5),
+    # For the end-to-end test: the smallest matrix that still has every section.
+    "tiny": dict(transports=["sse_post", "ws"], concurrency=[3], paths=["direct", "nginx-tuned"], cell_s=3.0, reconnect_users=3, reconnect_s=3.0,
+                 max_tokens=20, token_rate=50.0, ttft_ms=100.0, memory_connections=20,
+                 baseline_lengths=[2, 20], wire_streams=1),
+}
+
+
+def _csv(value: str | None, cast=str) -> list | None:
+    return None if value is None else [cast(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def from_args(args) -> Matrix:
+    """The preset, with any flag the user gave taking its place."""
+    base = dict(PRESETS[args.preset])
+    overrides = {
+        "transports": _csv(args.transports),
+        "concurrency": _csv(args.concurrency, int),
+        "paths": _csv(args.paths),
+        "token_rate": args.token_rate,
+        "ttft_ms": args.ttft_ms,
+        "max_tokens": args.max_tokens,
+        "prompt_bytes": args.prompt_bytes,
+        "drop_rate": args.drop_rate,
+        "cell_s": args.duration,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    matrix = Matrix(**base)
+    bad = [t for t in matrix.transports if t not in TRANSPORTS]
+    if bad:
+        raise SystemExit(f"unknown transport {', '.join(bad)} (choose from {', '.join(TRANSPORTS)})")
+    if "direct" not in matrix.paths:
+        matrix.paths.insert(0, "direct")  # the reference every proxy path is compared with
+    if not matrix.concurrency or min(matrix.concurrency) < 1:
+        raise SystemExit("--concurrency needs positive integers, e.g. 10,50")
+    if not 0 <= matrix.drop_rate <= 1:
+        raise SystemExit("--drop-rate is a share between 0 and 1")
+    if matrix.token_rate <= 0:
+        raise SystemExit("--token-rate must be positive")
+    return matrix

@@ -1,0 +1,657 @@
+// Four clients of one gateway, side by side. No framework, no build step, nothing from another origin.
+// Wire format: docs/wire-contract.md. Every client keeps the last seq it saw and resumes after it.
+"use strict";
+
+(() => {
+  const md = window.markdownit({ html: false, linkify: false, typographer: false });
+  const utf8 = new TextEncoder();
+  const MAX_TRIES = 5;  // reconnect attempts in a row without a new event before giving up
+
+  // ---------------------------------------------------------------------------------------------
+  // Markdown while it streams. Blocks that can no longer change are rendered once and never
+  // touched again (no flicker, selection survives); only the last block is re-rendered, once per
+  // animation frame, after `heal` hides or closes markup that is still being written.
+
+  const SYNTAX_ONLY = /^\s*(?:[-*+=_#>|`~:]+|\d+[.)]?)\s*$/;
+  const FENCE = /^ {0,3}(`{3,}|~{3,})/;
+  const TABLE_DELIM = /^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/;
+
+  class MarkdownView {
+    constructor(el) {
+      this.el = el;
+      this.clear();
+    }
+
+    clear() {
+      this.source = "";
+      this.committed = 0;
+      this.tailHTML = "";
+      this.el.replaceChildren();
+      this.blocks = this.el.appendChild(document.createElement("div"));
+      this.tail = this.el.appendChild(document.createElement("div"));
+    }
+
+    append(text) {
+      this.source += text.replace(/\r\n?/g, "\n");
+    }
+
+    render(final) {
+      const follow = this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 40;
+      let src = this.source.slice(this.committed);
+      const cut = final ? src.length : stableEnd(src);
+      if (cut > 0) {
+        const block = document.createElement("div");
+        block.innerHTML = md.render(src.slice(0, cut));
+        this.blocks.append(block);
+        this.committed += cut;
+        src = src.slice(cut);
+      }
+      const html = src ? md.render(heal(src)) : "";
+      if (html !== this.tailHTML) {
+        this.tail.innerHTML = html;
+        this.tailHTML = html;
+      }
+      if (follow) this.el.scrollTop = this.el.scrollHeight;
+    }
+  }
+
+  // Offset where the last top-level block of the complete lines starts: what precedes it is final.
+  function stableEnd(src) {
+    const complete = src.slice(0, src.lastIndexOf("\n") + 1);
+    if (!complete) return 0;
+    const tops = md.parse(complete, {}).filter((t) => t.level === 0 && t.nesting !== -1 && t.map);
+    if (tops.length < 2) return 0;
+    let line = tops[tops.length - 1].map[0];
+    let at = 0;
+    while (line-- > 0) at = complete.indexOf("\n", at) + 1;
+    return at;
+  }
+
+  // The last block as it should look now: open fences and spans closed, half-typed markup hidden.
+  function heal(src) {
+    const lines = src.split("\n");
+    let fence = null;
+    for (const line of lines) {
+      const m = FENCE.exec(line);
+      if (!m) continue;
+      if (fence === null) fence = m[1];
+      else if (m[1][0] === fence[0] && m[1].length >= fence.length && !line.slice(m[0].length).trim()) fence = null;
+    }
+    if (fence !== null) {
+      if (/^ {0,3}[`~]+$/.test(lines[lines.length - 1])) lines.pop();  // a closing fence on its way
+      return lines.join("\n") + "\n" + fence;
+    }
+    if (SYNTAX_ONLY.test(lines[lines.length - 1])) lines.pop();  // "-", "1.", "##", "|" waiting for text
+    // A table shows once its header and delimiter rows are complete.
+    if (/^ {0,3}\|/.test(lines[0]) && !(lines.length > 2 && TABLE_DELIM.test(lines[1]))) return "";
+    return closeInline(lines.join("\n"));
+  }
+
+  function closeInline(s) {
+    // An unfinished link or image shows as its text until the URL is complete.
+    s = s.replace(/!?\[([^\]\n]*)\]\([^)\n]*$/, "$1").replace(/!?\[([^\]\n]*)\]?$/, "$1");
+    const open = [];  // {mark, at}
+    let i = 0;
+    let lineStart = true;
+    while (i < s.length) {
+      const c = s[i];
+      if (c === "\n") {
+        lineStart = true;
+        i++;
+        continue;
+      }
+      if (lineStart) {  // skip block markers: indentation, "> ", "- ", "1. ", "## "
+        lineStart = false;
+        i += /^ *(?:> ?)*(?:[-*+] +|\d+[.)] +|#{1,6} +)?/.exec(s.slice(i))[0].length;
+        continue;
+      }
+      if (c === "\\") {
+        i += 2;
+        continue;
+      }
+      let n = 1;
+      while (s[i + n] === c) n++;
+      if (c === "`") {
+        const end = s.indexOf(c.repeat(n), i + n);
+        if (end < 0) {
+          open.push({ mark: c.repeat(n), at: i });
+          break;  // the rest is code
+        }
+        i = end + n;
+        continue;
+      }
+      if (c === "*" || c === "_" || (c === "~" && n >= 2)) {
+        const before = i > 0 ? s[i - 1] : " ";
+        const after = i + n < s.length ? s[i + n] : "";
+        const mark = c === "~" ? "~~" : c.repeat(Math.min(n, 3));
+        const top = open[open.length - 1];
+        if (c === "_" && /\w/.test(before) && /\w/.test(after)) {
+          // snake_case: not emphasis
+        } else if (top && top.mark === mark && !/\s/.test(before)) {
+          open.pop();
+        } else if (after === "" || !/\s/.test(after)) {
+          open.push({ mark, at: i });
+        }
+      }
+      i += n;
+    }
+    for (let k = open.length - 1; k >= 0; k--) {
+      const { mark, at } = open[k];
+      if (!s.slice(at + mark.length).trim()) s = s.slice(0, at);  // nothing inside yet: hide the opener
+      else s = s.replace(/\s*$/, (ws) => mark + ws);  // close it before any trailing space
+    }
+    return s;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Framing: bytes-as-text in, event objects out. Heartbeats come out as {type: "heartbeat"}.
+
+  const EVENT_TYPES = new Set(["meta", "token", "done", "error"]);
+
+  // Incremental SSE parser (WHATWG HTML, "event stream interpretation").
+  class SSEFraming {
+    constructor() {
+      this.buf = "";
+      this.data = null;
+      this.type = "";
+    }
+
+    feed(text) {
+      this.buf += text;
+      const out = [];
+      const eol = /\r\n|\r|\n/g;
+      let start = 0;
+      let m;
+      while ((m = eol.exec(this.buf)) !== null) {
+        if (m[0] === "\r" && m.index === this.buf.length - 1) break;  // may be half of a CRLF
+        this.line(this.buf.slice(start, m.index), out);
+        start = eol.lastIndex;
+      }
+      this.buf = this.buf.slice(start);
+      return out;
+    }
+
+    line(line, out) {
+      if (line === "") {
+        if (this.data !== null && EVENT_TYPES.has(this.type)) out.push(JSON.parse(this.data));
+        this.data = null;
+        this.type = "";
+        return;
+      }
+      if (line[0] === ":") {
+        out.push({ type: "heartbeat" });
+        return;
+      }
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value[0] === " ") value = value.slice(1);
+      if (field === "data") this.data = this.data === null ? value : this.data + "\n" + value;
+      else if (field === "event") this.type = value;
+      // `id` and `retry` matter to EventSource; this client resumes from the seq in each event.
+    }
+  }
+
+  class NDJSONFraming {
+    constructor() {
+      this.buf = "";
+    }
+
+    feed(text) {
+      const lines = (this.buf + text).split("\n");
+      this.buf = lines.pop();
+      return lines.filter((l) => l.trim()).map((l) => JSON.parse(l));
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // A panel: what one client received, and its figures.
+
+  const fmtBytes = (n) => (n < 10_000 ? `${n} B` : n < 10_000_000 ? `${(n / 1000).toFixed(1)} kB` : `${(n / 1e6).toFixed(1)} MB`);
+
+  async function sha256Hex(text) {
+    if (!crypto.subtle) return null;  // only in a secure context: https, localhost or 127.0.0.1
+    const digest = await crypto.subtle.digest("SHA-256", utf8.encode(text));
+    return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  class Panel {
+    constructor(section, onEnd) {
+      this.section = section;
+      this.kind = section.dataset.kind;
+      this.onEnd = onEnd;
+      section.append(document.getElementById("panel-body").content.cloneNode(true));
+      const $ = (sel) => section.querySelector(sel);
+      this.ui = {
+        mark: $(".mark"), state: $(".state"), ttft: $(".ttft"), rate: $(".rate"), tokens: $(".tokens"),
+        bytes: $(".bytes"), reconnects: $(".reconnects"), shaMark: $(".sha-mark"), shaText: $(".sha-text"),
+        sha: $(".sha"), output: $(".output"),
+      };
+      if (this.kind === "eventsource") {
+        $(".bytes-label").textContent = "event bytes";
+        $(".bytes-label").title = "EventSource hides the framing and heartbeats: bytes of the events it delivered";
+      }
+      this.view = new MarkdownView(this.ui.output);
+      this.client = null;
+      this.reset(performance.now());
+      this.setStatus("idle", "idle");
+    }
+
+    reset(t0) {
+      this.t0 = t0;
+      this.text = "";
+      this.streamId = null;
+      this.lastSeq = -1;
+      this.tokens = 0;
+      this.duplicates = 0;
+      this.gaps = 0;
+      this.heartbeats = 0;
+      this.bytes = 0;
+      this.reconnects = 0;
+      this.cuts = [];
+      this.tries = 0;
+      this.firstAt = null;
+      this.lastAt = null;
+      this.ended = false;
+      this.outcome = null;  // {status, code, message}
+      this.done = null;
+      this.sha = null;
+      this.hashed = false;
+      cancelAnimationFrame(this.frame);
+      this.frame = 0;
+      this.view.clear();
+      this.ui.shaMark.textContent = "";
+      this.ui.shaText.textContent = "sha256 –";
+      this.ui.sha.className = "sha";
+      this.ui.sha.title = "";
+      this.ui.output.setAttribute("aria-busy", "true");
+      this.setStatus("connecting", "connecting…");
+      this.paint();
+    }
+
+    setStatus(status, label) {
+      this.section.dataset.status = status;
+      const marks = { done: "✓", error: "✗", cut: "✗", cancelled: "■", reconnecting: "↻" };
+      this.ui.mark.textContent = marks[status] || "";
+      this.ui.state.textContent = label;
+    }
+
+    addBytes(n) {
+      this.bytes += n;
+    }
+
+    event(ev) {
+      if (this.ended) return;
+      switch (ev.type) {
+        case "heartbeat":
+          this.heartbeats++;
+          return;
+        case "meta":
+          this.streamId = ev.stream_id;
+          this.lastSeq = Math.max(this.lastSeq, 0);
+          break;
+        case "token":
+          if (ev.seq <= this.lastSeq) {  // already have it: a resume must not repeat a word
+            this.duplicates++;
+            return;
+          }
+          if (ev.seq !== this.lastSeq + 1) this.gaps++;
+          this.lastSeq = ev.seq;
+          this.text += ev.text;
+          this.view.append(ev.text);
+          this.tokens++;
+          this.lastAt = performance.now();
+          if (this.firstAt === null) this.firstAt = this.lastAt;
+          if (this.section.dataset.status !== "streaming") this.setStatus("streaming", "streaming");
+          break;
+        case "done":
+          this.lastSeq = ev.seq;
+          this.done = ev;
+          this.end("done", "done", "", `done: ${ev.finish_reason}, ${ev.tokens} tokens`);
+          return;
+        case "error":
+          this.lastSeq = Math.max(this.lastSeq, ev.seq);
+          if (ev.code === "cancelled") this.end("cancelled", ev.code, ev.message, ev.message);
+          else this.end("error", ev.code, ev.message, `error: ${ev.code} (${ev.message})`);
+          return;
+        default:
+          return;
+      }
+      this.tries = 0;  // progress: the next cut gets the full number of tries again
+      this.schedule();
+    }
+
+    // The connection ended without a terminal event. True: the client should resume now.
+    cut(reason) {
+      if (this.ended) return false;
+      if (this.streamId === null) {
+        this.end("cut", "cut", reason, `cut before the stream started: ${reason}`);
+        return false;
+      }
+      if (++this.tries > MAX_TRIES) {
+        this.end("cut", "cut", reason, `cut, gave up after ${MAX_TRIES} tries: ${reason}`);
+        return false;
+      }
+      this.reconnects++;
+      this.cuts.push(`after seq ${this.lastSeq}: ${reason}`);
+      this.setStatus("reconnecting", `reconnecting after seq ${this.lastSeq}…`);
+      this.schedule();
+      return true;
+    }
+
+    cancelled(message) {
+      this.end("cancelled", "cancelled", message, message);
+    }
+
+    fail(code, message) {
+      this.end("error", code, message, `error: ${code} (${message})`);
+    }
+
+    async problem(resp) {
+      let detail = resp.statusText;
+      try {
+        const body = await resp.json();
+        detail = body.detail || body.title || detail;
+      } catch { /* not JSON */ }
+      this.fail(`http_${resp.status}`, detail);
+    }
+
+    end(status, code, message, label) {
+      if (this.ended) return;
+      this.ended = true;
+      this.outcome = { status, code, message };
+      cancelAnimationFrame(this.frame);
+      this.frame = 0;
+      this.view.render(true);
+      this.ui.output.setAttribute("aria-busy", "false");
+      this.setStatus(status, label);
+      this.paint();
+      this.hash().finally(() => {
+        this.hashed = true;
+        this.onEnd(this);
+      });
+    }
+
+    async hash() {
+      const sha = await sha256Hex(this.text);
+      this.sha = sha;
+      const { shaMark, shaText, sha: box } = this.ui;
+      box.dataset.sha = sha || "";
+      if (sha === null) {
+        shaText.textContent = "sha256 needs a secure context (https or localhost)";
+        return;
+      }
+      const short = sha.slice(0, 12) + "…";
+      if (this.done && sha === this.done.sha256) {
+        box.className = "sha ok";
+        shaMark.textContent = "✓";
+        shaText.textContent = `sha256 ${short} matches done`;
+        box.title = `sha256 ${sha}, as in the done event`;
+      } else if (this.done) {
+        box.className = "sha bad";
+        shaMark.textContent = "✗";
+        shaText.textContent = `sha256 ${short} differs from done`;
+        box.title = `received ${sha}, done says ${this.done.sha256}`;
+      } else {
+        box.className = "sha bad";
+        shaMark.textContent = "✗";
+        shaText.textContent = `sha256 ${short} partial: no done event`;
+        box.title = `sha256 ${sha} of the partial text`;
+      }
+    }
+
+    schedule() {
+      if (!this.frame) {
+        this.frame = requestAnimationFrame(() => {
+          this.frame = 0;
+          this.view.render(false);
+          this.paint();
+        });
+      }
+    }
+
+    paint() {
+      const ui = this.ui;
+      ui.ttft.textContent = this.firstAt === null ? "–" : `${Math.round(this.firstAt - this.t0)} ms`;
+      const span = (this.lastAt - this.firstAt) / 1000;
+      ui.rate.textContent = this.tokens > 1 && span > 0 ? ((this.tokens - 1) / span).toFixed(1) : "–";
+      ui.tokens.textContent = String(this.tokens);
+      ui.bytes.textContent = fmtBytes(this.bytes);
+      ui.reconnects.textContent = String(this.reconnects);
+    }
+
+    snapshot() {
+      return {
+        kind: this.kind, status: this.section.dataset.status, ended: this.ended, outcome: this.outcome,
+        text: this.text, tokens: this.tokens, lastSeq: this.lastSeq, streamId: this.streamId,
+        duplicates: this.duplicates, gaps: this.gaps, heartbeats: this.heartbeats, bytes: this.bytes,
+        reconnects: this.reconnects, cuts: this.cuts, sha: this.sha, doneSha: this.done ? this.done.sha256 : null,
+        ttftMs: this.firstAt === null ? null : this.firstAt - this.t0,
+      };
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The four clients. Each has start(body) and cancel().
+
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const backoff = (panel) => sleep(Math.min(2000, 150 * 2 ** (panel.tries - 1)));
+  const jsonInit = (body) => ({ method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+
+  // 1. POST /v1/streams, then EventSource by id. EventSource resumes by itself with Last-Event-ID.
+  class EventSourceClient {
+    constructor(panel) {
+      this.panel = panel;
+      this.es = null;
+      this.id = null;
+      this.cancelling = false;
+    }
+
+    async start(body) {
+      const panel = this.panel;
+      let resp;
+      try {
+        resp = await fetch("/v1/streams", jsonInit(body));
+      } catch (e) {
+        return panel.fail("network", String(e));
+      }
+      if (!resp.ok) return panel.problem(resp);
+      this.id = (await resp.json()).id;
+      if (this.cancelling) return this.cancel();
+      const es = (this.es = new EventSource(`/v1/streams/${encodeURIComponent(this.id)}/sse`));
+      const onEvent = (e) => {
+        panel.addBytes(utf8.encode(`id: ${e.lastEventId}\nevent: ${e.type}\ndata: ${e.data}\n\n`).length);
+        panel.event(JSON.parse(e.data));
+        if (panel.ended) es.close();  // or it reconnects when the server ends the response
+      };
+      for (const type of ["meta", "token", "done"]) es.addEventListener(type, onEvent);
+      es.addEventListener("error", (e) => {
+        if (e instanceof MessageEvent) return onEvent(e);  // the stream's own `error` event
+        if (panel.ended) return es.close();
+        // A connection error: CONNECTING means the browser retries by itself after `retry` ms.
+        if (es.readyState === EventSource.CLOSED || !panel.cut("connection lost")) {
+          es.close();
+          if (!panel.ended) panel.fail("cut", "EventSource gave up (the server refused to resume)");
+        }
+      });
+    }
+
+    async cancel() {
+      this.cancelling = true;
+      if (this.id === null) return;  // start() cancels once the stream exists
+      const resp = await fetch(`/v1/streams/${encodeURIComponent(this.id)}`, { method: "DELETE" });
+      // 204: the `cancelled` error event arrives on the EventSource. Otherwise it already ended.
+      if (resp.status !== 204 || !this.es) {
+        if (this.es) this.es.close();
+        this.panel.cancelled(resp.status === 204 ? "cancelled" : `cancel: HTTP ${resp.status}`);
+      }
+    }
+  }
+
+  // 2 and 3. fetch with a ReadableStream; after a cut, GET the stream by id from the last seq.
+  class FetchClient {
+    constructor(panel, format) {
+      this.panel = panel;
+      this.format = format;  // "sse" or "ndjson"
+      this.abort = new AbortController();
+    }
+
+    resumeRequest() {
+      const base = `/v1/streams/${encodeURIComponent(this.panel.streamId)}/${this.format}`;
+      const after = String(this.panel.lastSeq);
+      if (this.format === "sse") return [base, { headers: { "Last-Event-ID": after } }];
+      return [`${base}?after=${after}`, {}];
+    }
+
+    async start(body) {
+      const panel = this.panel;
+      let [url, init] = [`/v1/${this.format}`, jsonInit(body)];
+      for (;;) {
+        let reason = "the response ended without a terminal event";
+        try {
+          const resp = await fetch(url, { ...init, signal: this.abort.signal });
+          if (!resp.ok) return panel.problem(resp);
+          await this.read(resp);
+        } catch (e) {
+          if (this.abort.signal.aborted) return;
+          reason = String(e.message || e);
+        }
+        if (panel.ended || !panel.cut(reason)) return;
+        await backoff(panel);
+        if (this.abort.signal.aborted) return;
+        [url, init] = this.resumeRequest();
+      }
+    }
+
+    async read(resp) {
+      const panel = this.panel;
+      const framing = this.format === "sse" ? new SSEFraming() : new NDJSONFraming();
+      const reader = resp.body.getReader();
+      const decoder = new TextDecoder();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        panel.addBytes(value.byteLength);
+        for (const ev of framing.feed(decoder.decode(value, { stream: true }))) {
+          panel.event(ev);
+          if (panel.ended) return reader.cancel();
+        }
+      }
+    }
+
+    cancel() {
+      this.abort.abort();  // the server sees the disconnect and stops the generation
+      this.panel.cancelled("cancelled (fetch aborted)");
+    }
+  }
+
+  // 4. WebSocket: `start`, `cancel`, and after a cut a new socket sends `resume`.
+  class WebSocketClient {
+    constructor(panel) {
+      this.panel = panel;
+      this.ws = null;
+    }
+
+    start(body) {
+      this.open({ type: "start", ...body });
+    }
+
+    open(first) {
+      const panel = this.panel;
+      const ws = (this.ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`));
+      ws.onopen = () => ws.send(JSON.stringify(first));
+      ws.onmessage = (e) => {
+        panel.addBytes(utf8.encode(e.data).length);
+        const ev = JSON.parse(e.data);
+        if (ev.type === "error" && ev.seq === -1) panel.fail(ev.code, ev.message);  // about the socket
+        else panel.event(ev);
+        if (panel.ended) ws.close(1000);
+      };
+      ws.onclose = async (e) => {
+        if (this.ws !== ws || panel.ended || !panel.cut(`socket closed (${e.code})`)) return;
+        await backoff(panel);
+        if (!panel.ended) this.open({ type: "resume", stream_id: panel.streamId, after: panel.lastSeq });
+      };
+    }
+
+    cancel() {
+      const ws = this.ws;
+      if (ws && ws.readyState === WebSocket.OPEN) {
+        ws.send(JSON.stringify({ type: "cancel" }));  // the `cancelled` error event follows
+      } else {
+        this.ws = null;
+        if (ws) ws.close();
+        this.panel.cancelled("cancelled before the socket was open");
+      }
+    }
+  }
+
+  const CLIENTS = {
+    "eventsource": (p) => new EventSourceClient(p),
+    "fetch-sse": (p) => new FetchClient(p, "sse"),
+    "fetch-ndjson": (p) => new FetchClient(p, "ndjson"),
+    "websocket": (p) => new WebSocketClient(p),
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // The page.
+
+  const form = document.getElementById("controls");
+  const cancelButton = document.getElementById("cancel");
+  const formError = document.getElementById("form-error");
+  const panels = Array.from(document.querySelectorAll(".panel"), (s) => new Panel(s, onPanelEnd));
+
+  function onPanelEnd() {
+    if (panels.every((p) => p.ended)) cancelButton.disabled = true;
+  }
+
+  function requestBody() {
+    const n = (name) => Number(form.elements[name].value);
+    const sim = { ttft_ms: n("ttft_ms"), itl_ms: n("itl_ms") };
+    const fault = form.elements.fault.value;
+    if (fault === "drop") sim.drop_after = n("fault_after");
+    if (fault === "fail") sim.fail_after = n("fault_after");
+    return { prompt: form.elements.prompt.value, max_tokens: n("max_tokens"), seed: n("seed"), sim };
+  }
+
+  function start() {
+    if (!form.reportValidity()) return;
+    formError.hidden = true;
+    cancelAll();
+    const body = requestBody();
+    const t0 = performance.now();
+    for (const panel of panels) {
+      panel.reset(t0);
+      const client = (panel.client = CLIENTS[panel.kind](panel));
+      (async () => client.start(body))().catch((e) => panel.fail("client", String(e)));
+    }
+    cancelButton.disabled = false;
+  }
+
+  function cancelAll() {
+    for (const panel of panels) {
+      if (panel.client && !panel.ended) panel.client.cancel();
+    }
+  }
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    start();
+  });
+  form.elements.prompt.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      start();
+    }
+  });
+  cancelButton.addEventListener("click", cancelAll);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !cancelButton.disabled) cancelAll();
+  });
+
+  // For tests and the curious: demo.state() in the console.
+  window.demo = {
+    state: () => panels.map((p) => p.snapshot()),
+    settled: () => panels.every((p) => p.hashed),
+  };
+})();

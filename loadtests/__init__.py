@@ -1,0 +1,1 @@
+"""Load tests: Locust users per transport (locustfile.py) on a blocking streaming client (streaming.py)."""

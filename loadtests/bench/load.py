@@ -1,0 +1,287 @@
+"""The benchmark's load client: N streams kept open, lateness of every token.
+
+Lean on purpose, so the server is what gets measured: raw asyncio protocols
+on uvloop, no HTTP or WebSocket library on the per-event path. Each
+connection runs one stream after another (a closed loop at N concurrent
+streams). It counts token events by their JSON `"type":"token"` marker
+straight off the wire (chunk and frame headers never hold that string, and
+JSON escapes every quote inside a text), and stamps each with the time its
+bytes arrived. A token's schedule is known in advance (jitter 0): token k is
+due at request + ttft + k * itl, so lateness needs no decoding. One witness
+stream per run is decoded in full with the project's codecs and checked.
+
+    python -m loadtests.bench.load --port 8000 --transport sse --n 1000 --server-pid PID
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+
+import orjson
+from websockets.frames import Frame, Opcode
+
+__all__ = ["main", "proc_cpu", "proc_rss"]
+
+TOKEN, DONE = b'"token"', b'"done"'
+_TAIL = len(TOKEN) - 1
+_CLK = os.sysconf("SC_CLK_TCK")
+_BUCKETS = 60_000  # lateness histogram: 1 ms buckets up to 60 s
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+def proc_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Run:
+    """Shared state of all connections: the schedule, the window and the histogram."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ttft = args.ttft_ms / 1000
+        self.itl = args.itl_ms / 1000
+        body = {"prompt": "bench", "max_tokens": args.tokens,
+                "sim": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms, "jitter": 0}}
+        self.body = orjson.dumps(body)
+        self.hist = [0] * _BUCKETS
+        self.counting = False
+        self.tokens = 0  # tokens seen in the window
+        self.streams = 0  # streams finished in the window
+        self.errors = 0
+        self.open = 0
+
+    def request(self) -> bytes:
+        a = self.args
+        if a.transport == "ws":
+            return (b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        return (b"POST /v1/%b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (a.transport.encode(), len(self.body), self.body))
+
+
+class Conn(asyncio.Protocol):
+    """One connection running streams back to back (HTTP keep-alive, or one socket for WS)."""
+
+    def __init__(self, run: Run, done: asyncio.Future) -> None:
+        self.run = run
+        self.closed = done
+        self.ws = run.args.transport == "ws"
+        self.start_frame = Frame(Opcode.TEXT, b'{"type":"start",' + run.body[1:]).serialize(mask=True, extensions=[])
+        self.upgraded = False
+        self.tail = b""
+        self.k = 0
+        self.t0 = 0.0
+        self.ended = False
+
+    def connection_made(self, transport) -> None:
+        self.t = transport
+        self.run.open += 1
+        if self.ws:
+            transport.write(self.run.request())
+        else:
+            self._begin()
+
+    def _begin(self) -> None:
+        self.k = 0
+        self.ended = False
+        self.tail = b""
+        self.t0 = time.time()
+        self.t.write(self.start_frame if self.ws else self.run.request())
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if self.ws and not self.upgraded:
+            head, sep, data = data.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 101"):
+                self._fail()
+                return
+            self.upgraded = True
+            self._begin()
+            if not data:
+                return
+        if self.ended:  # past the done event: wait for the chunked terminator
+            if (self.tail + data).endswith(b"0\r\n\r\n"):
+                self._begin()
+            else:
+                self.tail = (self.tail + data)[-5:]
+            return
+        buf = self.tail + data
+        new = buf.count(TOKEN) - self.tail.count(TOKEN)
+        run = self.run
+        if new:
+            if run.counting:
+                run.tokens += new
+                hist, base, itl = run.hist, self.t0 + run.ttft, run.itl
+                for k in range(self.k, self.k + new):
+                    late = int((now - base - k * itl) * 1000)
+                    hist[0 if late < 0 else late if late < _BUCKETS else _BUCKETS - 1] += 1
+            self.k += new
+        if DONE in buf:
+            if run.counting:
+                run.streams += 1
+            if self.k != run.args.tokens:
+                run.errors += 1
+            self.ended = True
+            if self.ws:
+                self._begin()
+                return
+            self.tail = buf[-5:]
+            if buf.endswith(b"0\r\n\r\n"):
+                self._begin()
+            return
+        if buf[:12].startswith(b"HTTP/1.1 ") and buf[9:10] != b"2":
+            self._fail()
+            return
+        self.tail = buf[-_TAIL:]
+
+    def _fail(self) -> None:
+        self.run.errors += 1
+        self.t.close()
+
+    def connection_lost(self, exc) -> None:
+        self.run.open -= 1
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def witness(args: argparse.Namespace) -> str:
+    """One stream decoded in full with the project's codecs: the count check, and the gateway's text."""
+    sys.path.insert(0, os.getcwd())
+    from gateway.client import Client
+    from gateway.sources.simulated import expected_text
+
+    fields = {"max_tokens": args.tokens, "seed": 7, "sim": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms,
+                                                           "jitter": 0}}
+    async with Client(f"http://127.0.0.1:{args.port}") as client:
+        result = await client.stream(args.transport, "witness", **fields)
+    if result.cut or result.done is None:
+        return "cut"
+    if len(result.tokens) != args.tokens:
+        return f"{len(result.tokens)} tokens"
+    if args.check_text and result.text != expected_text("witness", 7, args.tokens):
+        return "wrong text"
+    return "ok"
+
+
+async def hold(run: Run, port: int, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        closed = loop.create_future()
+        try:
+            await loop.create_connection(lambda: Conn(run, closed), "127.0.0.1", port)
+        except OSError:
+            run.errors += 1
+            await asyncio.sleep(0.1)
+            continue
+        await asyncio.wait([closed, loop.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+
+
+async def lag_probe(out: list[float], interval: float = 0.05) -> None:
+    """How late this client's own loop runs: a saturated client shows up here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(interval)
+        out.append(loop.time() - t - interval)
+
+
+def percentile(hist: list[int], q: float) -> float:
+    total = sum(hist)
+    if not total:
+        return float("nan")
+    want, seen = q * total, 0
+    for ms, count in enumerate(hist):
+        seen += count
+        if seen >= want:
+            return float(ms)
+    return float(len(hist) - 1)
+
+
+async def bench(args: argparse.Namespace) -> dict:
+    run = Run(args)
+    stop = asyncio.Event()
+    pid = args.server_pid
+    rss_idle = proc_rss(pid)
+    holders = []
+    ramp = args.ramp
+    for i in range(args.n):
+        holders.append(asyncio.create_task(hold(run, args.port, stop)))
+        if ramp:
+            await asyncio.sleep(ramp / args.n)
+    witness_task = asyncio.create_task(witness(args))
+    await asyncio.sleep(args.warmup)
+    lags: list[float] = []
+    probe = asyncio.create_task(lag_probe(lags))
+    cpu0, me0, t0 = proc_cpu(pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    run.counting = True
+    await asyncio.sleep(args.duration)
+    run.counting = False
+    cpu1, me1, t1 = proc_cpu(pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    rss = proc_rss(pid)
+    open_now = run.open
+    probe.cancel()
+    try:
+        check = await asyncio.wait_for(witness_task, args.tokens * args.itl_ms / 1000 + 30)
+    except (asyncio.TimeoutError, OSError) as exc:
+        check = f"failed: {type(exc).__name__}"
+    stop.set()
+    for h in holders:
+        h.cancel()
+    wall = t1 - t0
+    tokens = run.tokens
+    server_cpu = cpu1 - cpu0
+    client_cpu = (me1.ru_utime + me1.ru_stime) - (me0.ru_utime + me0.ru_stime)
+    lags.sort()
+    return {
+        "transport": args.transport, "n": args.n, "open": open_now, "seconds": wall,
+        "events": tokens, "events_per_s": tokens / wall, "offered_per_s": args.n * args.tokens / (run.ttft + (args.tokens - 1) * run.itl),
+        "streams": run.streams, "errors": run.errors,
+        "server_cpu_s": server_cpu, "us_per_event": server_cpu / tokens * 1e6 if tokens else float("nan"),
+        "server_cpu_share": server_cpu / wall,
+        "late_p50_ms": percentile(run.hist, 0.5), "late_p99_ms": percentile(run.hist, 0.99),
+        "late_max_ms": percentile(run.hist, 1.0),
+        "rss_idle": rss_idle, "rss": rss, "kb_per_stream": (rss - rss_idle) / 1024 / max(open_now, 1),
+        "client_cpu_share": client_cpu / wall,
+        "client_lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000 if lags else float("nan"),
+        "witness": check,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--transport", choices=("sse", "ndjson", "ws"), required=True)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--server-pid", type=int, required=True)
+    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--itl-ms", type=float, default=20.0)
+    p.add_argument("--ttft-ms", type=float, default=100.0)
+    p.add_argument("--ramp", type=float, default=2.0, help="seconds over which the N connections open")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds after the ramp before measuring")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured")
+    p.add_argument("--check-text", action="store_true", help="the witness compares text (the gateway only)")
+    args = p.parse_args(argv)
+    import uvloop
+
+    result = uvloop.run(bench(args))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Speed benchmark: the gateway and the naive peers, same load, same run, side by side.
+
+For each transport and N it starts a fresh server (the gateway, then each
+baseline from `peers.py`) pinned to one core, drives it from a load client
+pinned to the other (`load.py`), and prints one row per server: delivered
+token events per second, server CPU per event (utime + stime from /proc),
+lateness of tokens against the source's schedule, memory per open stream
+(RSS growth / N), and the gateway's ratio to each peer.
+
+    python -m loadtests.bench.speed --n 100,1000,2000 --transports sse,ndjson,ws
+    python -m loadtests.bench.speed --n 100,1000 --peers none      # the gateway alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .peers import PEERS
+
+__all__ = ["main", "run_one", "table"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# What the benchmark sets on the gateway: quiet logs; ended streams kept 2 s
+# instead of 300 s (resume still works), so RSS growth measures open streams.
+GATEWAY_ENV = {"GATEWAY_LOG_LEVEL": "warning", "GATEWAY_TTL_S": "2"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cores() -> tuple[set[int], set[int]]:
+    """Server core, client core: separate when the machine has two or more."""
+    cores = sorted(os.sched_getaffinity(0))
+    return ({cores[0]}, {cores[1]}) if len(cores) > 1 else ({cores[0]}, {cores[0]})
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def server_command(server: str, port: int) -> tuple[list[str], dict[str, str]]:
+    if server == "gateway":
+        return ([sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                GATEWAY_ENV)
+    return [sys.executable, "-m", "loadtests.bench.peers", server, str(port)], {}
+
+
+def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> dict:
+    """One server, one transport, one N: a fresh server process, measured by a fresh client process."""
+    server_core, client_core = _cores()
+    port = free_port()
+    cmd, env = server_command(server, port)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    try:
+        os.sched_setaffinity(proc.pid, server_core)
+        _wait_port(port, proc)
+        time.sleep(0.5)  # let start-up settle before the idle RSS is read
+        load = [sys.executable, "-m", "loadtests.bench.load", "--port", str(port), "--transport", transport,
+                "--n", str(n), "--server-pid", str(proc.pid), "--tokens", str(args.tokens),
+                "--itl-ms", str(args.itl_ms), "--ttft-ms", str(args.ttft_ms), "--ramp", str(args.ramp),
+                "--warmup", str(args.warmup), "--duration", str(args.duration)]
+        if server == "gateway":
+            load.append("--check-text")
+        client = subprocess.Popen(load, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                  preexec_fn=lambda: os.sched_setaffinity(0, client_core))
+        timeout = args.ramp + args.warmup + args.duration + args.tokens * args.itl_ms / 1000 + 60
+        if args.profile and server == "gateway":
+            profile(proc.pid, args, args.profile / f"{server}-{transport}-{n}.txt")
+        out, _ = client.communicate(timeout=timeout)
+        if client.returncode != 0:
+            raise RuntimeError(f"load client failed ({client.returncode})")
+        row = json.loads(out.strip().splitlines()[-1])
+    finally:
+        _stop(proc)
+    row["server"] = server
+    return row
+
+
+def profile(pid: int, args: argparse.Namespace, out: Path) -> None:
+    """py-spy over the measured window (folded stacks, with native frames off), for finding the hot path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    time.sleep(args.ramp + args.warmup)
+    subprocess.run(["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.duration)), "--rate", "250",
+                    "--format", "raw", "--output", str(out)], check=False, capture_output=True)
+
+
+HEAD = ("transport", "N", "server", "events/s", "of offered", "us/event", "late p50 ms", "late p99 ms",
+        "KB/stream", "client CPU", "witness", "gateway CPU x")
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table; the last column is how many times cheaper per event the gateway is than that row."""
+    gw = {(r["transport"], r["n"]): r for r in rows if r["server"] == "gateway"}
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for r in rows:
+        g = gw.get((r["transport"], r["n"]))
+        ratio = "" if g is None or r["server"] == "gateway" else f"{r['us_per_event'] / g['us_per_event']:.1f}x"
+        cells = (r["transport"], r["n"], r["server"], f"{r['events_per_s']:.0f}",
+                 f"{r['events_per_s'] / r['offered_per_s']:.0%}", f"{r['us_per_event']:.1f}",
+                 f"{r['late_p50_ms']:.0f}", f"{r['late_p99_ms']:.0f}", f"{r['kb_per_stream']:.1f}",
+                 f"{r['client_cpu_share']:.0%}", r["witness"] if not r["errors"] else f"{r['witness']}, "
+                 f"{r['errors']} errors", ratio)
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", default="100,1000,2000", help="concurrent streams, comma-separated")
+    p.add_argument("--transports", default="sse,ndjson,ws")
+    p.add_argument("--peers", default="all", help="'all', 'none', or a comma-separated list of "
+                   + ", ".join(PEERS))
+    p.add_argument("--tokens", type=int, default=200, help="tokens per stream")
+    p.add_argument("--itl-ms", type=float, default=20.0, help="gap between tokens (20 ms = 50 tokens/s)")
+    p.add_argument("--ttft-ms", type=float, default=100.0)
+    p.add_argument("--ramp", type=float, default=2.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--profile", type=Path, help="record py-spy profiles of the gateway into this folder")
+    args = p.parse_args(argv)
+    ns = [int(x) for x in args.n.split(",")]
+    transports = args.transports.split(",")
+    peers = [] if args.peers == "none" else list(PEERS) if args.peers == "all" else args.peers.split(",")
+    rows = []
+    for transport in transports:
+        for n in ns:
+            for server in ["gateway", *[q for q in peers if transport in PEERS[q]]]:
+                try:
+                    row = run_one(server, transport, n, args)
+                except Exception as exc:  # a peer that falls over is a result, not a crash
+                    print(f"{server} {transport} N={n}: {exc}", file=sys.stderr)
+                    continue
+                rows.append(row)
+                print(f"{transport:6} N={n:<5} {server:14} {row['events_per_s']:8.0f} ev/s "
+                      f"{row['us_per_event']:6.1f} us/ev p99 {row['late_p99_ms']:6.0f} ms "
+                      f"{row['kb_per_stream']:5.1f} KB server {row['server_cpu_share']:.0%} client {row['client_cpu_share']:.0%} "
+                      f"lag {row['client_lag_p99_ms']:.0f} ms {row['witness']}",
+                      file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""A picture of the Transports tab from a real run (the README's image).
+
+    python -m loadtests.screenshot docs/transports-tab.png [--seconds 20] [-- LOCUST ARGS...]
+
+Starts a gateway and a Locust web UI on free loopback ports, lets the run go
+for `--seconds`, opens the tab in headless Chromium and saves a screenshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.screenshot")
+    parser.add_argument("out")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("locust_args", nargs="*", help="after --: more Locust arguments")
+    args = parser.parse_args(argv)
+    extra = args.locust_args or ["-u", "24", "-r", "12", "--drop-rate", "0.2", "--max-tokens", "120"]
+    gw_port, web_port = _port(), _port()
+    procs = []
+    try:
+        gw = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(gw_port)], cwd=ROOT,
+                              env={**os.environ, "GATEWAY_LOG_LEVEL": "warning"})
+        procs.append(gw)
+        _wait(f"http://127.0.0.1:{gw_port}/healthz", gw)
+        ui = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
+                               "--host", f"http://127.0.0.1:{gw_port}", "--autostart", "--web-host", "127.0.0.1",
+                               "--web-port", str(web_port), "--loglevel", "WARNING", *extra], cwd=ROOT)
+        procs.append(ui)
+        _wait(f"http://127.0.0.1:{web_port}/transports", ui)
+        time.sleep(args.seconds)
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 640})
+            page.goto(f"http://127.0.0.1:{web_port}/?tab=transports")
+            page.wait_for_selector("text=load generator", timeout=20_000)
+            page.wait_for_timeout(2500)  # one more poll of the stats
+            page.screenshot(path=args.out, full_page=True)
+            browser.close()
+        print(f"saved {args.out}")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

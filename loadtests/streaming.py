@@ -1,0 +1,186 @@
+"""A blocking streaming client for load users: each event timed when its bytes arrive.
+
+Locust runs users as gevent greenlets, so asyncio clients do not fit; this is
+`gateway/client.py` on blocking I/O that gevent makes cooperative, with the
+same resume rules and the same codecs:
+
+- SSE and NDJSON with `requests` (`stream=True`), read with `raw.read1()`: it
+  returns as soon as the socket holds bytes, so an event is timed when it
+  arrives, not when a 1 KiB buffer fills (FastHttpUser's `iter_lines` bunches).
+  Like a browser it accepts gzip (a proxy may compress); `bytes` counts the
+  decoded body.
+- WebSocket with the `websockets` sync client.
+
+`StreamClient.events()` yields (event, arrival) until the terminal event and
+resumes by itself after a cut; the `Run` it fills says what happened.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import requests
+import urllib3
+import websockets
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from gateway.client import GatewayError, StreamResult, _check
+from gateway.codecs import ndjson, sse, ws
+from gateway.events import Done, Error, Event
+
+__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body"]
+
+# sse_get attaches by id, as EventSource does; the others create and stream in one request.
+TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+_CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+        websockets.ConnectionClosed, OSError, TimeoutError)
+
+
+@dataclass
+class Run(StreamResult):
+    """A StreamResult plus when each cut was noticed (perf_counter), for the time to resume."""
+    cuts: list[float] = field(default_factory=list)
+    cause: str | None = None  # the last I/O error, if a connection failed
+
+
+class StreamClient:
+    """One user's connection to the gateway (not shared between greenlets)."""
+
+    def __init__(self, base_url: str, session: requests.Session | None = None, *,
+                 read_timeout: float = 60.0, max_resumes: int = 20) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.ws_url = "ws" + self.base_url[4:]
+        self.session = session or requests.Session()
+        self.read_timeout = read_timeout
+        self.max_resumes = max_resumes
+        # A slow reader: bytes per second it consumes (0: as fast as they come).
+        self.read_bps = 0.0
+
+    def close(self) -> None:
+        self.session.close()
+
+    def create(self, body: dict[str, Any]) -> str:
+        """POST /v1/streams: the id of a stream to attach to."""
+        r = self.session.post(self.base_url + "/v1/streams", json=body, timeout=(10, self.read_timeout))
+        _check(r.status_code, r.content)
+        return r.json()["id"]
+
+    def events(self, transport: str, body: dict[str, Any], run: Run) -> Iterator[tuple[Event, float]]:
+        """Yield (event, arrival) until the terminal event, resuming after cuts.
+
+        `run.started` is set before the first request (for sse_get, before the
+        stream is created), so time to first token is what a user would see.
+        Raises GatewayError if the gateway refuses before streaming.
+        """
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}; one of {TRANSPORTS}")
+        run.started = time.perf_counter()
+        if transport == "sse_get":
+            run.stream_id = self.create(body)
+        while True:
+            try:
+                for event, at in self._connect(transport, body, run.stream_id, run.last_seq, run):
+                    if not run.take(event, at):  # a heartbeat or a duplicate
+                        continue
+                    yield event, at
+                    if isinstance(event, (Done, Error)):
+                        return
+            except _CUT as exc:
+                run.cause = f"{type(exc).__name__}: {exc}"[:200]
+            # Cut: no terminal event. Resume after the last seq seen, as gateway.client does.
+            run.cuts.append(time.perf_counter())
+            if run.stream_id is None or run.reconnects >= self.max_resumes:
+                return
+            run.reconnects += 1
+
+    # -- one connection -------------------------------------------------------
+
+    def _connect(self, transport: str, body: dict, stream_id: str | None, after: int,
+                 run: Run) -> Iterator[tuple[Event, float]]:
+        if transport == "ws":
+            return self._ws(body, stream_id, after, run)
+        decoder = ndjson.Decoder() if transport == "ndjson" else sse.Decoder()
+        fmt = "ndjson" if transport == "ndjson" else "sse"
+        if stream_id is None:
+            return self._http("POST", f"/v1/{fmt}", decoder, run, json=body)
+        if fmt == "sse":
+            headers = {"Last-Event-ID": str(after)} if after >= 0 else {}
+            return self._http("GET", f"/v1/streams/{stream_id}/sse", decoder, run, headers=headers)
+        params = {"after": after} if after >= 0 else {}
+        return self._http("GET", f"/v1/streams/{stream_id}/ndjson", decoder, run, params=params)
+
+    def _http(self, method: str, path: str, decoder: sse.Decoder | ndjson.Decoder, run: Run,
+              **kw: Any) -> Iterator[tuple[Event, float]]:
+        r = self.session.request(method, self.base_url + path, stream=True,
+                                 timeout=(10, self.read_timeout), **kw)
+        ended = False
+        try:
+            if r.status_code >= 400:
+                _check(r.status_code, r.content)
+            raw = r.raw
+            slow = self.read_bps
+            size = 256 if slow else 65536
+            while True:
+                chunk = raw.read1(size, decode_content=True)
+                at = time.perf_counter()
+                if not chunk:
+                    return
+                run.bytes += len(chunk)
+                events = decoder.feed(chunk)
+                if events and isinstance(events[-1], (Done, Error)):
+                    # The end of the body follows the terminal event: read it, so the
+                    # connection goes back to the pool for the next stream (as a browser's would).
+                    while raw.read1(size, decode_content=True):
+                        pass
+                    ended = True
+                for event in events:
+                    yield event, at
+                if slow:
+                    time.sleep(len(chunk) / slow)
+        finally:
+            if ended:
+                r.raw.release_conn()
+            else:
+                r.close()
+
+    def _ws(self, body: dict, stream_id: str | None, after: int, run: Run) -> Iterator[tuple[Event, float]]:
+        try:
+            sock = ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24, open_timeout=10,
+                              close_timeout=1, ping_interval=None)
+        except InvalidStatus as exc:  # the upgrade was refused (or a proxy did not pass it on)
+            _check(exc.response.status_code, exc.response.body or b"")
+            raise
+        with sock:
+            sock.send(ws.start(**body) if stream_id is None else ws.resume(stream_id, after))
+            slow = self.read_bps
+            while True:
+                message = sock.recv(timeout=self.read_timeout)
+                at = time.perf_counter()
+                run.bytes += len(message)
+                event = ws.decode(message)
+                if type(event) is Error and event.seq < 0 and stream_id is None and not run.events:
+                    # Refused before the stream existed (a pre-stream error over WebSocket).
+                    raise GatewayError(0, {"title": event.code, "detail": event.message})
+                yield event, at
+                if slow:
+                    time.sleep(len(message) / slow)
+
+
+def post_complete(session: requests.Session, base_url: str, body: dict[str, Any],
+             timeout: float = 60.0) -> tuple[dict[str, Any], int]:
+    """POST /v1/complete, the non-streamed baseline: (answer, bytes)."""
+    r = session.post(base_url.rstrip("/") + "/v1/complete", json=body, timeout=(10, timeout))
+    _check(r.status_code, r.content)
+    return orjson.loads(r.content), len(r.content)
+
+
+def request_body(prompt_bytes: int, max_tokens: int, seed: int, **sim: Any) -> dict[str, Any]:
+    """A stream request with a prompt of `prompt_bytes` bytes; `sim` as in the API (ttft_ms, ...)."""
+    prompt = ("Explain streaming transports. " * (prompt_bytes // 30 + 1))[:prompt_bytes]
+    return {"prompt": prompt, "max_tokens": max_tokens, "seed": seed, "sim": sim}

@@ -1,0 +1,105 @@
+"""`python -m gateway lab`: every path starts, answers, and stops on Ctrl-C; the load-balanced path."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from gateway.client import Client
+from gateway.lab import PROXIES, Lab, render
+from gateway.sources.simulated import expected_text
+
+from .support import ROOT, require
+
+
+def _lines(proc: subprocess.Popen) -> queue.Queue:
+    out: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            out.put(line)
+        out.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return out
+
+
+def _listening(url: str) -> bool:
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_lab_starts_every_path_and_stops_on_ctrl_c():
+    for tool in ("nginx", "haproxy", "redis-server"):
+        require(tool)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "lab", "--port", "0", "--read-timeout", "5s"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        lines, table = _lines(proc), []
+        deadline = time.monotonic() + 90
+        while not table or "Ctrl-C" not in table[-1]:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "the lab exited:\n" + "".join(table)
+            table.append(line)
+        urls = dict(re.findall(r"^(\S+)\s+(http://127\.0\.0\.1:\d+)/?\s", "".join(table), re.M))
+        assert set(urls) == {"gateway"} | {p.name for p in PROXIES}, "".join(table)
+        for name, url in urls.items():
+            r = httpx.get(url + "/healthz", timeout=5)
+            assert r.status_code == 200 and r.json()["status"] == "ok", name
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(30) == 0
+        rest = []
+        while (line := lines.get(timeout=5)) is not None:
+            rest.append(line)
+        assert "lab stopped" in "".join(rest)
+        assert not [name for name, url in urls.items() if _listening(url)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_every_configuration_renders_without_placeholders_left():
+    for proxy in PROXIES:
+        text = render(proxy.config, LISTEN="127.0.0.1:1", UPSTREAM="127.0.0.1:2", UPSTREAM_B="127.0.0.1:3",
+                      READ_TIMEOUT="7s", RUN_DIR="/tmp/x")
+        assert "127.0.0.1:1" in text and "127.0.0.1:2" in text and "7s" in text
+    with pytest.raises(ValueError, match="UPSTREAM"):
+        render("nginx/tuned.conf", LISTEN="127.0.0.1:1", READ_TIMEOUT="7s", RUN_DIR="/tmp/x")
+
+
+def test_load_balanced_path_streams_on_both_replicas():
+    require("nginx")
+    with Lab(port=0, proxies=("nginx-lb",)) as lab:
+        async def main():
+            async with Client(lab.urls["nginx-lb"]) as client:
+                return await asyncio.gather(*(
+                    client.stream(t, f"lb{i}", max_tokens=20, sim={"ttft_ms": 50, "itl_ms": 10}, resume=False)
+                    for i in range(2) for t in ("sse", "ndjson", "ws")))
+
+        results = asyncio.run(main())
+        for i, r in enumerate(results):
+            assert r.text == expected_text(f"lb{i // 3}", 0, 20) and r.done is not None
+        created = [_created(lab.urls[name]) for name in ("replica-a", "replica-b")]
+        assert sum(created) == 6 and min(created) >= 1, created
+
+
+def _created(url: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("gateway_streams_created_total"):
+            return float(line.split()[-1])
+    raise AssertionError("no gateway_streams_created_total")
