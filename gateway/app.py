@@ -52,6 +52,8 @@ class Context:
 
     def check_request(self, request: StreamRequest) -> None:
         s = self.settings
+        if "max_tokens" not in request.model_fields_set:  # the default, never over this server's limit
+            request.max_tokens = min(request.max_tokens, s.max_tokens_limit)
         if len(request.prompt.encode()) > s.max_prompt_bytes:
             raise Problem(413, "Prompt too large", f"the prompt is over {s.max_prompt_bytes} bytes")
         if request.max_tokens > s.max_tokens_limit:

@@ -17,7 +17,7 @@ from starlette.types import Scope
 from .settings import Settings
 
 __all__ = ["install", "allowed", "SEQ", "CREATE", "STATUS", "CANCEL", "ATTACH", "ONE_SHOT", "COMPLETE", "OPEN",
-           "METRICS"]
+           "METRICS", "CHAT", "MODEL"]
 
 # A resume point: what parses (anything else is a 400, documented too).
 SEQ = {"pattern": "^(-1|[0-9]{1,18})$"}
@@ -32,6 +32,20 @@ class Problem(BaseModel):
     status: int
     detail: str | None = None
     code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """The OpenAI-compatible routes answer errors as OpenAI does (application/json)."""
+
+    error: OpenAIErrorBody
 
 
 class Links(BaseModel):
@@ -83,22 +97,41 @@ def _problems(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": Problem, "description": _WHY[s]} for s in (*statuses, 401, 429, 503)}
 
 
-def _text(media: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+def _text(media: str, description: str, schema: dict | None = None) -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": schema or {"type": "string"}}}}
 
 
 _MEDIA = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}
+_EVENT = {"type": "object", "properties": {"type": {"enum": ["meta", "token", "heartbeat", "error", "done"]}}}
 
 
 _CREATE = (404, 413, 422, "4XX", "5XX")
 CREATE: dict = {201: {"model": Links, "description": "Created; generation has started"}, **_problems(*_CREATE)}
 STATUS: dict = {200: {"model": StreamStatus, "description": "The stream's state"}, **_problems(404, 410, 422)}
 CANCEL: dict = {204: {"description": "Cancelled"}, **_problems(404, 409, 410, 422)}
-ATTACH = {f: {200: _text(m, "The stream's events"), **_problems(400, 404, 409, 410, 422)} for f, m in _MEDIA.items()}
-ONE_SHOT = {f: {200: _text(m, "The new stream's events"), **_problems(*_CREATE)} for f, m in _MEDIA.items()}
+# SSE: each event's data is one event object (wire contract); NDJSON: the body, line after line.
+ATTACH = {f: {200: _text(m, "The stream's events", _EVENT if f == "sse" else None),
+              **_problems(400, 404, 409, 410, 422)} for f, m in _MEDIA.items()}
+ONE_SHOT = {f: {200: _text(m, "The new stream's events", _EVENT if f == "sse" else None),
+                **_problems(*_CREATE)} for f, m in _MEDIA.items()}
 COMPLETE: dict = {200: {"model": Completion, "description": "The whole text"}, **_problems(*_CREATE, 502, 504)}
 OPEN: dict = {503: {"model": Problem, "description": _WHY[503]}}
 METRICS: dict = {200: _text("text/plain", "Prometheus text format"), **OPEN}
+
+
+def _openai(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
+    """OpenAI error bodies; 401, 429 and 503 may also come from the gateway's guard as problems."""
+    out: dict[int | str, dict[str, Any]] = {s: {"model": OpenAIError, "description": _WHY[s]}
+                                            for s in (*statuses, 401, 429, 503)}
+    for response in out.values():  # the router (no such path) answers problems too
+        response["content"] = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return out
+
+
+CHAT: dict = {200: {"description": "A chat.completion, or chat.completion.chunk events with stream: true",
+                    "content": {"text/event-stream": {"schema": {}}}},  # chunks, then the string [DONE]
+              **_openai(400, 404, 413, 502, 504, "4XX", "5XX")}
+MODEL: dict = _openai(404)
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -108,8 +141,25 @@ def install(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            fields = schema["components"]["schemas"]["StreamRequest"]["properties"]
+            components = schema["components"]["schemas"]
+            chat = schema["paths"].get("/v1/chat/completions", {}).get("post")
+            if chat is not None:  # the route parses its own body (to answer errors as OpenAI does)
+                from .chat import ChatRequest
+
+                body = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                body["properties"]["max_tokens"]["anyOf"][0]["maximum"] = settings.max_tokens_limit
+                body["properties"]["max_completion_tokens"]["anyOf"][0]["maximum"] = settings.max_tokens_limit
+                components["ChatRequest"] = body
+                chat["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ChatRequest"}}}}
+            # prompt or messages, not both (a model validator says so; the schema says it too)
+            components["StreamRequest"]["not"] = {
+                "required": ["prompt", "messages"],
+                "properties": {"prompt": {"minLength": 1}, "messages": {"type": "array"}}}
+            fields = components["StreamRequest"]["properties"]
             fields["max_tokens"]["maximum"] = settings.max_tokens_limit
+            fields["max_tokens"]["default"] = min(fields["max_tokens"]["default"], settings.max_tokens_limit)
             # The limit is in UTF-8 bytes; this many characters always fit.
             fields["prompt"]["maxLength"] = settings.max_prompt_bytes // 4
             for operations in schema["paths"].values():
@@ -124,7 +174,8 @@ def install(app: FastAPI, settings: Settings) -> None:
                 for operation in operations.values():
                     for status, response in operation["responses"].items():
                         content = response.get("content", {})
-                        if status[0] in "45" and "application/json" in content:
+                        ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+                        if status[0] in "45" and ref.endswith("/Problem"):
                             response["content"] = {"application/problem+json": content.pop("application/json")}
             app.openapi_schema = schema
         return app.openapi_schema
