@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException
 from .auth import Auth
 from .chat import add_openai_routes
 from .clock import Clock
+from .codecs import sse
+from .events import Reconnect
 from .guard import KEY, Edge, Guard, cors
 from .journal import configure as configure_journal
 from .limits import Buckets
@@ -29,7 +31,7 @@ from .problems import Problem, problem
 from .registry import Registry, UnknownModel
 from .settings import Settings, get_settings
 from .sources.base import PreStreamError
-from .store import MemoryStore
+from .store import make_store
 from .stream import Stream
 from .transports import DropConnection, EventStream, WSSession
 
@@ -45,12 +47,19 @@ class Context:
         self.settings = settings
         self.clock = Clock()
         self.stats = Stats()
-        self.store = MemoryStore(settings.ttl_s)
+        self.store = make_store(settings, self.clock, self.stats)
         self.registry = Registry(settings, self.clock, self.stats, self.store)
         self.auth = Auth(settings)
         self.rates = Buckets(settings.rate_per_key) if settings.rate_per_key else None
+        self.draining = False  # SIGTERM came: no new streams or clients here (gateway/drain.py)
+
+    def refuse_if_draining(self) -> None:
+        if self.draining:
+            raise Problem(503, "Draining", "this replica is shutting down: use another one",
+                          retry_after=1, code="draining")
 
     def check_request(self, request: StreamRequest) -> None:
+        self.refuse_if_draining()
         s = self.settings
         if "max_tokens" not in request.model_fields_set:  # the default, never over this server's limit
             request.max_tokens = min(request.max_tokens, s.max_tokens_limit)
@@ -62,7 +71,7 @@ class Context:
     async def owned(self, stream_id: str, key: str | None) -> Stream:
         """The stream if `key` owns it; another key's stream is not found (404, no existence oracle)."""
         stream = await self.store.get(stream_id)
-        if stream is None or stream.owner != key:
+        if stream is None or stream.owner_key != key:
             if stream is None and await self.store.expired(stream_id, key):
                 raise Problem(410, "Stream expired", "the stream ended and its events are gone", code="expired")
             raise Problem(404, "Stream not found", f"no stream {stream_id[:64]!r}", code="not_found")
@@ -70,6 +79,7 @@ class Context:
 
     async def find(self, stream_id: str, after: int, key: str | None) -> Stream:
         """The stream to attach to, with the resume point checked; raises Problem."""
+        self.refuse_if_draining()
         stream = await self.owned(stream_id, key)
         limit = self.settings.clients_per_stream
         if limit and len(stream.subs) >= limit:
@@ -90,7 +100,7 @@ class Context:
             self.stats.refused["streams"] += 1
             raise Problem(429, "Too many streams", f"this key has {limit} streams generating already",
                           retry_after=1, code="too_many_streams")
-        return await self.registry.create(request, one_shot=one_shot, owner=key)
+        return await self.registry.create(request, one_shot=one_shot, owner_key=key)
 
     async def run_to_end(self, stream: Stream, request: Request) -> None:
         """Wait, unstreamed, until `stream` ends or the client leaves (which cancels it)."""
@@ -200,7 +210,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         out = {"id": stream.id, "sse": f"{base}/sse", "ndjson": f"{base}/ndjson", "ws": f"{base}/ws"}
         if ctx.auth.enabled:
             # For EventSource and WebSocket, which cannot send an Authorization header.
-            out["token"] = token = ctx.auth.token(stream.id, stream.owner)
+            out["token"] = token = ctx.auth.token(stream.id, stream.owner_key)
             for kind in ("sse", "ndjson", "ws"):
                 out[kind] += "?token=" + token
         return out
@@ -240,6 +250,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         last_event_id_q: Annotated[str | None, Query(alias="last_event_id", json_schema_extra=openapi.SEQ)] = None,
     ):
         value = last_event_id if last_event_id is not None else last_event_id_q
+        if ctx.draining:
+            # EventSource gives up on a 503 but reconnects after a `retry` and a clean close.
+            return Response(sse.encode(Reconnect(settings.sse_retry_ms)), media_type=sse.MEDIA_TYPE,
+                            headers={"Cache-Control": "no-cache"})
         return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse", request)
 
     @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response, responses=openapi.ATTACH["ndjson"])
@@ -295,8 +309,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_page(app)
 
     @app.get("/healthz", responses=openapi.OPEN)
-    async def healthz() -> dict:
-        return {"status": "ok", "active_streams": ctx.stats.active_streams, "kept_streams": len(ctx.store.local())}
+    async def healthz() -> JSONResponse:
+        # 503 while draining, so a load balancer stops sending clients here.
+        body = {"status": "draining" if ctx.draining else "ok", "active_streams": ctx.stats.active_streams,
+                "kept_streams": len(ctx.store.local())}
+        return JSONResponse(body, status_code=503 if ctx.draining else 200)
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS)
     async def metrics() -> Response:

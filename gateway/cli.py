@@ -13,14 +13,16 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
     from .app import create_app
+    from .drain import DrainingServer
     from .settings import get_settings
 
     settings = get_settings()
+    app = create_app(settings)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                         "propagate": False}
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=host or settings.host,
         port=port or settings.port,
         loop="uvloop",
@@ -33,7 +35,7 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.state.ctx).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,12 +6,18 @@
 
 `events()` is the incremental form: an async iterator of (event, arrival)
 that resumes by itself after a drop. Decoding uses the gateway's own codecs.
+
+Given several base URLs (replicas sharing a Redis store), the client resumes
+at the next one after any cut: a drop, a replica that died, or a draining
+replica's reconnect signal (NDJSON/SSE `reconnect` event, WebSocket close
+1012, an SSE response that ends without a terminal event).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,12 +27,13 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from .codecs import ndjson, sse, ws
-from .events import Done, Error, Event, Heartbeat, Meta, Token
+from .events import Done, Error, Event, Heartbeat, Meta, Reconnect, Token
 
 __all__ = ["Client", "StreamResult", "GatewayError", "Transport", "TRANSPORTS"]
 
 Transport = Literal["sse", "ndjson", "ws"]
 TRANSPORTS: tuple[Transport, ...] = ("sse", "ndjson", "ws")
+_UNAVAILABLE = ("draining", "store_unavailable", "http_503")  # WebSocket refusals worth another replica
 _CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.ConnectError,
         websockets.ConnectionClosed, OSError)
 
@@ -47,6 +54,7 @@ class StreamResult:
     started: float = 0.0
     stream_id: str | None = None
     reconnects: int = 0
+    reconnect_requests: int = 0  # the server asked us to go elsewhere (it was draining)
     heartbeats: int = 0
     gaps: int = 0
     duplicates: int = 0
@@ -114,10 +122,11 @@ class StreamResult:
 
 
 class Client:
-    def __init__(self, base_url: str, *, read_timeout: float = 60.0, max_resumes: int = 20,
+    def __init__(self, base_url: str | Sequence[str], *, read_timeout: float = 60.0, max_resumes: int = 20,
                  http: httpx.AsyncClient | None = None, api_key: str | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.ws_url = "ws" + self.base_url[4:] if self.base_url.startswith("http") else self.base_url
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.base_urls = [url.rstrip("/") for url in urls]
+        self._at = 0  # index of the base URL in use
         self.max_resumes = max_resumes
         self.read_timeout = read_timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -125,6 +134,20 @@ class Client:
             base_url=self.base_url, timeout=httpx.Timeout(10.0, read=read_timeout), headers=self.headers,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
         )
+
+    @property
+    def base_url(self) -> str:
+        return self.base_urls[self._at]
+
+    @property
+    def ws_url(self) -> str:
+        url = self.base_url
+        return "ws" + url[4:] if url.startswith("http") else url
+
+    def _next_base(self) -> bool:
+        """Move to the next base URL; False if there is only one."""
+        self._at = (self._at + 1) % len(self.base_urls)
+        return len(self.base_urls) > 1
 
     async def __aenter__(self) -> Client:
         return self
@@ -139,15 +162,15 @@ class Client:
 
     async def create(self, prompt: str = "", **fields: Any) -> dict[str, Any]:
         """POST /v1/streams: a stream to attach to by id."""
-        r = await self.http.post("/v1/streams", json={"prompt": prompt, **fields})
+        r = await self.http.post(self.base_url + "/v1/streams", json={"prompt": prompt, **fields})
         _check(r.status_code, r.content)
         return r.json()
 
     async def cancel(self, stream_id: str) -> int:
-        return (await self.http.delete(f"/v1/streams/{stream_id}")).status_code
+        return (await self.http.delete(f"{self.base_url}/v1/streams/{stream_id}")).status_code
 
     async def complete(self, prompt: str = "", **fields: Any) -> dict[str, Any]:
-        r = await self.http.post("/v1/complete", json={"prompt": prompt, **fields})
+        r = await self.http.post(self.base_url + "/v1/complete", json={"prompt": prompt, **fields})
         _check(r.status_code, r.content)
         return r.json()
 
@@ -169,9 +192,10 @@ class Client:
 
         With `stream_id`, attach to that stream (after seq `after`); otherwise
         start a one-shot stream with `prompt` and `fields` (max_tokens, seed,
-        sim, model). After a cut, resume from the last seq seen, up to
-        `max_resumes` times, unless `resume` is false. Heartbeats are counted,
-        not yielded.
+        sim, model). After a cut, resume from the last seq seen (at the next
+        base URL, if there are several), up to `max_resumes` times, unless
+        `resume` is false. Heartbeats and reconnect requests are counted, not
+        yielded.
         """
         result = result if result is not None else StreamResult()
         result.started = time.perf_counter()
@@ -180,20 +204,38 @@ class Client:
         result.last_seq = after
         attempt = 0
         while True:
+            delay = 0.0
+            refused = False
+            connection = self._connect(transport, body, result.stream_id, result.last_seq, result)
             try:
-                async for event, at in self._connect(transport, body, result.stream_id, result.last_seq, result):
+                async for event, at in connection:
+                    if type(event) is Reconnect:
+                        result.reconnect_requests += 1
+                        delay = event.retry_ms / 1000
+                        break
                     if not result.take(event, at):
                         continue
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return
             except _CUT:
-                pass
+                delay = 0.05 * attempt  # a refused or dead replica: do not spin
+            except GatewayError as exc:
+                # A draining or storeless replica: another one may take us.
+                if exc.status != 503 or len(self.base_urls) == 1 or attempt >= self.max_resumes:
+                    raise
+                refused, delay = True, 0.05 * attempt
+            finally:
+                await connection.aclose()
             # Cut: no terminal event. Resume if we can.
-            if not resume or result.stream_id is None or attempt >= self.max_resumes:
+            if not refused and (not resume or result.stream_id is None or attempt >= self.max_resumes):
                 return
             attempt += 1
             result.reconnects += 1
+            if self._next_base():
+                delay = min(delay, 0.05 * attempt)  # another replica is there now
+            if delay:
+                await asyncio.sleep(delay)
 
     async def _connect(self, transport: Transport, body: dict, stream_id: str | None, after: int,
                        result: StreamResult) -> AsyncIterator[tuple[Event, float]]:
@@ -202,13 +244,15 @@ class Client:
                 yield item
             return
         if stream_id is None:
-            request = self.http.build_request("POST", f"/v1/{transport}", json=body)
+            request = self.http.build_request("POST", f"{self.base_url}/v1/{transport}", json=body)
         elif transport == "sse":
             headers = {"Last-Event-ID": str(after)} if after >= 0 else {}
-            request = self.http.build_request("GET", f"/v1/streams/{stream_id}/sse", headers=headers)
+            request = self.http.build_request("GET", f"{self.base_url}/v1/streams/{stream_id}/sse",
+                                              headers=headers)
         else:
             params = {"after": after} if after >= 0 else {}
-            request = self.http.build_request("GET", f"/v1/streams/{stream_id}/ndjson", params=params)
+            request = self.http.build_request("GET", f"{self.base_url}/v1/streams/{stream_id}/ndjson",
+                                              params=params)
         decoder = sse.Decoder() if transport == "sse" else ndjson.Decoder()
         response = await self.http.send(request, stream=True)
         try:
@@ -231,9 +275,11 @@ class Client:
                 at = time.perf_counter()
                 result.bytes += len(message)
                 event = ws.decode(message)
-                if type(event) is Error and event.seq < 0 and stream_id is None and not result.events:
-                    # Refused before the stream existed (pre-stream error over WebSocket).
-                    raise GatewayError(0, {"title": event.code, "detail": event.message})
+                if type(event) is Error and event.seq < 0:
+                    # Refused: before the stream existed, or this replica cannot serve (try another).
+                    status = 503 if event.code in _UNAVAILABLE else 0
+                    if status or (stream_id is None and not result.events):
+                        raise GatewayError(status, {"title": event.code, "detail": event.message})
                 yield event, at
 
 

@@ -1,15 +1,16 @@
 """One shared clock for every stream: token deadlines and periodic sweeps.
 
-A single heap of absolute deadlines behind one armed loop timer replaces a
-sleeping task per stream; due entries fire in one batch, so streams stay on
-schedule (no drift) and thousands of them cost one timer.
+Absolute deadlines in 1 ms slots behind one armed loop timer replace a
+sleeping task per stream; a due slot fires as one batch, so streams stay on
+schedule (no drift) and thousands of them cost one timer. Adding to a slot
+is a list append: the heap orders only the distinct slots (a few hundred),
+not every pending token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import logging
 from typing import Callable
 
@@ -17,17 +18,17 @@ __all__ = ["Clock"]
 
 log = logging.getLogger("gateway.clock")
 
-# Entries due within this much of now fire in the same batch.
-SLACK_S = 0.001
+# Deadlines are grouped into slots this long; a slot fires once its start is due.
+SLOT_S = 0.001
 
 
 class Clock:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._count = itertools.count()
+        self._slots: dict[int, list[Callable[[], None]]] = {}
+        self._keys: list[int] = []  # heap of the slots in use
         self._timer: asyncio.TimerHandle | None = None
-        self._armed_at = float("inf")
+        self._armed_at = float("inf")  # the slot key the timer is set for
         self._periodic: list[asyncio.Task] = []
 
     @property
@@ -40,31 +41,38 @@ class Clock:
         return self.loop.time()
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
-        """Run `callback` at loop time `deadline`; cancel by having it do nothing."""
-        heapq.heappush(self._heap, (deadline, next(self._count), callback))
-        if deadline < self._armed_at:
-            self._arm(deadline)
+        """Run `callback` at loop time `deadline` (within its 1 ms slot); cancel by having it do nothing."""
+        key = int(deadline * 1000)
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.append(callback)
+            return
+        self._slots[key] = [callback]
+        heapq.heappush(self._keys, key)
+        if key < self._armed_at:
+            self._arm(key)
 
-    def _arm(self, deadline: float) -> None:
+    def _arm(self, key: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._armed_at = deadline
-        self._timer = self.loop.call_at(deadline, self._fire)
+        self._armed_at = key
+        self._timer = self.loop.call_at(key * SLOT_S, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
         self._armed_at = float("inf")
-        heap = self._heap
-        limit = self.loop.time() + SLACK_S
+        keys, slots = self._keys, self._slots
+        now = int(self.loop.time() * 1000)
         pop = heapq.heappop
-        while heap and heap[0][0] <= limit:
-            callback = pop(heap)[2]
-            try:
-                callback()
-            except Exception:  # one broken stream must not stop the clock
-                log.exception("clock callback failed")
-        if heap:
-            self._arm(heap[0][0])
+        while keys and keys[0] <= now:
+            # Callbacks may add to this very slot (a zero gap): they start a new list, found next turn.
+            for callback in slots.pop(pop(keys)):
+                try:
+                    callback()
+                except Exception:  # one broken stream must not stop the clock
+                    log.exception("clock callback failed")
+        if keys:
+            self._arm(keys[0])
 
     def every(self, interval: float, callback: Callable[[float], None]) -> None:
         """Call `callback(now)` every `interval` seconds until `stop`."""
@@ -90,8 +98,9 @@ class Clock:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._heap.clear()
+        self._slots.clear()
+        self._keys.clear()
         self._armed_at = float("inf")
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return sum(map(len, self._slots.values()))

@@ -2,7 +2,8 @@
 
 `seq` is the event's index in its stream: meta is 0, tokens follow, and the
 terminal event (`done` or `error`) is last. A resumed client asks for every
-event after a seq. Heartbeats carry no seq and are never logged.
+event after a seq. Heartbeats and reconnects are about the connection, not
+the stream: they carry no seq and are never logged.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import ClassVar, Union
 import orjson
 
 __all__ = [
-    "Meta", "Token", "Heartbeat", "Error", "Done", "Event",
+    "Meta", "Token", "Heartbeat", "Reconnect", "Error", "Done", "Event",
     "DecodeError", "to_json", "from_obj", "from_json", "token_json", "HEARTBEAT",
 ]
 
@@ -44,6 +45,13 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconnect:
+    """The server is going away (draining): resume after your last seq, elsewhere, after `retry_ms`."""
+    retry_ms: int = 0
+    type: ClassVar[str] = "reconnect"
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     seq: int
     code: str
@@ -61,7 +69,7 @@ class Done:
     type: ClassVar[str] = "done"
 
 
-Event = Union[Meta, Token, Heartbeat, Error, Done]
+Event = Union[Meta, Token, Heartbeat, Reconnect, Error, Done]
 HEARTBEAT = Heartbeat()
 TERMINAL = frozenset({"done", "error"})
 
@@ -69,6 +77,7 @@ _FIELDS: dict[str, tuple[type, tuple[tuple[str, type], ...]]] = {
     "meta": (Meta, (("stream_id", str), ("model", str), ("created", (int, float)), ("seq", int))),
     "token": (Token, (("seq", int), ("text", str))),
     "heartbeat": (Heartbeat, ()),
+    "reconnect": (Reconnect, (("retry_ms", int),)),
     "error": (Error, (("seq", int), ("code", str), ("message", str), ("retryable", bool))),
     "done": (Done, (("seq", int), ("finish_reason", str), ("tokens", int), ("sha256", str))),
 }

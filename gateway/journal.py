@@ -42,7 +42,7 @@ class Journal:
 
     def emit(self, event: str, stream: Stream, **fields: Any) -> None:
         if _log.isEnabledFor(logging.INFO):
-            record = {"ts": round(time.time(), 3), "event": event, "stream": stream.id, "key": stream.owner, **fields}
+            record = {"ts": round(time.time(), 3), "event": event, "stream": stream.id, "key": stream.owner_key, **fields}
             _log.info(orjson.dumps(record).decode())
 
     def created(self, stream: Stream, request: StreamRequest) -> None:

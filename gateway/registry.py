@@ -57,7 +57,7 @@ class Registry:
         except KeyError:
             raise UnknownModel(name) from None
 
-    async def create(self, request: StreamRequest, *, one_shot: bool, owner: str | None = None) -> Stream:
+    async def create(self, request: StreamRequest, *, one_shot: bool, owner_key: str | None = None) -> Stream:
         """Start generating; raises PreStreamError or UnknownModel before any stream exists."""
         name, source = self.source(request.model)
         stream = Stream(
@@ -67,13 +67,17 @@ class Registry:
             now=self.clock.now(),
             on_event=self._on_event,
             drop_after=request.sim.drop_after,
-            owner=owner,
+            owner_key=owner_key,
         )
         stream.generation = await source.start(request, stream)
-        self.store.add(stream)
+        try:
+            await self.store.add(stream)
+        except BaseException:
+            stream.generation.cancel()
+            raise
         self.stats.streams_created += 1
         self.stats.active_streams += 1
-        self.running[owner] += 1
+        self.running[owner_key] += 1
         self.journal.created(stream, request)
         return stream
 
@@ -88,11 +92,11 @@ class Registry:
                 stats.finished += 1
             else:
                 stats.errors[stream.error_code or "error"] += 1
-            left = self.running[stream.owner] - 1
+            left = self.running[stream.owner_key] - 1
             if left:
-                self.running[stream.owner] = left
+                self.running[stream.owner_key] = left
             else:
-                del self.running[stream.owner]
+                del self.running[stream.owner_key]
             self.journal.ended(stream, stream.ended_at)
         elif what == "attached":
             self.journal.attached(stream, sub)

@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("GATEWAY_REDIS_URL", "REDIS_URL")
     )
 
+    # Redis store: connections per replica are this pool plus one reader and one pub/sub
+    # connection, whatever the number of clients and streams (README "Several replicas").
+    redis_pool_size: int = Field(8, ge=2, le=1024)
+    # In-flight streams ride out a Redis outage this long, then end with `store_unavailable`.
+    redis_outage_s: float = Field(5.0, gt=0)
+    # On SIGTERM: keep generating in-flight streams this long, then end them with `shutdown`.
+    drain_timeout_s: float = Field(30.0, ge=0)
+
     log_level: str = "info"
     log_prompts: bool = False
     log_file: str | None = None  # lifecycle JSON lines (gateway/journal.py); stderr when unset

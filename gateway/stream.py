@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Stream", "Subscriber", "RUNNING", "DONE", "FAILED"]
 
 RUNNING, DONE, FAILED = "running", "done", "error"
+RESUMABLE = ("sse", "ndjson", "ws")  # transports whose clients can resume elsewhere (not chat, complete)
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
 
@@ -69,7 +70,7 @@ _batch = _Batch()
 class Subscriber:
     """One client connection reading a stream."""
 
-    __slots__ = ("cursor", "waiter", "beat", "gone", "drop_at", "transport", "mark", "quiet_since",
+    __slots__ = ("cursor", "waiter", "beat", "gone", "kicked", "drop_at", "transport", "mark", "quiet_since",
                  "push", "queued", "since", "sending", "abort", "cut", "blocked", "lag_base")
 
     def __init__(self, cursor: int, transport: str, now: float, drop_at: int | None) -> None:
@@ -77,6 +78,7 @@ class Subscriber:
         self.waiter: asyncio.Future | None = None
         self.beat = False  # a heartbeat is due
         self.gone = False  # the client left, or the server is ending this connection
+        self.kicked = False  # the server is draining: tell the client to reconnect elsewhere
         self.drop_at = drop_at  # fault injection: cut the connection at this index
         self.transport = transport
         self.mark = -1
@@ -118,10 +120,10 @@ class Stream:
         on_event: Callable[..., None],
         drop_after: int | None = None,
         info: dict[str, Any] | None = None,
-        owner: str | None = None,
+        owner_key: str | None = None,
     ) -> None:
         self.id = stream_id
-        self.owner = owner  # the key id that created it; only that key can see it
+        self.owner_key = owner_key  # the API key id that created it; only that key can see it
         self.model = model
         self.one_shot = one_shot
         self.created = time.time()
@@ -141,6 +143,7 @@ class Stream:
         self.progress_mark = 0
         self.progress_at = now
         self._on_event = on_event  # lifecycle hook (stream, what, subscriber=None): metrics and logs
+        self.on_append: Callable[[Stream], None] | None = None  # a shared store persisting the log
         meta = {"type": "meta", "seq": 0, "stream_id": stream_id, "model": model, "created": self.created}
         self.log.append(_META, orjson.dumps(meta))
 
@@ -154,6 +157,8 @@ class Stream:
         self.log.append(_TOKEN, token_json(len(self.log), text))
         if self.tokens == 1:
             self._on_event(self, "first_token")
+        if self.on_append is not None:
+            self.on_append(self)
         for sub in self.subs:
             sub.wake()
 
@@ -176,6 +181,8 @@ class Stream:
         self.log.append(kind, orjson.dumps(obj))
         self.generation = None
         self._on_event(self, "ended")
+        if self.on_append is not None:
+            self.on_append(self)
         for sub in self.subs:
             sub.wake()
 
@@ -191,6 +198,13 @@ class Stream:
         self._on_event(self, "cancelled:" + reason)
         self.fail("cancelled", f"stream cancelled ({reason})", False)
         return True
+
+    def kick(self) -> None:
+        """Ask every client that can resume to reconnect (to another replica): this one is draining."""
+        for sub in self.subs:
+            if sub.transport in RESUMABLE:
+                sub.kicked = sub.gone = True
+                sub.wake()
 
     @property
     def running(self) -> bool:

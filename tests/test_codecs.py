@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.codecs import ndjson, sse, ws
-from gateway.events import HEARTBEAT, DecodeError, Done, Error, Meta, Token, from_json, to_json
+from gateway.events import HEARTBEAT, DecodeError, Done, Error, Meta, Reconnect, Token, from_json, to_json
 
 texts = st.text()  # any unicode: newlines, CR, U+2028, NUL, astral, empty
 events = st.one_of(
@@ -19,6 +19,7 @@ events = st.one_of(
     st.builds(Done, seq=st.integers(0, 2**31), finish_reason=st.text(), tokens=st.integers(0, 10**6),
               sha256=st.text()),
     st.just(HEARTBEAT),
+    st.builds(Reconnect, retry_ms=st.integers(0, 10**6)),
 )
 
 
@@ -34,7 +35,8 @@ def test_sse_roundtrip_any_split(evs, cuts):
     decoder = sse.Decoder()
     out = [e for chunk in split(data, cuts) for e in decoder.feed(chunk)]
     assert out == evs
-    assert decoder.retry == 1000
+    reconnects = [e.retry_ms for e in evs if type(e) is Reconnect]
+    assert decoder.retry == (reconnects[-1] if reconnects else 1000)
 
 
 @settings(max_examples=300)
@@ -56,6 +58,18 @@ def test_ws_roundtrip(event):
 def test_json_roundtrip(event):
     if event is not HEARTBEAT:
         assert from_json(to_json(event)) == event
+
+
+def test_reconnect_is_a_control_event_on_every_codec():
+    event = Reconnect(1500)
+    assert ndjson.encode(event) == b'{"type":"reconnect","retry_ms":1500}\n'
+    assert ws.decode(ws.encode(event)) == event
+    frame = sse.encode(event)
+    assert frame.startswith(b"retry: 1500\nevent: reconnect\ndata: ") and b"id:" not in frame
+    decoder = sse.Decoder()
+    decoder.feed(sse.encode(Token(4, "x")))
+    assert decoder.feed(frame) == [event]
+    assert decoder.last_event_id == "4" and decoder.retry == 1500  # the resume point stays put
 
 
 def test_sse_ids_follow_seq():

@@ -97,6 +97,7 @@ def test_report_files(report: Path):
                      for t in ("sse_post", "ws")}
     assert results["paths"]["nginx-tuned"] != results["paths"]["direct"]
     for c in results["cells"]:
+        assert c["users_reached"] == c["users"] and c["problem"] is None, c["cell"]
         assert (report / "raw" / f"{c['cell']}.json").is_file()
         assert (report / "raw" / f"{c['cell']}_stats.csv").is_file()
 
@@ -181,3 +182,19 @@ def test_gateway_figures_and_verdicts_follow_raw_data(report: Path):
         m = next(m for m in results["memory"] if m["transport"] == t)
         assert w["wire_bytes_per_token"] > w["payload_bytes_per_token"] > 0
         assert m["connections"] == results["matrix"]["memory_connections"] and m["bytes_per_connection"] > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--transports", "sse,carrier-pigeon"], "unknown transport"),
+    (["--concurrency", "ten"], "comma-separated numbers"),
+    (["--concurrency", "0,10"], "positive integers"),
+    (["--drop-rate", "1.5"], "between 0 and 1"),
+    (["--token-rate", "0"], "must be positive"),
+])
+def test_bad_flags_are_refused_before_anything_starts(flags, message, tmp_path):
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", *flags, "--out", str(tmp_path / "never")])
+    assert message in str(exc.value.code)
+    assert not (tmp_path / "never").exists()

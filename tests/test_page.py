@@ -51,7 +51,7 @@ DRAWN_AND_WHOLE = """(panel) => {
   const [blocks, tail] = panel.querySelector('.output').children;
   const text = demo.state().find(s => s.kind === panel.dataset.kind).text;
   const whole = document.createElement('div');
-  whole.innerHTML = markdownit().render(text);  // serialized by the same DOM as the panel
+  whole.innerHTML = demo.render(text);  // in one go, serialized by the same DOM as the panel
   return [[...blocks.children].map(b => b.innerHTML).join('') + tail.innerHTML, whole.innerHTML];
 }"""
 
@@ -162,7 +162,7 @@ def test_four_panels_end_with_the_same_text_and_sha(page):
         # Drawn a block at a time, it ends exactly as the whole text rendered at once.
         drawn, whole = p.evaluate(DRAWN_AND_WHOLE)
         assert drawn == whole, kind
-    for tag in ("h2", "h3", "strong", "em", "code", "pre", "ol", "ul", "blockquote", "table", "a"):
+    for tag in ("h2", "h3", "strong", "em", "code", "pre", "ol", "ul", "blockquote", "table", "a[target=_blank]"):
         assert panel(page, "websocket").locator(f".output {tag}").count() >= 1, tag
 
     watch = page.evaluate("window.__watch")
@@ -223,10 +223,7 @@ def test_cancel_stops_each_panel(page, gw):
     later = {s["kind"]: s["tokens"] for s in page.evaluate("demo.state()")}
     assert later == {k: state[k]["tokens"] for k in KINDS}  # nothing arrives after the cancel
     # The server stopped all four generations, each by its own route.
-    deadline = time.monotonic() + 10
-    while gw.metrics()["gateway_active_streams"] > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    after = gw.metrics()
+    after = wait_idle(gw)
     assert after["gateway_active_streams"] == 0
 
     def cancelled(reason):
@@ -238,11 +235,34 @@ def test_cancel_stops_each_panel(page, gw):
     assert cancelled("client_gone") == 2  # both fetch clients aborted
 
 
+def wait_idle(gw, timeout_s=10.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout_s
+    while (m := gw.metrics())["gateway_active_streams"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return m
+
+
+def test_a_new_run_mid_stream_replaces_the_old_one(page, gw):
+    start(page, max_tokens=3000, seed=7, itl_ms=30)
+    page.wait_for_function("() => demo.state().every(s => s.tokens >= 5)")
+    start(page, max_tokens=120, seed=9, itl_ms=5)
+    state = settle(page)
+    text = expected_text(PROMPT, 9, 120)
+    for kind in KINDS:
+        s = state[kind]
+        assert s["status"] == "done", (kind, s["outcome"])
+        assert s["text"] == text and s["sha"] == s["doneSha"] == sha(text), kind
+        assert s["duplicates"] == s["gaps"] == s["reconnects"] == 0
+    # The old generations (90 s of tokens) were stopped, not left running.
+    assert wait_idle(gw)["gateway_active_streams"] == 0
+
+
 def test_mid_stream_failure_keeps_partial_text_with_error_mark(page):
-    # Driven from the keyboard: Ctrl+Enter in the prompt starts the run.
+    # Driven from the keyboard: Ctrl+Enter in the prompt starts the run. The first token comes
+    # late, so every connection gets heartbeats first (EventSource hides them: SSE comments).
     page.fill("#max_tokens", "200")
     page.fill("#itl_ms", "8")
-    page.fill("#ttft_ms", "50")
+    page.fill("#ttft_ms", "1200")
     page.check("input[name=fault][value=fail]")
     page.fill("#fault_after", "25")
     page.focus("#prompt")
@@ -262,3 +282,4 @@ def test_mid_stream_failure_keeps_partial_text_with_error_mark(page):
         assert p.locator(".sha-mark").inner_text() == "✗"
         assert "no done event" in p.locator(".sha-text").inner_text()
         assert p.locator(".output").inner_text().strip()  # the partial answer stays on screen
+        assert s["heartbeats"] >= (0 if kind == "eventsource" else 1), kind

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..events import HEARTBEAT, Event, from_json, to_json
+from ..events import HEARTBEAT, Event, Reconnect, from_json, to_json
 
 __all__ = [
     "MEDIA_TYPE", "HEARTBEAT_FRAME", "frame", "encode", "retry",
@@ -28,6 +28,10 @@ def frame(seq: int, kind: str, json: bytes) -> bytes:
 def encode(event: Event) -> bytes:
     if event is HEARTBEAT:
         return HEARTBEAT_FRAME
+    if type(event) is Reconnect:
+        # `retry` sets EventSource's reconnect delay; the event (no id, so Last-Event-ID
+        # stays put) tells fetch clients why the server is about to close.
+        return b"retry: %d\nevent: reconnect\ndata: %b\n\n" % (event.retry_ms, to_json(event))
     return frame(event.seq, event.type, to_json(event))
 
 

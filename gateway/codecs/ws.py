@@ -18,7 +18,7 @@ __all__ = [
     "Start", "Cancel", "Resume", "Control", "ControlError",
     "start", "cancel", "resume", "parse_control",
     "CLOSE_NORMAL", "CLOSE_GOING_AWAY", "CLOSE_UNSUPPORTED", "CLOSE_INVALID",
-    "CLOSE_POLICY", "CLOSE_TOO_BIG", "CLOSE_INTERNAL", "CLOSE_RESTART",
+    "CLOSE_POLICY", "CLOSE_TOO_BIG", "CLOSE_INTERNAL", "CLOSE_RESTART", "CLOSE_TRY_AGAIN",
 ]
 
 CLOSE_NORMAL = 1000
@@ -29,6 +29,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
 
 HEARTBEAT_TEXT = '{"type":"heartbeat"}'
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -124,6 +125,15 @@ def gateway_delta(before: dict, after: dict, transport: str) -> dict:
     }
 
 
+def _users_reached(history: Path) -> int | None:
+    """The most users Locust had running, from its stats history (one row a second)."""
+    try:
+        with open(history, newline="") as f:
+            return max((int(row["User Count"]) for row in csv.DictReader(f)), default=None)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
              tick: Callable[[], None] = lambda: None) -> dict:
     """Run Locust for one cell against `url` (the gateway, directly or through a proxy)."""
@@ -141,7 +151,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
         sampler = _Sampler({"locust": proc.pid} | ({"gateway": gw.pid} if gw.pid else {}))
         sampler.start()
         # Locust stops by itself after -t; past this, ask it to stop (SIGTERM: it still writes its files).
-        deadline = time.monotonic() + cell.duration_s + 30
+        deadline = time.monotonic() + cell.duration_s + 20
         overran = False
         try:
             while proc.poll() is None:
@@ -163,11 +173,14 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     json_path = prefix.with_name(cell.id + ".json")
     problem = None
     if overran:
-        problem = f"Locust did not stop {cell.duration_s + 30:g} s after starting and was stopped with SIGTERM"
+        problem = f"Locust did not stop {cell.duration_s + 20:g} s after starting and was stopped with SIGTERM"
     if not json_path.exists():
         tail = " / ".join(log_text.strip().splitlines()[-3:])
         problem = (problem or f"Locust exited with {proc.returncode}") + f" and wrote no results ({tail[-300:]})"
     stats = read_locust_json(json_path) if json_path.exists() else {}
+    reached = _users_reached(prefix.with_name(cell.id + "_stats_history.csv"))
+    if reached is not None and reached < cell.users and problem is None:
+        problem = f"Locust reached only {reached} of {cell.users} users"
     extra_data = json.loads(extra.read_text()) if extra.exists() else {}
     board_path = prefix.with_name(cell.id + "_transports.json")
     board = json.loads(board_path.read_text()) if board_path.exists() else {}
@@ -191,7 +204,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     lagged = bool(generator.get("saturated"))
     return {
         "cell": cell.id, "kind": cell.kind, "transport": cell.transport, "path": cell.path,
-        "users": cell.users, "duration_s": cell.duration_s,
+        "users": cell.users, "users_reached": reached, "duration_s": cell.duration_s,
         "locust": stats.get(cell.transport, {}),
         "locust_other_rows": sorted(f"{t}/{m}" for t in stats if t != cell.transport for m in stats[t]),
         "errors": extra_data.get("errors", []),

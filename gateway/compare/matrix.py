@@ -81,8 +81,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _csv(value: str | None, cast=str) -> list | None:
-    return None if value is None else [cast(v.strip()) for v in value.split(",") if v.strip()]
+def _csv(value: str | None, cast=str, flag: str = "") -> list | None:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag} needs comma-separated numbers, got {value!r}") from None
 
 
 def from_args(args) -> Matrix:
@@ -90,7 +95,7 @@ def from_args(args) -> Matrix:
     base = dict(PRESETS[args.preset])
     overrides = {
         "transports": _csv(args.transports),
-        "concurrency": _csv(args.concurrency, int),
+        "concurrency": _csv(args.concurrency, int, "--concurrency"),
         "paths": _csv(args.paths),
         "token_rate": args.token_rate,
         "ttft_ms": args.ttft_ms,
@@ -112,4 +117,9 @@ def from_args(args) -> Matrix:
         raise SystemExit("--drop-rate is a share between 0 and 1")
     if matrix.token_rate <= 0:
         raise SystemExit("--token-rate must be positive")
+    if matrix.max_tokens < 2 or matrix.cell_s <= 0 or matrix.ttft_ms < 0 or matrix.prompt_bytes < 0:
+        raise SystemExit("--max-tokens needs at least 2, --duration a positive number of seconds, "
+                         "--ttft-ms and --prompt-bytes zero or more")
+    if not matrix.transports:
+        raise SystemExit("--transports needs at least one transport")
     return matrix

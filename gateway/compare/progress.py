@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 __all__ = ["Progress"]
@@ -27,6 +28,15 @@ class Progress:
         self.spent_done = 0.0  # real seconds of finished steps
         self.estimated_done = 0.0  # their estimates
         self._last_draw = 0.0
+        self._done = threading.Event()
+        if self.tty:
+            # Redraw while long steps (baseline, memory) run without calling back.
+            threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._done.wait(0.5):
+            if self.index >= 0:
+                self.draw()
 
     def step(self, label: str | None = None) -> None:
         now = time.monotonic()
@@ -68,6 +78,7 @@ class Progress:
         self.stream.flush()
 
     def finish(self, message: str) -> None:
+        self._done.set()
         if self.tty:
             self.stream.write("\r\x1b[K")
         self.stream.write(f"{message} ({_clock(time.monotonic() - self.started)})\n")

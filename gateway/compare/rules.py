@@ -122,8 +122,11 @@ def _proxy_ok(cell: dict, direct: list[dict], matrix: dict) -> dict:
         top = max(cell.get("errors", []), key=lambda e: e.get("occurrences", 0), default=None)
         message = str(top["error"]) if top else ""
         message = message.split("('", 1)[-1].rstrip("')") if "('" in message else message
-        reasons.append(f"no token arrived ({f['failed']} of {f['streams']} streams failed"
-                       + (f": {message}" if message else "") + ")")
+        if f["streams"]:
+            reasons.append(f"no token arrived ({f['failed']} of {f['streams']} streams failed"
+                           + (f": {message}" if message else "") + ")")
+        else:
+            reasons.append(f"no token arrived and no stream ended within the {cell['duration_s']:g} s cell")
     elif base is not None and ttft > base + max(50.0, 0.5 * base):
         reasons.append(f"TTFT p50 {ttft:g} ms vs {base:g} ms direct")
     if itl50 is not None and itl50 < 0.5 * matrix["itl_ms"]:

@@ -3,7 +3,13 @@
 "use strict";
 
 (() => {
+  // Raw HTML off (model output is untrusted); links open in a new tab, away from a running stream.
   const md = window.markdownit({ html: false, linkify: false, typographer: false });
+  md.renderer.rules.link_open = (tokens, i, options, env, self) => {
+    tokens[i].attrSet("target", "_blank");
+    tokens[i].attrSet("rel", "noopener noreferrer");
+    return self.renderToken(tokens, i, options);
+  };
   const utf8 = new TextEncoder();
   const MAX_TRIES = 5;  // reconnect attempts in a row without a new event before giving up
 
@@ -235,9 +241,11 @@
       this.client = null;
       this.reset(performance.now());
       this.setStatus("idle", "idle");
+      this.ui.output.setAttribute("aria-busy", "false");
     }
 
     reset(t0) {
+      this.run = (this.run || 0) + 1;
       this.t0 = t0;
       this.text = "";
       this.streamId = null;
@@ -347,15 +355,6 @@
       this.end("error", code, message, `error: ${code} (${message})`);
     }
 
-    async problem(resp) {
-      let detail = resp.statusText;
-      try {
-        const body = await resp.json();
-        detail = body.detail || body.title || detail;
-      } catch { /* not JSON */ }
-      this.fail(`http_${resp.status}`, detail);
-    }
-
     end(status, code, message, label) {
       if (this.ended) return;
       this.ended = true;
@@ -366,14 +365,16 @@
       this.ui.output.setAttribute("aria-busy", "false");
       this.setStatus(status, label);
       this.paint();
-      this.hash().finally(() => {
+      const run = this.run;
+      sha256Hex(this.text).then((sha) => {
+        if (this.run !== run) return;  // a new run started meanwhile
+        this.showHash(sha);
         this.hashed = true;
         this.onEnd(this);
       });
     }
 
-    async hash() {
-      const sha = await sha256Hex(this.text);
+    showHash(sha) {
       this.sha = sha;
       const { shaMark, shaText, sha: box } = this.ui;
       box.dataset.sha = sha || "";
@@ -435,13 +436,35 @@
   // The four clients. Each has start(body) and cancel().
 
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  // An HTTP status before the stream: the problem+json detail.
+  async function problem(resp) {
+    try {
+      const body = await resp.json();
+      return [`http_${resp.status}`, body.detail || body.title || resp.statusText];
+    } catch {
+      return [`http_${resp.status}`, resp.statusText];
+    }
+  }
+
+  // A client feeds one run of its panel. Once the panel starts a new run, the old client is not
+  // `live`: whatever still arrives for it (a late event, a resolved fetch) is dropped.
+  class Client {
+    constructor(panel) {
+      this.panel = panel;
+    }
+
+    get live() {
+      return this.panel.client === this;
+    }
+  }
   const backoff = (panel) => sleep(Math.min(2000, 150 * 2 ** (panel.tries - 1)));
   const jsonInit = (body) => ({ method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
 
   // 1. POST /v1/streams, then EventSource by id. EventSource resumes by itself with Last-Event-ID.
-  class EventSourceClient {
+  class EventSourceClient extends Client {
     constructor(panel) {
-      this.panel = panel;
+      super(panel);
       this.es = null;
       this.id = null;
       this.cancelling = false;
@@ -452,14 +475,19 @@
       let resp;
       try {
         resp = await fetch("/v1/streams", jsonInit(body));
+        if (!resp.ok) {
+          const [code, detail] = await problem(resp);
+          return this.live && panel.fail(code, detail);
+        }
+        this.id = (await resp.json()).id;
       } catch (e) {
-        return panel.fail("network", String(e));
+        return this.live && panel.fail("network", String(e));
       }
-      if (!resp.ok) return panel.problem(resp);
-      this.id = (await resp.json()).id;
       if (this.cancelling) return this.cancel();
+      if (!this.live) return;
       const es = (this.es = new EventSource(`/v1/streams/${encodeURIComponent(this.id)}/sse`));
       const onEvent = (e) => {
+        if (!this.live) return es.close();
         panel.addBytes(utf8.encode(`id: ${e.lastEventId}\nevent: ${e.type}\ndata: ${e.data}\n\n`).length);
         panel.event(JSON.parse(e.data));
         if (panel.ended) es.close();  // or it reconnects when the server ends the response
@@ -467,7 +495,7 @@
       for (const type of ["meta", "token", "done"]) es.addEventListener(type, onEvent);
       es.addEventListener("error", (e) => {
         if (e instanceof MessageEvent) return onEvent(e);  // the stream's own `error` event
-        if (panel.ended) return es.close();
+        if (panel.ended || !this.live) return es.close();
         // A connection error: CONNECTING means the browser retries by itself after `retry` ms.
         if (es.readyState === EventSource.CLOSED || !panel.cut("connection lost")) {
           es.close();
@@ -481,17 +509,22 @@
       if (this.id === null) return;  // start() cancels once the stream exists
       const resp = await fetch(`/v1/streams/${encodeURIComponent(this.id)}`, { method: "DELETE" });
       // 204: the `cancelled` error event arrives on the EventSource. Otherwise it already ended.
+      if (!this.live) return;
       if (resp.status !== 204 || !this.es) {
         if (this.es) this.es.close();
         this.panel.cancelled(resp.status === 204 ? "cancelled" : `cancel: HTTP ${resp.status}`);
       }
     }
+
+    detach() {
+      if (this.es) this.es.close();
+    }
   }
 
   // 2 and 3. fetch with a ReadableStream; after a cut, GET the stream by id from the last seq.
-  class FetchClient {
+  class FetchClient extends Client {
     constructor(panel, format) {
-      this.panel = panel;
+      super(panel);
       this.format = format;  // "sse" or "ndjson"
       this.abort = new AbortController();
     }
@@ -510,15 +543,18 @@
         let reason = "the response ended without a terminal event";
         try {
           const resp = await fetch(url, { ...init, signal: this.abort.signal });
-          if (!resp.ok) return panel.problem(resp);
+          if (!resp.ok) {
+            const [code, detail] = await problem(resp);
+            return this.live && panel.fail(code, detail);
+          }
           await this.read(resp);
         } catch (e) {
           if (this.abort.signal.aborted) return;
           reason = String(e.message || e);
         }
-        if (panel.ended || !panel.cut(reason)) return;
+        if (!this.live || panel.ended || !panel.cut(reason)) return;
         await backoff(panel);
-        if (this.abort.signal.aborted) return;
+        if (this.abort.signal.aborted || !this.live) return;
         [url, init] = this.resumeRequest();
       }
     }
@@ -531,6 +567,7 @@
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
+        if (!this.live) return reader.cancel();
         panel.addBytes(value.byteLength);
         for (const ev of framing.feed(decoder.decode(value, { stream: true }))) {
           panel.event(ev);
@@ -543,12 +580,16 @@
       this.abort.abort();  // the server sees the disconnect and stops the generation
       this.panel.cancelled("cancelled (fetch aborted)");
     }
+
+    detach() {
+      this.abort.abort();
+    }
   }
 
   // 4. WebSocket: `start`, `cancel`, and after a cut a new socket sends `resume`.
-  class WebSocketClient {
+  class WebSocketClient extends Client {
     constructor(panel) {
-      this.panel = panel;
+      super(panel);
       this.ws = null;
     }
 
@@ -561,6 +602,7 @@
       const ws = (this.ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`));
       ws.onopen = () => ws.send(JSON.stringify(first));
       ws.onmessage = (e) => {
+        if (this.ws !== ws || !this.live) return;
         panel.addBytes(utf8.encode(e.data).length);
         const ev = JSON.parse(e.data);
         if (ev.type === "error" && ev.seq === -1) panel.fail(ev.code, ev.message);  // about the socket
@@ -568,9 +610,9 @@
         if (panel.ended) ws.close(1000);
       };
       ws.onclose = async (e) => {
-        if (this.ws !== ws || panel.ended || !panel.cut(`socket closed (${e.code})`)) return;
+        if (this.ws !== ws || !this.live || panel.ended || !panel.cut(`socket closed (${e.code})`)) return;
         await backoff(panel);
-        if (!panel.ended) this.open({ type: "resume", stream_id: panel.streamId, after: panel.lastSeq });
+        if (!panel.ended && this.live) this.open({ type: "resume", stream_id: panel.streamId, after: panel.lastSeq });
       };
     }
 
@@ -583,6 +625,12 @@
         if (ws) ws.close();
         this.panel.cancelled("cancelled before the socket was open");
       }
+    }
+
+    detach() {
+      const ws = this.ws;
+      this.ws = null;
+      if (ws) ws.close(1000);  // after a `cancel` just sent: it still goes out first
     }
   }
 
@@ -618,6 +666,9 @@
     if (!form.reportValidity()) return;
     formError.hidden = true;
     cancelAll();
+    for (const panel of panels) {
+      if (panel.client) panel.client.detach();
+    }
     const body = requestBody();
     const t0 = performance.now();
     for (const panel of panels) {
@@ -653,5 +704,6 @@
   window.demo = {
     state: () => panels.map((p) => p.snapshot()),
     settled: () => panels.every((p) => p.hashed),
+    render: (text) => md.render(text),
   };
 })();

@@ -12,6 +12,8 @@ _TOMBSTONES = 100_000
 
 
 class MemoryStore:
+    shared = False
+
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self.streams: dict[str, Stream] = {}
@@ -23,14 +25,14 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
-    def add(self, stream: Stream) -> None:
+    async def add(self, stream: Stream) -> None:
         self.streams[stream.id] = stream
 
     async def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
 
-    async def expired(self, stream_id: str, owner: str | None = None) -> bool:
-        return stream_id in self._expired and self._expired[stream_id] == owner
+    async def expired(self, stream_id: str, owner_key: str | None = None) -> bool:
+        return stream_id in self._expired and self._expired[stream_id] == owner_key
 
     async def cancel(self, stream_id: str, reason: str) -> bool | None:
         stream = self.streams.get(stream_id)
@@ -38,13 +40,16 @@ class MemoryStore:
             return None
         return stream.cancel(reason)
 
+    async def flush(self, timeout: float) -> None:
+        pass
+
     def sweep(self, now: float) -> None:
         ttl = self.ttl_s
         old = [s for s in self.streams.values()
                if s.ended_at is not None and not s.subs and now - s.ended_at > ttl]
         for s in old:
             del self.streams[s.id]
-            self._expired[s.id] = s.owner
+            self._expired[s.id] = s.owner_key
         while len(self._expired) > _TOMBSTONES:
             self._expired.popitem(last=False)
 

@@ -23,6 +23,8 @@ def send_now(send: Callable[[dict], Awaitable[None]], message: dict) -> Parked |
         fut = coro.send(None)
     except StopIteration:
         return None
+    if fut is not None:
+        fut._asyncio_future_blocking = False  # as a Task does with what it is handed, so it can be awaited
     return coro, fut
 
 
@@ -43,7 +45,7 @@ async def finish(parked: Parked) -> None:
                     if asyncio.current_task().cancelling():
                         raise
                 except Exception:
-                    pass  # the coroutine sees it when resumed
+                    pass  # the future failed: the coroutine sees it when resumed
             fut = coro.send(None)
     except StopIteration:
         pass

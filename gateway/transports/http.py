@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..codecs import ndjson, sse
+from ..events import Reconnect
 from ..guard import ABORT
 from .eager import Parked, finish, send_now
 
@@ -101,7 +102,11 @@ class EventStream(Response):
             if self.failed is not None:
                 raise self.failed
             if sub.gone:
-                if self.client_left and stream.running:
+                if sub.kicked and not self.client_left:
+                    codec = sse if self.fmt == "sse" else ndjson
+                    body = codec.encode(Reconnect(self.ctx.settings.sse_retry_ms))
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                elif self.client_left and stream.running:
                     stats.disconnects += 1
                 return
             cursor, end = sub.cursor, len(log)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from ..codecs import ws as codec
+from ..events import Reconnect
 from ..guard import ABORT, KEY
 from ..limits import Bucket
 from ..models import StreamRequest
@@ -46,6 +47,7 @@ class WSSession:
         self.pump: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
         self.dropped = False
+        self.kicked = False
         # Events go straight to the server's send (no Starlette wrapper on the hot path).
         self.send = websocket.scope.get("gateway.send") or websocket.send
         self.parked: Parked | None = None  # a push whose send blocked: the pump finishes it
@@ -124,7 +126,9 @@ class WSSession:
             if exc.status == 429:  # a limit of the key, not a fault of this socket: it stays usable
                 await self.ws.send_text(error_text(exc.extra["code"], exc.detail, True))
                 return True
-            close = codec.CLOSE_TOO_BIG if exc.status == 413 else codec.CLOSE_POLICY
+            close = {413: codec.CLOSE_TOO_BIG, 503: codec.CLOSE_TRY_AGAIN}.get(exc.status, codec.CLOSE_POLICY)
+            if exc.extra.get("code") == "draining":
+                close = codec.CLOSE_RESTART
             await self._refuse(f"http_{exc.status}", exc.detail or exc.title, close)
             return False
         except PreStreamError as exc:
@@ -155,6 +159,7 @@ class WSSession:
         self.pump = asyncio.get_running_loop().create_task(self._pump(stream, self.sub))
 
     def _stop(self, client_left: bool) -> None:
+        client_left = client_left and not self.kicked
         if self.pump is not None:
             self.pump.cancel()
             self.pump = None
@@ -182,6 +187,8 @@ class WSSession:
                     failed, self.failed = self.failed, None
                     raise failed
                 if sub.gone:
+                    if sub.kicked:
+                        await self._reconnect(stream, sub)
                     return
                 cursor, end = sub.cursor, len(log)
                 if cursor < end:
@@ -215,6 +222,16 @@ class WSSession:
         except OSError:
             # The client is gone; the reader sees the disconnect and cleans up.
             return
+
+    async def _reconnect(self, stream: Stream, sub: Subscriber) -> None:
+        """The server is draining: a `reconnect` frame, close 1012, then detach (the drain waits for it)."""
+        self.kicked = True  # the disconnect that follows is our close, not the client leaving
+        await self.ws.send_text(codec.encode(Reconnect(self.ctx.settings.sse_retry_ms)))
+        await self.ws.close(codec.CLOSE_RESTART, "server draining: reconnect")
+        stream.detach(sub, self.ctx.clock.now(), False)
+        if self.sub is sub:
+            self.sub = None
+            self.stream = None
 
     def _push(self, sub: Subscriber) -> bool:
         """Send the new events from the batch flush; False hands anything unusual to the pump."""

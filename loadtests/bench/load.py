@@ -7,8 +7,11 @@ streams). It counts token events by their JSON `"type":"token"` marker
 straight off the wire (chunk and frame headers never hold that string, and
 JSON escapes every quote inside a text), and stamps each with the time its
 bytes arrived. A token's schedule is known in advance (jitter 0): token k is
-due at request + ttft + k * itl, so lateness needs no decoding. One witness
-stream per run is decoded in full with the project's codecs and checked.
+due at created + ttft + k * itl, where `created` is the server's wall-clock
+time in the meta event (read off the wire once per stream), so lateness
+needs no decoding. The time from sending the request to `created` is kept
+apart as the start delay. One witness stream per run is decoded in full with
+the project's codecs and checked.
 
     python -m loadtests.bench.load --port 8000 --transport sse --n 1000 --server-pid PID
 """
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -26,9 +30,10 @@ import time
 import orjson
 from websockets.frames import Frame, Opcode
 
-__all__ = ["main", "proc_cpu", "proc_rss"]
+__all__ = ["main", "proc_cpu", "proc_rss", "proc_wait"]
 
 TOKEN, DONE = b'"token"', b'"done"'
+CREATED = re.compile(rb'"created": ?([0-9.]+)')
 _TAIL = len(TOKEN) - 1
 _CLK = os.sysconf("SC_CLK_TCK")
 _BUCKETS = 60_000  # lateness histogram: 1 ms buckets up to 60 s
@@ -39,6 +44,12 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+def proc_wait(pid: int) -> float:
+    """Seconds the process's main thread spent runnable but waiting for a CPU (other load)."""
+    with open(f"/proc/{pid}/schedstat", "rb") as f:
+        return int(f.read().split()[1]) / 1e9
 
 
 def proc_rss(pid: int) -> int:
@@ -60,6 +71,7 @@ class Run:
                 "sim": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms, "jitter": 0}}
         self.body = orjson.dumps(body)
         self.hist = [0] * _BUCKETS
+        self.starts = [0] * _BUCKETS  # request sent -> stream created, 1 ms buckets
         self.counting = False
         self.tokens = 0  # tokens seen in the window
         self.streams = 0  # streams finished in the window
@@ -87,6 +99,7 @@ class Conn(asyncio.Protocol):
         self.tail = b""
         self.k = 0
         self.t0 = 0.0
+        self.base = 0.0  # when token 0 is due; 0 until the meta event is read
         self.ended = False
 
     def connection_made(self, transport) -> None:
@@ -101,6 +114,7 @@ class Conn(asyncio.Protocol):
         self.k = 0
         self.ended = False
         self.tail = b""
+        self.base = 0.0
         self.t0 = time.time()
         self.t.write(self.start_frame if self.ws else self.run.request())
 
@@ -122,12 +136,27 @@ class Conn(asyncio.Protocol):
                 self.tail = (self.tail + data)[-5:]
             return
         buf = self.tail + data
-        new = buf.count(TOKEN) - self.tail.count(TOKEN)
         run = self.run
+        if not self.base:
+            if buf.startswith(b"HTTP/1.1 ") and buf[9:10] != b"2":
+                self._fail()
+                return
+            m = CREATED.search(buf)
+            if m is None:
+                self.tail = buf[-4096:]  # the meta event is split: wait for the rest
+                return
+            created = float(m.group(1))
+            self.base = created + run.ttft
+            if run.counting:
+                start = int((created - self.t0) * 1000)
+                run.starts[0 if start < 0 else start if start < _BUCKETS else _BUCKETS - 1] += 1
+            buf = buf[m.end():]
+            self.tail = b""
+        new = buf.count(TOKEN) - self.tail.count(TOKEN)
         if new:
             if run.counting:
                 run.tokens += new
-                hist, base, itl = run.hist, self.t0 + run.ttft, run.itl
+                hist, base, itl = run.hist, self.base, run.itl
                 for k in range(self.k, self.k + new):
                     late = int((now - base - k * itl) * 1000)
                     hist[0 if late < 0 else late if late < _BUCKETS else _BUCKETS - 1] += 1
@@ -144,9 +173,6 @@ class Conn(asyncio.Protocol):
             self.tail = buf[-5:]
             if buf.endswith(b"0\r\n\r\n"):
                 self._begin()
-            return
-        if buf[:12].startswith(b"HTTP/1.1 ") and buf[9:10] != b"2":
-            self._fail()
             return
         self.tail = buf[-_TAIL:]
 
@@ -229,10 +255,12 @@ async def bench(args: argparse.Namespace) -> dict:
     lags: list[float] = []
     probe = asyncio.create_task(lag_probe(lags))
     cpu0, me0, t0 = proc_cpu(pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    wait0, mywait0 = proc_wait(pid), proc_wait(os.getpid())
     run.counting = True
     await asyncio.sleep(args.duration)
     run.counting = False
     cpu1, me1, t1 = proc_cpu(pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    wait1, mywait1 = proc_wait(pid), proc_wait(os.getpid())
     rss = proc_rss(pid)
     open_now = run.open
     probe.cancel()
@@ -256,8 +284,10 @@ async def bench(args: argparse.Namespace) -> dict:
         "server_cpu_share": server_cpu / wall,
         "late_p50_ms": percentile(run.hist, 0.5), "late_p99_ms": percentile(run.hist, 0.99),
         "late_max_ms": percentile(run.hist, 1.0),
+        "start_p50_ms": percentile(run.starts, 0.5), "start_p99_ms": percentile(run.starts, 0.99),
         "rss_idle": rss_idle, "rss": rss, "kb_per_stream": (rss - rss_idle) / 1024 / max(open_now, 1),
         "client_cpu_share": client_cpu / wall,
+        "server_wait_share": (wait1 - wait0) / wall, "client_wait_share": (mywait1 - mywait0) / wall,
         "client_lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000 if lags else float("nan"),
         "witness": check,
     }

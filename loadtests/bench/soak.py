@@ -179,7 +179,11 @@ class Soak:
 
     async def watch(self, http: httpx.AsyncClient) -> None:
         while not self.stop:
-            s = await self.sample(http)
+            try:
+                s = await self.sample(http)
+            except httpx.HTTPError as exc:  # a slow answer under load: note it, sample again
+                print(f"sample failed: {exc!r}", flush=True)
+                continue
             if len(self.samples) % 6 == 1:
                 print(json.dumps(s), flush=True)
             await asyncio.sleep(self.args.every)
@@ -235,6 +239,7 @@ class Soak:
         ttfts = [x for t, x in self.ttfts if t >= a.warmup]
         return {
             "config": vars(a),
+            # Medians of the first and the last minute after the warm-up.
             "rss_mb": {"start": during[0]["rss_mb"], "at_warmup": first, "end_of_load": last,
                        "max": max(s["rss_mb"] for s in during), "after_drain": final["rss_mb"],
                        "growth_after_warmup_pct": round(100 * (last - first) / first, 2)},
@@ -254,7 +259,7 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=500)
     p.add_argument("--stalled", type=int, default=50)
     p.add_argument("--duration", type=float, default=600, help="seconds of load")
-    p.add_argument("--warmup", type=float, default=120, help="seconds before RSS growth is measured")
+    p.add_argument("--warmup", type=float, default=300, help="seconds before RSS growth is measured")
     p.add_argument("--ramp", type=float, default=20, help="seconds to start all streams")
     p.add_argument("--tokens", type=int, default=200)
     p.add_argument("--itl-ms", type=float, default=100)
