@@ -121,7 +121,7 @@ def _ctl_channel(rid: str) -> str:
     return f"gw:ctl:{rid}"
 
 
-def _ignore(stream: Stream, what: str) -> None:
+def _ignore(stream: Stream, what: str, sub: object = None) -> None:
     pass
 
 
