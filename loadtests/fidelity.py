@@ -30,6 +30,7 @@ from pathlib import Path
 from gateway.client import Client
 from gateway.models import StreamRequest
 from gateway.sources.simulated import SimGeneration
+from loadtests import procs
 from loadtests.streaming import request_body
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ CLIENT = {"sse_get": "sse", "sse_post": "sse", "ndjson": "ndjson", "ws": "ws"}
 PARAMS = {"prompt_bytes": 64, "max_tokens": 10, "seed": 7, "ttft_ms": 50.0, "itl_ms": 15.0, "jitter": 0.3}
 
 
-def start_locust(host: str, transports: list[str], seconds: int, out: Path) -> subprocess.Popen:
+def start_locust(host: str, transports: list[str], seconds: int, out: Path, log) -> subprocess.Popen:
     p = PARAMS
     n = str(len(transports))
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
@@ -47,7 +48,8 @@ def start_locust(host: str, transports: list[str], seconds: int, out: Path) -> s
            "--timings-out", str(out), "--prompt-bytes", str(p["prompt_bytes"]),
            "--max-tokens", str(p["max_tokens"]), "--seed", str(p["seed"]), "--ttft-ms", str(p["ttft_ms"]),
            "--itl-ms", str(p["itl_ms"]), "--jitter", str(p["jitter"]), *[CLASSES[t] for t in transports]]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file: a pipe nobody reads during the run could fill and block Locust.
+    return procs.spawn(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
 
 
 def read_samples(out: Path, transports: list[str]) -> dict[str, dict[str, list[float]]]:
@@ -92,21 +94,28 @@ def measure(host: str, transports: list[str], seconds: int) -> tuple[dict, dict]
     """Both at once, against the same gateway: (locust users' samples, gateway.client's samples)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "timings.jsonl"
-        proc = start_locust(host, transports, seconds, out)
+        log = open(Path(tmp) / "locust.log", "w+")
+        proc = start_locust(host, transports, seconds, out, log)
+        # Bounded whatever Locust does: the client stops streaming at the deadline, and a Locust that
+        # has not exited by then is killed with its process group (an error, never a hang).
+        deadline = time.monotonic() + seconds + 30
         try:
-            deadline = time.monotonic() + 60
             while not out.exists() and proc.poll() is None:  # created as Locust starts its users
                 if time.monotonic() > deadline:
-                    raise RuntimeError("locust did not start streaming within 60 s")
+                    raise RuntimeError(f"locust did not start streaming within {seconds + 30} s")
                 time.sleep(0.05)
-            independent = uvloop.run(client_samples(host, transports, lambda: proc.poll() is None))
-            _, err = proc.communicate(timeout=60)
+            independent = uvloop.run(client_samples(
+                host, transports, lambda: proc.poll() is None and time.monotonic() < deadline))
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"locust did not exit within {seconds + 30} s of a {seconds} s run") from None
         finally:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                procs.kill_group(proc)
+            log.close()
         if proc.returncode not in (0, 1):
-            raise RuntimeError(f"locust failed ({proc.returncode}): {err[-2000:]}")
+            raise RuntimeError(f"locust failed ({proc.returncode}): {(Path(tmp) / 'locust.log').read_text()[-2000:]}")
         return read_samples(out, transports), independent
 
 

@@ -39,7 +39,8 @@ Transports tab: GET /transports on the web UI (master) answers JSON
     `transports` covers the last 10 s, `totals` the whole run. With --csv PREFIX, the totals are also
     written to PREFIX_transports.csv and the whole answer to PREFIX_transports.json at exit, after
     the users stopped (final figures; Locust's own PREFIX_stats.csv is rewritten once a second and can
-    miss the last second: for final Locust stats add --json-file).
+    miss the last second: PREFIX_final_stats.csv and PREFIX_final_failures.csv hold Locust's stats
+    and failures in the same format, written at exit).
 
 Command-line arguments (all shown in the web UI form unless noted):
     --scenario steady|throughput|reconnection|proxy|mixed|slow (default steady)
@@ -84,7 +85,8 @@ import requests
 from flask import jsonify, request
 from locust import LoadTestShape, User, constant, events, tag, task
 from locust.runners import MasterRunner, WorkerRunner
-from locust.stats import calculate_response_time_percentile, diff_response_time_dicts
+from locust.stats import (PERCENTILES_TO_REPORT, StatsCSV, calculate_response_time_percentile,
+                          diff_response_time_dicts)
 
 # Locust puts this file's folder on sys.path, not the repository root; the users import the gateway's
 # codecs and simulated model from it.
@@ -571,7 +573,7 @@ def _test_start(environment, **_kw) -> None:
 @events.quit.add_listener
 def _write_files(**_kw) -> None:
     # After the runner has stopped (Locust's own stats CSV is rewritten once a second, so it can miss
-    # the last second; these files and --json-file hold the final figures).
+    # the last second; these files and PREFIX_final_*.csv hold the final figures).
     environment = _ENV[0] if _ENV else None
     if environment is None:
         return
@@ -589,3 +591,10 @@ def _write_files(**_kw) -> None:
             writer.writerow(["" if row[k] is None else row[k] for k, _ in COLUMNS])
     with open(f"{prefix}_transports.json", "w") as f:
         json.dump(result, f, indent=1, default=str)
+    # Locust's own stats and failures in its CSV format, but final (its PREFIX_stats.csv is from the last
+    # once-a-second write, before the last streams ended).
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    with open(f"{prefix}_final_stats.csv", "w", newline="") as f:
+        writer.requests_csv(csv.writer(f))
+    with open(f"{prefix}_final_failures.csv", "w", newline="") as f:
+        writer.failures_csv(csv.writer(f))

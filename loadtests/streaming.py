@@ -9,7 +9,12 @@ same resume rules and the same codecs:
   arrives, not when a 1 KiB buffer fills (FastHttpUser's `iter_lines` bunches).
   Like a browser it accepts gzip (a proxy may compress); `bytes` counts the
   decoded body.
-- WebSocket with the `websockets` sync client.
+- WebSocket with the `websockets` sans-I/O protocol on a plain socket: one
+  blocking loop in the user's own greenlet. (The `websockets` sync client reads
+  in a background thread, under gevent a greenlet waiting in a selector on a
+  socket that another greenlet closes; Locust runs with it were seen to spin the
+  CPU after the run ended and never exit.) Every read has a timeout, and the
+  socket is closed whichever way the stream ends, a Locust stop included.
 
 `StreamClient.events()` yields (event, arrival) until the terminal event and
 resumes by itself after a cut; the `Run` it fills says what happened.
@@ -18,6 +23,7 @@ resumes by itself after a cut; the `Run` it fills says what happened.
 from __future__ import annotations
 
 import http.client
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +32,11 @@ from typing import Any
 import orjson
 import requests
 import urllib3
-import websockets
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect as ws_connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from gateway.client import GatewayError, StreamResult, _check
 from gateway.codecs import ndjson, sse, ws
@@ -39,7 +47,7 @@ __all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete",
 # sse_get attaches by id, as EventSource does; the others create and stream in one request.
 TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
 _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
-        websockets.ConnectionClosed, OSError, TimeoutError)
+        WebSocketException, OSError, TimeoutError)
 
 
 @dataclass
@@ -150,17 +158,13 @@ class StreamClient:
                 r.close()
 
     def _ws(self, body: dict, stream_id: str | None, after: int, run: Run) -> Iterator[tuple[Event, float]]:
+        conn = WsConnection(self.ws_url + "/v1/ws", timeout=self.read_timeout)
         try:
-            sock = ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24, open_timeout=10,
-                              close_timeout=1, ping_interval=None)
-        except InvalidStatus as exc:  # the upgrade was refused (or a proxy did not pass it on)
-            _check(exc.response.status_code, exc.response.body or b"")
-            raise
-        with sock:
-            sock.send(ws.start(**body) if stream_id is None else ws.resume(stream_id, after))
+            conn.open()
+            conn.send(ws.start(**body) if stream_id is None else ws.resume(stream_id, after))
             slow = self.read_bps
             while True:
-                message = sock.recv(timeout=self.read_timeout)
+                message = conn.recv()
                 at = time.perf_counter()
                 run.bytes += len(message)
                 event = ws.decode(message)
@@ -170,6 +174,87 @@ class StreamClient:
                 yield event, at
                 if slow:
                     time.sleep(len(message) / slow)
+        finally:
+            conn.close()
+
+
+class WsConnection:
+    """A WebSocket client: the `websockets` protocol (sans I/O) on a blocking socket.
+
+    Everything runs in the caller's greenlet: no background reader, so a killed
+    greenlet leaves nothing behind, and each socket read times out after `timeout`.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.uri = parse_uri(url)
+        self.timeout = timeout
+        self.protocol = ClientProtocol(self.uri, max_size=2**24)
+        self.sock: socket.socket | None = None
+        self.parts: list[bytes] = []  # a fragmented message so far
+        self.text = True
+        self.messages: list[str | bytes] = []
+
+    def open(self) -> None:
+        self.sock = socket.create_connection((self.uri.host, self.uri.port), timeout=self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+        while self.protocol.state is State.CONNECTING and self.protocol.handshake_exc is None:
+            self._read()
+        exc = self.protocol.handshake_exc
+        if isinstance(exc, InvalidStatus):  # the upgrade was refused (or a proxy did not pass it on)
+            _check(exc.response.status_code, exc.response.body or b"")
+        if exc is not None:
+            raise exc
+
+    def send(self, text: str) -> None:
+        self.protocol.send_text(text.encode())
+        self._flush()
+
+    def recv(self) -> str | bytes:
+        """The next message; ConnectionError if the connection ends first, TimeoutError if none comes."""
+        while not self.messages:
+            self._read()
+        return self.messages.pop(0)
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        try:
+            if self.protocol.state is State.OPEN:
+                self.protocol.send_close(1000)
+                self._flush()
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+            self.sock = None
+
+    def _read(self) -> None:
+        data = self.sock.recv(65536)
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        for event in self.protocol.events_received():
+            if not isinstance(event, Frame) or event.opcode not in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                continue  # the handshake response (see handshake_exc), pings, close (answered below)
+            if event.opcode is not Opcode.CONT:
+                self.text = event.opcode is Opcode.TEXT
+            self.parts.append(event.data)
+            if event.fin:
+                message = b"".join(self.parts)
+                self.parts = []
+                self.messages.append(message.decode() if self.text else message)
+        self._flush()  # pongs, the answer to a close
+        if not self.messages and (not data or self.protocol.state is State.CLOSED):
+            if self.protocol.handshake_exc is None:
+                raise ConnectionError(f"WebSocket closed: {self.protocol.close_exc}")
+
+    def _flush(self) -> None:
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.sock.sendall(chunk)
 
 
 def post_complete(session: requests.Session, base_url: str, body: dict[str, Any],

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from gateway.lab import Lab
-from loadtests import fidelity, targets
+from loadtests import fidelity, procs, targets
 
-from .support import ROOT, free_port, gateway, require, stop, wait_http
+from .support import ROOT, free_port, gateway, require, wait_http
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 STREAMING = ("sse_get", "sse_post", "ndjson", "ws")
@@ -32,12 +33,15 @@ def run_locust(tmp_path: Path, host: str, *args: str, users: int = 8, seconds: i
     cmd = [*LOCUST, "--host", host, "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
            "--csv", str(prefix), "--html", str(tmp_path / "report.html"), "--stop-timeout", "5",
            "--loglevel", "WARNING", *args]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=seconds + 60)
+    try:  # a Locust that does not stop is killed with its process group: a failure, never a hang
+        proc = procs.run(cmd, timeout=seconds + 60, cwd=tmp_path, text=True)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"locust did not exit within {seconds + 60} s of a {seconds} s run: {(exc.stderr or '')[-3000:]}")
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 1000
-    with open(f"{prefix}_stats.csv") as f:
+    with open(f"{prefix}_final_stats.csv") as f:  # written at exit: every stream, the last second's too
         stats = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
-    with open(f"{prefix}_failures.csv") as f:
+    with open(f"{prefix}_final_failures.csv") as f:
         failures = list(csv.DictReader(f))
     with open(f"{prefix}_transports.json") as f:
         transports = json.load(f)
@@ -111,6 +115,19 @@ def test_a_refused_stream_is_a_failure_with_its_status(gw, tmp_path):
     assert all("refused: HTTP 404" in f["Error"] for f in out["failures"]), out["failures"]
 
 
+def test_users_stopped_mid_stream_let_locust_exit(gw, tmp_path):
+    # Streams of ~10 s in a 3 s run: at the end Locust kills every user inside a read (after
+    # --stop-timeout 5), WebSocket and HTTP alike, and must still exit (run_locust fails rather than wait).
+    started = time.monotonic()
+    out = run_locust(tmp_path, gw.url, "--max-tokens", "200", "--ttft-ms", "20", "--itl-ms", "50",
+                     "WsUser", "SsePostUser", users=4, seconds=3)
+    assert time.monotonic() - started < 45
+    for transport in ("ws", "sse_post"):
+        assert count(out["stats"], transport, "ttft") >= 1, transport  # they were streaming
+        assert not count(out["stats"], transport, "stream"), transport  # and none had finished
+    assert not out["failures"], out["failures"]
+
+
 def test_throughput_ramp_stops_at_the_limit(gw, tmp_path):
     out = run_locust(tmp_path, gw.url, "--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2",
                      "--itl-limit-ms", "1", "--max-tokens", "40", "--ttft-ms", "20", "--itl-ms", "20",
@@ -162,6 +179,11 @@ def test_proxy_scenario_through_the_lab(tmp_path):
         tuned = run_locust(tmp_path / "tuned", lab.urls["gateway"], "--target", lab.urls["nginx-tuned"], *common)
         held = run_locust(tmp_path / "held", lab.urls["gateway"], "--target", lab.urls["nginx-defaults"], *common,
                           users=6, seconds=5)
+        # That path compresses the streams for a client that accepts gzip, as the users (and browsers) do.
+        for fmt in ("sse", "ndjson"):
+            r = httpx.post(f"{lab.urls['nginx-defaults']}/v1/{fmt}", headers={"accept-encoding": "gzip"},
+                           json={"prompt": "gzip?", "max_tokens": 3, "sim": {"ttft_ms": 1, "itl_ms": 1}})
+            assert r.headers.get("content-encoding") == "gzip", (fmt, r.headers)
     assert tuned["transports"]["scenario"]["target"] == lab.urls["nginx-tuned"]
     assert not tuned["failures"], tuned["failures"]
     for transport in ("sse_post", "ndjson", "ws"):
@@ -170,7 +192,11 @@ def test_proxy_scenario_through_the_lab(tmp_path):
     # Stock nginx in front of a gateway without its anti-buffering header: gzip holds SSE and NDJSON,
     # and the users see it: the first token comes with the last (the stream lasts ~100 + 30 x 20 ms).
     stats = held["stats"]
+    # The users decode the gzipped body as it comes: the held streams end complete and exact (a stream
+    # row fails on any cut, decode error or wrong text), so the buffering shows in the timings alone.
+    assert not [f for f in held["failures"] if f["Method"] != "ws"], held["failures"]
     for transport in ("sse_post", "ndjson"):
+        assert count(stats, transport, "stream") >= 2, transport
         assert median(stats, transport, "ttft") >= 0.8 * median(stats, transport, "stream"), transport
         assert median(stats, transport, "inter_token") <= 2, transport
     # No WebSocket upgrade through it: every ws stream fails, with the refusal as its message.
@@ -190,12 +216,12 @@ def test_a_lab_path_name_is_a_port_on_the_lab():
 def test_tab_endpoint_on_a_master_with_two_workers(gw, tmp_path):
     web, master = free_port(), free_port()
     common = ["--max-tokens", "20", "--ttft-ms", "50", "--itl-ms", "10"]
-    boss = subprocess.Popen(
+    boss = procs.spawn(
         [*LOCUST, "--host", gw.url, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port",
          str(master), "--expect-workers", "2", "--autostart", "-u", "6", "-r", "6", "-t", "12s",
          "--autoquit", "1", "--web-host", "127.0.0.1", "--web-port", str(web), "--loglevel", "WARNING", *common],
         cwd=tmp_path)
-    workers = [subprocess.Popen([*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master),
+    workers = [procs.spawn([*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master),
                                  "--loglevel", "WARNING"], cwd=tmp_path) for _ in range(2)]
     try:
         wait_http(f"http://127.0.0.1:{web}/transports", boss)
@@ -221,25 +247,35 @@ def test_tab_endpoint_on_a_master_with_two_workers(gw, tmp_path):
         assert httpx.get(f"http://127.0.0.1:{web}/transports/csv").text.startswith("transport,active,streams")
     finally:
         for p in (*workers, boss):
-            stop(p, timeout=10)
+            procs.kill_group(p, grace=10)
 
 
 def test_users_timings_agree_with_the_asyncio_client(gw):
     """Medians of the users' samples against gateway.client's, measured at the same time.
 
     Inter-token gaps agree within 1 ms. Time to first token includes each client's own cost of sending
-    a request: on this shared 2-core machine (load average often above 5) gateway.client (httpx) reads
-    up to ~2 ms later than the users, so the test allows 3 ms; both sit just above the model's own
-    schedule, which no honest measurement can beat.
+    a request, and that cost is what CPU contention inflates: on this shared 2-core machine, gateway.client
+    (httpx, more Python per request) answered up to ~9 ms later than the users with two busy processes
+    beside it, ~1 ms when calm. So the users' TTFT must lie between the model's own schedule (which no
+    honest measurement can beat) and the independent client's figure (+3 ms): never below the floor,
+    never later than the independent measurement, never far above the schedule.
     """
-    _, rows = fidelity.compare(gw.url, list(STREAMING), seconds=8, tolerance_ms=1.0)
-    print(json.dumps(rows, indent=1))
+    for _attempt in range(3):
+        _, rows = fidelity.compare(gw.url, list(STREAMING), seconds=8, tolerance_ms=1.0)
+        print(json.dumps(rows, indent=1))
+        # A valid measurement needs a server that kept the model's schedule, as the independent client
+        # saw it. When the shared machine starves the gateway (tokens 50 ms late, then bunched), both
+        # clients see that, and no comparison at 1 ms means anything: measure again, at most 3 times.
+        if all(r.get("client_ms") is not None and (
+                r["client_ms"] <= r["schedule_ms"] + 15 if r["metric"] == "ttft"
+                else abs(r["client_ms"] - r["schedule_ms"]) <= 1.5) for r in rows):
+            break
     assert all(r["locust_n"] >= 20 and r["client_n"] >= 20 for r in rows), rows
     for r in rows:
-        assert abs(r["diff_ms"]) <= (1.0 if r["metric"] == "inter_token" else 3.0), r
         if r["metric"] == "ttft":
-            assert r["schedule_ms"] - 0.5 <= r["locust_ms"] <= r["schedule_ms"] + 15, r
+            assert r["schedule_ms"] - 0.5 <= r["locust_ms"] <= min(r["client_ms"] + 3.0, r["schedule_ms"] + 15), r
         else:
+            assert abs(r["diff_ms"]) <= 1.0, r
             assert abs(r["locust_ms"] - r["schedule_ms"]) <= 1.5, r
 
 
@@ -251,9 +287,12 @@ board.monitor.start()
 gevent.sleep(0.5)
 calm = board.report(cpu=5.0)
 board.monitor.lags.clear()
-for _ in range(40):  # a user's greenlet hogging the loop: what a saturated generator looks like
+# A user's greenlet hogging the loop: what a saturated generator looks like. Each hog lasts 0.2 s, twice
+# the monitor's interval, so every wake-up in it is late by up to 0.2 s (p90 ~0.18 s): far above what a
+# loaded machine's scheduling adds to the calm phase.
+for _ in range(12):
     t = time.perf_counter()
-    while time.perf_counter() - t < 0.05:
+    while time.perf_counter() - t < 0.2:
         pass
     gevent.sleep(0.001)
 busy = board.report(cpu=5.0)
@@ -263,9 +302,27 @@ print(json.dumps({"calm": calm["lag_ms"], "busy": busy["lag_ms"], "generator": b
 
 
 def test_generator_saturation_is_reported(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", LAG_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = procs.run([sys.executable, "-c", LAG_PROBE], timeout=60, cwd=ROOT, text=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["calm"] < result["busy"]
     assert result["busy"] >= 10 and result["generator"]["saturated"]
     assert "load generator saturated" in proc.stderr
+
+
+def test_a_run_that_does_not_end_is_killed_with_its_children(tmp_path):
+    # What run_locust and fidelity rely on: a hung run (here a process and its child, both sleeping)
+    # ends in TimeoutExpired after the bound, and its whole process group is gone.
+    pidfile = tmp_path / "child"
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            f"open({str(pidfile)!r}, 'w').write(str(c.pid)); time.sleep(120)")
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        procs.run([sys.executable, "-c", code], timeout=3)
+    assert time.monotonic() - started < 60
+    child = psutil.Process(int(pidfile.read_text()))
+    deadline = time.monotonic() + 10
+    while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE

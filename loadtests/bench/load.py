@@ -250,8 +250,8 @@ async def bench(args: argparse.Namespace) -> dict:
         holders.append(asyncio.create_task(hold(run, args.port, stop)))
         if ramp:
             await asyncio.sleep(ramp / args.n)
-    witness_task = asyncio.create_task(witness(args))
     await asyncio.sleep(args.warmup)
+    witness_task = asyncio.create_task(witness(args))  # a stream started in the steady state
     lags: list[float] = []
     probe = asyncio.create_task(lag_probe(lags))
     cpu0, me0, t0 = proc_cpu(pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
