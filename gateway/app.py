@@ -14,12 +14,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from .auth import Auth
 from .chat import add_openai_routes
 from .clock import Clock
 from .codecs import sse
 from .events import Reconnect
+from .guard import KEY, Edge, Guard, cors
+from .journal import configure as configure_journal
+from .limits import Buckets
 from .metrics import Stats
 from .middleware import BodyLimit
+from . import openapi
 from .models import StreamRequest
 from .page import add_page
 from .problems import Problem, problem
@@ -44,6 +49,8 @@ class Context:
         self.stats = Stats()
         self.store = make_store(settings, self.clock, self.stats)
         self.registry = Registry(settings, self.clock, self.stats, self.store)
+        self.auth = Auth(settings)
+        self.rates = Buckets(settings.rate_per_key) if settings.rate_per_key else None
         self.draining = False  # SIGTERM came: no new streams or clients here (gateway/drain.py)
 
     def refuse_if_draining(self) -> None:
@@ -54,19 +61,31 @@ class Context:
     def check_request(self, request: StreamRequest) -> None:
         self.refuse_if_draining()
         s = self.settings
+        if "max_tokens" not in request.model_fields_set:  # the default, never over this server's limit
+            request.max_tokens = min(request.max_tokens, s.max_tokens_limit)
         if len(request.prompt.encode()) > s.max_prompt_bytes:
             raise Problem(413, "Prompt too large", f"the prompt is over {s.max_prompt_bytes} bytes")
         if request.max_tokens > s.max_tokens_limit:
             raise Problem(422, "Invalid request", f"max_tokens is over the limit of {s.max_tokens_limit}")
 
-    async def find(self, stream_id: str, after: int) -> Stream:
+    async def owned(self, stream_id: str, key: str | None) -> Stream:
+        """The stream if `key` owns it; another key's stream is not found (404, no existence oracle)."""
+        stream = await self.store.get(stream_id)
+        if stream is None or stream.owner_key != key:
+            if stream is None and await self.store.expired(stream_id, key):
+                raise Problem(410, "Stream expired", "the stream ended and its events are gone", code="expired")
+            raise Problem(404, "Stream not found", f"no stream {stream_id[:64]!r}", code="not_found")
+        return stream
+
+    async def find(self, stream_id: str, after: int, key: str | None) -> Stream:
         """The stream to attach to, with the resume point checked; raises Problem."""
         self.refuse_if_draining()
-        stream = await self.store.get(stream_id)
-        if stream is None:
-            if await self.store.expired(stream_id):
-                raise Problem(410, "Stream expired", "the stream ended and its events are gone", code="expired")
-            raise Problem(404, "Stream not found", f"no stream {stream_id!r}", code="not_found")
+        stream = await self.owned(stream_id, key)
+        limit = self.settings.clients_per_stream
+        if limit and len(stream.subs) >= limit:
+            self.stats.refused["clients"] += 1
+            raise Problem(429, "Too many clients", f"this stream has {limit} clients already",
+                          retry_after=1, code="too_many_clients")
         last = stream.last_seq
         if after > last and stream.running and self.store.shared:
             # The client may have read up to `after` on another replica: this copy can lag behind.
@@ -78,9 +97,14 @@ class Context:
                           + ("" if stream.running else " (the stream has ended)"), code="past_end")
         return stream
 
-    async def create(self, request: StreamRequest, one_shot: bool) -> Stream:
+    async def create(self, request: StreamRequest, one_shot: bool, key: str | None = None) -> Stream:
         self.check_request(request)
-        return await self.registry.create(request, one_shot=one_shot)
+        limit = self.settings.streams_per_key
+        if limit and self.registry.running.get(key, 0) >= limit:
+            self.stats.refused["streams"] += 1
+            raise Problem(429, "Too many streams", f"this key has {limit} streams generating already",
+                          retry_after=1, code="too_many_streams")
+        return await self.registry.create(request, one_shot=one_shot, owner_key=key)
 
     async def run_to_end(self, stream: Stream, request: Request) -> None:
         """Wait, unstreamed, until `stream` ends or the client leaves (which cancels it)."""
@@ -90,6 +114,7 @@ class Context:
         try:
             while stream.running and not sub.gone:
                 sub.cursor = len(stream.log)
+                sub.beat = False  # no heartbeats here; left set, wait() would return at once, forever
                 await stream.wait(sub)
         finally:
             left.cancel()
@@ -131,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        configure_journal(settings)
         await ctx.store.open()
         ctx.registry.start()
         # Everything alive now lives for the process: keep the cyclic GC from rescanning it.
@@ -148,7 +174,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = _App(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
+    openapi.install(app, settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Guard, ctx=ctx)
+    if settings.allowed_origins:
+        app.add_middleware(cors, ctx=ctx)
+    stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: Edge(stack(), ctx)  # outermost, so it sees uvicorn's own send
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -171,68 +203,78 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail))
+        response = problem(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first route's methods only
+            response.headers["Allow"] = openapi.allowed(app, request.scope)
+        return response
 
     def links(stream: Stream) -> dict:
         base = f"/v1/streams/{stream.id}"
-        return {"id": stream.id, "sse": f"{base}/sse", "ndjson": f"{base}/ndjson", "ws": f"{base}/ws"}
+        out = {"id": stream.id, "sse": f"{base}/sse", "ndjson": f"{base}/ndjson", "ws": f"{base}/ws"}
+        if ctx.auth.enabled:
+            # For EventSource and WebSocket, which cannot send an Authorization header.
+            out["token"] = token = ctx.auth.token(stream.id, stream.owner_key)
+            for kind in ("sse", "ndjson", "ws"):
+                out[kind] += "?token=" + token
+        return out
 
-    @app.post("/v1/streams", status_code=201)
-    async def create_stream(body: StreamRequest) -> JSONResponse:
-        stream = await ctx.create(body, one_shot=False)
+    @app.post("/v1/streams", status_code=201, responses=openapi.CREATE)
+    async def create_stream(body: StreamRequest, request: Request) -> JSONResponse:
+        stream = await ctx.create(body, False, request.scope.get(KEY))
         out = links(stream)
         return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}"})
 
-    @app.get("/v1/streams/{stream_id}")
-    async def stream_status(stream_id: str) -> dict:
-        stream = await ctx.store.get(stream_id)
-        if stream is None:
-            raise Problem(404, "Stream not found", f"no stream {stream_id!r}")
+    @app.get("/v1/streams/{stream_id}", responses=openapi.STATUS)
+    async def stream_status(stream_id: str, request: Request) -> dict:
+        stream = await ctx.owned(stream_id, request.scope.get(KEY))
         return stream.status_info() | links(stream)
 
-    @app.delete("/v1/streams/{stream_id}", status_code=204)
-    async def cancel_stream(stream_id: str) -> Response:
+    @app.delete("/v1/streams/{stream_id}", status_code=204, responses=openapi.CANCEL)
+    async def cancel_stream(stream_id: str, request: Request) -> Response:
+        await ctx.owned(stream_id, request.scope.get(KEY))
         done = await ctx.store.cancel(stream_id, "delete")
         if done is None:
-            raise Problem(404, "Stream not found", f"no stream {stream_id!r}")
+            raise Problem(404, "Stream not found", f"no stream {stream_id[:64]!r}", code="not_found")
         if not done:
             raise Problem(409, "Stream already ended", "nothing to cancel")
         return Response(status_code=204)
 
-    async def attach(stream_id: str, after: int, fmt: str) -> EventStream:
-        stream = await ctx.find(stream_id, after)
+    async def attach(stream_id: str, after: int, fmt: str, request: Request) -> EventStream:
+        stream = await ctx.find(stream_id, after, request.scope.get(KEY))
         if after >= 0:
             ctx.stats[fmt].resumes += 1
         return EventStream(ctx, stream, stream.attach(after, fmt, ctx.clock.now()), fmt)
 
-    @app.get("/v1/streams/{stream_id}/sse", response_class=Response)
+    @app.get("/v1/streams/{stream_id}/sse", response_class=Response, responses=openapi.ATTACH["sse"])
     async def attach_sse(
         stream_id: str,
-        last_event_id: Annotated[str | None, Header()] = None,
-        last_event_id_q: Annotated[str | None, Query(alias="last_event_id")] = None,
+        request: Request,
+        last_event_id: Annotated[str | None, Header(json_schema_extra=openapi.SEQ)] = None,
+        last_event_id_q: Annotated[str | None, Query(alias="last_event_id", json_schema_extra=openapi.SEQ)] = None,
     ):
         value = last_event_id if last_event_id is not None else last_event_id_q
         if ctx.draining:
             # EventSource gives up on a 503 but reconnects after a `retry` and a clean close.
             return Response(sse.encode(Reconnect(settings.sse_retry_ms)), media_type=sse.MEDIA_TYPE,
                             headers={"Cache-Control": "no-cache"})
-        return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse")
+        return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse", request)
 
-    @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response)
-    async def attach_ndjson(stream_id: str, after: Annotated[str | None, Query()] = None):
-        return await attach(stream_id, _parse_after(after, "after"), "ndjson")
+    @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response, responses=openapi.ATTACH["ndjson"])
+    async def attach_ndjson(stream_id: str, request: Request, after: Annotated[str | None, Query(json_schema_extra=openapi.SEQ)] = None):
+        return await attach(stream_id, _parse_after(after, "after"), "ndjson", request)
 
-    async def one_shot(body: StreamRequest, fmt: str) -> EventStream:
-        stream = await ctx.create(body, one_shot=True)
+    async def one_shot(body: StreamRequest, fmt: str, request: Request) -> EventStream:
+        stream = await ctx.create(body, True, request.scope.get(KEY))
         return EventStream(ctx, stream, stream.attach(-1, fmt, ctx.clock.now()), fmt)
 
-    @app.post("/v1/sse", response_class=Response)
-    async def post_sse(body: StreamRequest):
-        return await one_shot(body, "sse")
+    @app.post("/v1/sse", response_class=Response, responses=openapi.ONE_SHOT["sse"])
+    async def post_sse(body: StreamRequest, request: Request):
+        return await one_shot(body, "sse", request)
 
-    @app.post("/v1/ndjson", response_class=Response)
-    async def post_ndjson(body: StreamRequest):
-        return await one_shot(body, "ndjson")
+    @app.post("/v1/ndjson", response_class=Response, responses=openapi.ONE_SHOT["ndjson"])
+    async def post_ndjson(body: StreamRequest, request: Request):
+        return await one_shot(body, "ndjson", request)
 
     @app.websocket("/v1/ws")
     async def ws_session(websocket: WebSocket) -> None:
@@ -243,7 +285,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ws_attach(websocket: WebSocket, stream_id: str) -> None:
         try:
             after = _parse_after(websocket.query_params.get("after"), "after")
-            stream = await ctx.find(stream_id, after)
+            stream = await ctx.find(stream_id, after, websocket.scope.get(KEY))
         except Problem as exc:
             # Refuse before accepting: the client sees the HTTP status and problem body.
             await websocket.send_denial_response(exc.response())
@@ -253,10 +295,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.stats["ws"].resumes += 1
         await WSSession(ctx, websocket).run(stream, after)
 
-    @app.post("/v1/complete")
+    @app.post("/v1/complete", responses=openapi.COMPLETE)
     async def complete(body: StreamRequest, request: Request) -> JSONResponse:
         """The same generation, not streamed: the baseline for 'when not to stream'."""
-        stream = await ctx.create(body, one_shot=True)
+        stream = await ctx.create(body, True, request.scope.get(KEY))
         await ctx.run_to_end(stream, request)
         if stream.status == "done":
             return JSONResponse({"id": stream.id, "model": stream.model, "text": stream.text(),
@@ -270,13 +312,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     add_page(app)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=openapi.OPEN)
     async def healthz() -> JSONResponse:
         # 503 while draining, so a load balancer stops sending clients here.
-        body = {"status": "draining" if ctx.draining else "ok", "active_streams": ctx.stats.active_streams}
+        body = {"status": "draining" if ctx.draining else "ok", "active_streams": ctx.stats.active_streams,
+                "kept_streams": len(ctx.store.local())}
         return JSONResponse(body, status_code=503 if ctx.draining else 200)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=openapi.METRICS)
     async def metrics() -> Response:
         return Response(generate_latest(ctx.stats.registry), media_type=CONTENT_TYPE_LATEST)
 

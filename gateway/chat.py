@@ -19,7 +19,9 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
+from . import openapi
 from .codecs.openai import ChunkEncoder, error_object, usage
+from .guard import KEY
 from .models import ChatMessage, SimParams, StreamRequest
 from .problems import Problem
 from .registry import UnknownModel
@@ -54,7 +56,7 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=2**53 - 1)
     n: int = Field(1, ge=1, le=1, description="only one choice is supported")
     sim: SimParams | None = None
 
@@ -106,7 +108,7 @@ def add_openai_routes(app: FastAPI, ctx: Context) -> None:
             message = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in errors)
             return openai_error(400, message, "invalid_request", param=errors[0][0] or None)
         try:
-            stream = await ctx.create(stream_request, one_shot=True)
+            stream = await ctx.create(stream_request, True, request.scope.get(KEY))
         except Problem as exc:
             # OpenAI answers every invalid request with 400.
             return openai_error(400 if exc.status == 422 else exc.status, exc.detail or exc.title,
@@ -117,7 +119,7 @@ def add_openai_routes(app: FastAPI, ctx: Context) -> None:
             return openai_error(404, f"The model {str(exc)!r} does not exist", "model_not_found", param="model")
         return body, stream_request, stream
 
-    @app.post("/v1/chat/completions", response_class=JSONResponse)
+    @app.post("/v1/chat/completions", response_class=JSONResponse, responses=openapi.CHAT)
     async def chat_completions(request: Request):
         opened = await open_stream(request)
         if isinstance(opened, JSONResponse):
@@ -153,7 +155,7 @@ def add_openai_routes(app: FastAPI, ctx: Context) -> None:
     async def list_models() -> dict:
         return {"object": "list", "data": [model_card(name) for name in ctx.registry.sources]}
 
-    @app.get("/v1/models/{model:path}")
+    @app.get("/v1/models/{model:path}", responses=openapi.MODEL)
     async def get_model(model: str):
         if model not in ctx.registry.sources:
             return openai_error(404, f"The model {model!r} does not exist", "model_not_found", param="model")

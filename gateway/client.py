@@ -123,14 +123,15 @@ class StreamResult:
 
 class Client:
     def __init__(self, base_url: str | Sequence[str], *, read_timeout: float = 60.0, max_resumes: int = 20,
-                 http: httpx.AsyncClient | None = None) -> None:
+                 http: httpx.AsyncClient | None = None, api_key: str | None = None) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self.base_urls = [url.rstrip("/") for url in urls]
         self._at = 0  # index of the base URL in use
         self.max_resumes = max_resumes
         self.read_timeout = read_timeout
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = http or httpx.AsyncClient(
-            base_url=self.base_url, timeout=httpx.Timeout(10.0, read=read_timeout),
+            base_url=self.base_url, timeout=httpx.Timeout(10.0, read=read_timeout), headers=self.headers,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
         )
 
@@ -268,7 +269,7 @@ class Client:
     async def _ws(self, body: dict, stream_id: str | None, after: int,
                   result: StreamResult) -> AsyncIterator[tuple[Event, float]]:
         async with ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24,
-                              open_timeout=10, ping_interval=None) as sock:
+                              open_timeout=10, ping_interval=None, additional_headers=self.headers) as sock:
             await sock.send(ws.start(**body) if stream_id is None else ws.resume(stream_id, after))
             async for message in sock:
                 at = time.perf_counter()

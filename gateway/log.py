@@ -9,6 +9,7 @@ event), rather than keeping a second, larger copy of every stream.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 
 __all__ = ["EventLog", "KINDS"]
 
@@ -35,6 +36,14 @@ class EventLog:
         lines += b"\n"
         self.ends.append(len(lines))
         self.kinds.append(kind)
+
+    def batch_end(self, start: int, end: int, limit: int) -> int:
+        """Where a batch from `start` stops to hold about `limit` bytes at most (one event at least)."""
+        ends = self.ends
+        base = ends[start - 1] if start else 0
+        if ends[end - 1] - base <= limit:
+            return end
+        return max(start + 1, bisect_right(ends, base + limit, start, end))
 
     def ndjson(self, start: int, end: int) -> bytes:
         """Events [start, end) as NDJSON lines."""

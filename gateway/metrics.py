@@ -13,7 +13,7 @@ TRANSPORTS = ("sse", "ndjson", "ws", "chat")  # chat: POST /v1/chat/completions 
 
 
 class TransportStats:
-    __slots__ = ("connections", "events", "bytes", "disconnects", "resumes", "drops")
+    __slots__ = ("connections", "events", "bytes", "disconnects", "resumes", "drops", "slow_cuts")
 
     def __init__(self) -> None:
         self.connections = 0  # open now
@@ -22,6 +22,7 @@ class TransportStats:
         self.disconnects = 0  # clients that left before the terminal event
         self.resumes = 0
         self.drops = 0  # connections cut by fault injection
+        self.slow_cuts = 0  # connections cut because the client stopped reading (slow consumers)
 
 
 class Stats:
@@ -32,6 +33,7 @@ class Stats:
         self.errors: Counter[str] = Counter()  # in-band error events by code
         self.cancelled: Counter[str] = Counter()  # cancellations by reason
         self.finished = 0
+        self.refused: Counter[str] = Counter()  # requests refused by a limit or auth, by reason
         self.registry = CollectorRegistry()
         self.ttft = Histogram(
             "gateway_ttft_seconds", "Time from stream creation to its first token.",
@@ -50,6 +52,7 @@ class Stats:
             "finished": self.finished,
             "errors": dict(self.errors),
             "cancelled": dict(self.cancelled),
+            "refused": dict(self.refused),
             "transports": {
                 name: {slot: getattr(t, slot) for slot in TransportStats.__slots__}
                 for name, t in self.transports.items()
@@ -73,6 +76,7 @@ class _Collector:
             "disconnects": CounterMetricFamily("gateway_disconnects", "Clients that left mid-stream.", labels=["transport"]),
             "resumes": CounterMetricFamily("gateway_resumes", "Attaches that resumed after a seq.", labels=["transport"]),
             "drops": CounterMetricFamily("gateway_drops", "Connections cut by fault injection.", labels=["transport"]),
+            "slow_cuts": CounterMetricFamily("gateway_slow_cuts", "Connections cut for not reading.", labels=["transport"]),
         }
         for name, t in s.transports.items():
             for slot, family in per.items():
@@ -89,3 +93,7 @@ class _Collector:
         for reason, n in sorted(s.cancelled.items()):
             cancelled.add_metric([reason], n)
         yield cancelled
+        refused = CounterMetricFamily("gateway_refused", "Requests refused by auth or a limit.", labels=["reason"])
+        for reason, n in sorted(s.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused

@@ -57,7 +57,7 @@ class StreamRequest(BaseModel):
 
     prompt: str = ""
     max_tokens: int = Field(256, ge=1, le=1_000_000)
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: int = Field(0, ge=0, le=2**53 - 1)  # exact in every JSON parser (JavaScript's too)
     model: str | None = Field(None, max_length=200)
     sim: SimParams = Field(default_factory=SimParams)
     # A conversation instead of `prompt`: relays send it as is, the simulated model reads `prompt_of` it.

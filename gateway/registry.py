@@ -1,16 +1,18 @@
 """Creates streams, starts their sources, and runs the one sweep that keeps them honest.
 
-The sweep (on the shared clock) sends heartbeats to quiet connections, ends
-streams whose source went silent, cancels streams nobody came back to, and
-expires ended streams.
+The sweep (on the shared clock) sends heartbeats to quiet connections, cuts
+connections whose writes stay blocked (slow consumers), ends streams whose
+source went silent, cancels streams nobody came back to, and expires ended
+streams.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
+from collections import Counter
 
 from .clock import Clock
+from .journal import Journal
 from .metrics import Stats
 from .models import StreamRequest
 from .settings import Settings
@@ -18,11 +20,9 @@ from .sources.base import Source
 from .sources.relay import build_sources
 from .sources.simulated import SimulatedModel
 from .store.base import StreamStore
-from .stream import Stream
+from .stream import Stream, Subscriber
 
 __all__ = ["Registry", "UnknownModel"]
-
-log = logging.getLogger("gateway.stream")
 
 
 class UnknownModel(LookupError):
@@ -38,6 +38,8 @@ class Registry:
         sim = SimulatedModel(clock, settings.sim_ttft_ms, settings.sim_itl_ms, settings.sim_jitter)
         self.sources: dict[str, Source] = {"sim": sim}
         self.sources.update(build_sources(settings.models, settings.idle_timeout_s))
+        self.journal = Journal(settings)
+        self.running: Counter[str | None] = Counter()  # streams generating, by owner key id
 
     def start(self) -> None:
         self.clock.every(self.settings.sweep_s, self.sweep)
@@ -55,7 +57,7 @@ class Registry:
         except KeyError:
             raise UnknownModel(name) from None
 
-    async def create(self, request: StreamRequest, *, one_shot: bool) -> Stream:
+    async def create(self, request: StreamRequest, *, one_shot: bool, owner_key: str | None = None) -> Stream:
         """Start generating; raises PreStreamError or UnknownModel before any stream exists."""
         name, source = self.source(request.model)
         stream = Stream(
@@ -65,6 +67,7 @@ class Registry:
             now=self.clock.now(),
             on_event=self._on_event,
             drop_after=request.sim.drop_after,
+            owner_key=owner_key,
         )
         stream.generation = await source.start(request, stream)
         try:
@@ -74,10 +77,11 @@ class Registry:
             raise
         self.stats.streams_created += 1
         self.stats.active_streams += 1
-        log.info("stream created id=%s model=%s one_shot=%s", stream.id, name, one_shot)
+        self.running[owner_key] += 1
+        self.journal.created(stream, request)
         return stream
 
-    def _on_event(self, stream: Stream, what: str) -> None:
+    def _on_event(self, stream: Stream, what: str, sub: Subscriber | None = None) -> None:
         stats = self.stats
         if what == "first_token":
             stats.ttft.observe(self.clock.now() - stream.started)
@@ -88,15 +92,43 @@ class Registry:
                 stats.finished += 1
             else:
                 stats.errors[stream.error_code or "error"] += 1
-            log.info("stream ended id=%s status=%s tokens=%d", stream.id, stream.status, stream.tokens)
+            left = self.running[stream.owner_key] - 1
+            if left:
+                self.running[stream.owner_key] = left
+            else:
+                del self.running[stream.owner_key]
+            self.journal.ended(stream, stream.ended_at)
+        elif what == "attached":
+            self.journal.attached(stream, sub)
+        elif what == "cut":
+            self.journal.cut(stream, sub, self.clock.now())
         elif what.startswith("cancelled:"):
             stats.cancelled[what[10:]] += 1
+            stream.info["cancelled"] = what[10:]
+
+    def _cut_slow(self, sub: Subscriber, why: str) -> None:
+        """Drop a connection whose writes are stuck; its stream goes on, so the client can resume."""
+        sub.cut = why
+        sub.gone = True
+        self.stats[sub.transport].slow_cuts += 1
+        if sub.abort is not None:
+            sub.abort()  # wakes the blocked write; the transport then detaches as usual
+        sub.wake()
 
     def sweep(self, now: float) -> None:
         s = self.settings
         heartbeat, idle, grace = s.heartbeat_s, s.idle_timeout_s, s.detach_grace_s
+        send_timeout, max_lag = s.send_timeout_s, s.max_lag_bytes
         for stream in self.store.local():
+            size = len(stream.log.lines)
             for sub in stream.subs:
+                if sub.sending and not sub.gone:
+                    if sub.sending != sub.blocked:  # a write the sweep has not seen blocked before
+                        sub.blocked, sub.lag_base = sub.sending, size
+                    if now - sub.sending >= send_timeout:
+                        self._cut_slow(sub, "slow_send")
+                    elif size - sub.lag_base > max_lag:  # the stream ran this far ahead meanwhile
+                        self._cut_slow(sub, "slow_lag")
                 if sub.cursor != sub.mark:
                     sub.mark = sub.cursor
                     sub.quiet_since = now

@@ -72,6 +72,30 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     log_prompts: bool = False
+    log_file: str | None = None  # lifecycle JSON lines (gateway/journal.py); stderr when unset
+
+    # Hardening (gateway/auth.py, gateway/guard.py). Auth is off while no key is set.
+    # Keys: "name=secret" or a bare secret (its id is then a hash prefix), comma-separated
+    # here, one a line in the file.
+    api_keys: str = Field("", repr=False)
+    api_keys_file: str | None = None
+    # Signs attach tokens; generated at start when empty (tokens then die with the process).
+    token_secret: str = Field("", repr=False)
+    attach_token_ttl_s: float = Field(300.0, gt=0)
+    # Browser origins allowed for CORS and for WebSocket upgrades; empty: no CORS, any Origin.
+    allowed_origins: list[str] = []
+    # Limits; 0 switches one off.
+    rate_per_key: float = Field(0.0, ge=0)  # requests per second, with a burst of twice that
+    streams_per_key: int = Field(0, ge=0)  # streams generating at once
+    max_connections: int = Field(10_000, ge=0)  # requests and WebSockets in flight per process
+    clients_per_stream: int = Field(1_000, ge=0)
+    ws_messages_per_s: float = Field(20.0, ge=0)  # control messages per WebSocket, burst twice that
+    # Slow consumers: a connection whose write has been blocked this long, or while the stream
+    # added this many bytes of events, is cut (the stream stays resumable).
+    send_timeout_s: float = Field(30.0, gt=0)
+    # One write holds at most about this much (NDJSON bytes): what a stalled connection pins.
+    max_batch_bytes: int = Field(65_536, gt=0)
+    max_lag_bytes: int = Field(4 * 1_048_576, gt=0)
 
     @property
     def sweep_s(self) -> float:

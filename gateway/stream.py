@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
     from .sources.base import Generation
 
 __all__ = ["Stream", "Subscriber", "RUNNING", "DONE", "FAILED"]
-
-log = logging.getLogger("gateway.stream")
 
 RUNNING, DONE, FAILED = "running", "done", "error"
 RESUMABLE = ("sse", "ndjson", "ws")  # transports whose clients can resume elsewhere (not chat, complete)
@@ -74,7 +71,7 @@ class Subscriber:
     """One client connection reading a stream."""
 
     __slots__ = ("cursor", "waiter", "beat", "gone", "kicked", "drop_at", "transport", "mark", "quiet_since",
-                 "push", "queued")
+                 "push", "queued", "since", "sending", "abort", "cut", "blocked", "lag_base")
 
     def __init__(self, cursor: int, transport: str, now: float, drop_at: int | None) -> None:
         self.cursor = cursor
@@ -90,6 +87,13 @@ class Subscriber:
         # what is due and returns True, or False to have the task woken.
         self.push: Callable[[Subscriber], bool] | None = None
         self.queued = False
+        self.since = now
+        # Slow consumers (the sweep): loop time when the pending write began, 0.0 when none is.
+        self.sending = 0.0
+        self.blocked = 0.0  # the `sending` the sweep last saw, and the log size then
+        self.lag_base = 0
+        self.abort: Callable[[], None] | None = None  # drops the connection, buffered bytes and all
+        self.cut: str | None = None  # why the connection ended before the stream's end
 
     def wake(self) -> None:
         if not self.queued:
@@ -113,11 +117,13 @@ class Stream:
         *,
         one_shot: bool,
         now: float,
-        on_event: Callable[["Stream", str], None],
+        on_event: Callable[..., None],
         drop_after: int | None = None,
         info: dict[str, Any] | None = None,
+        owner_key: str | None = None,
     ) -> None:
         self.id = stream_id
+        self.owner_key = owner_key  # the API key id that created it; only that key can see it
         self.model = model
         self.one_shot = one_shot
         self.created = time.time()
@@ -136,7 +142,7 @@ class Stream:
         self.ended_at: float | None = None
         self.progress_mark = 0
         self.progress_at = now
-        self._on_event = on_event  # lifecycle hook: metrics and logs
+        self._on_event = on_event  # lifecycle hook (stream, what, subscriber=None): metrics and logs
         self.on_append: Callable[[Stream], None] | None = None  # a shared store persisting the log
         meta = {"type": "meta", "seq": 0, "stream_id": stream_id, "model": model, "created": self.created}
         self.log.append(_META, orjson.dumps(meta))
@@ -189,7 +195,6 @@ class Stream:
         gen = self.generation
         if gen is not None:
             gen.cancel()
-        log.info("stream cancelled id=%s reason=%s tokens=%d", self.id, reason, self.tokens)
         self._on_event(self, "cancelled:" + reason)
         self.fail("cancelled", f"stream cancelled ({reason})", False)
         return True
@@ -226,7 +231,7 @@ class Stream:
         sub = Subscriber(after + 1, transport, now, drop_at)
         self.subs.append(sub)
         self.detached_since = None
-        self._on_event(self, "attached")
+        self._on_event(self, "attached", sub)
         return sub
 
     def detach(self, sub: Subscriber, now: float, client_left: bool) -> None:
@@ -236,11 +241,15 @@ class Stream:
             return
         sub.push = None
         sub.wake()
+        if sub.cut is None and (self.status is RUNNING or sub.cursor < len(self.log)):
+            sub.cut = "client_left" if client_left else "server"
+        if sub.cut is not None:
+            self._on_event(self, "cut", sub)
         if self.subs:
             return
         self.detached_since = now
         # A one-shot stream's client is its only reader: when it leaves, stop paying for tokens.
-        if client_left and self.one_shot and self.status is RUNNING:
+        if sub.cut == "client_left" and self.one_shot and self.status is RUNNING:
             self.cancel("client_gone")
 
     async def wait(self, sub: Subscriber) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -137,3 +139,81 @@ def test_ws_control_messages():
         with pytest.raises(ws.ControlError) as info:
             ws.parse_control(bad)
         assert info.value.close_code == code
+
+
+# -- fuzz: whatever arrives, a decoder yields events or raises DecodeError, nothing else ----------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+# Objects that look like events: a known type and fields of any JSON type.
+event_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["meta", "token", "heartbeat", "error", "done", "other"])},
+    optional={k: json_values for k in ("seq", "text", "stream_id", "model", "created", "code", "message",
+                                        "retryable", "finish_reason", "tokens", "sha256")},
+)
+# Byte soup with SSE/NDJSON structure in it, so the fuzz reaches past the first line.
+wire_bytes = st.lists(st.sampled_from([b"data: ", b"id: ", b"event: ", b"retry: ", b":", b"\n", b"\r", b"\r\n",
+                                       b'{"type":"token","seq":1,"text":"x"}', b"\xff", b"\x00", b"{"]) | st.binary(),
+                      max_size=30).map(b"".join)
+
+
+@settings(max_examples=300)
+@given(wire_bytes, st.lists(st.integers(0, 10**4), max_size=8))
+def test_sse_decoder_fuzz(data, cuts):
+    parser, decoder = sse.Parser(), sse.Decoder()
+    items = [i for chunk in split(data, cuts) for i in parser.feed(chunk)]
+    assert all(isinstance(i, (sse.Message, sse.Comment)) for i in items)
+    try:
+        for chunk in split(data, cuts):
+            decoder.feed(chunk)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=300)
+@given(wire_bytes, st.lists(st.integers(0, 10**4), max_size=8))
+def test_ndjson_decoder_fuzz(data, cuts):
+    decoder = ndjson.Decoder()
+    try:
+        for chunk in split(data, cuts):
+            for event in decoder.feed(chunk):
+                assert event is HEARTBEAT or isinstance(event, (Meta, Token, Error, Done))
+        decoder.close()
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=500)
+@given(st.one_of(event_like, json_values))
+def test_event_json_fuzz(obj):
+    raw = json.dumps(obj)
+    for decode in (from_json, ws.decode):
+        try:
+            event = decode(raw)
+        except DecodeError:
+            continue
+        # What decodes re-encodes to an equal event: nothing half-valid slips through.
+        assert event is HEARTBEAT or from_json(to_json(event)) == event
+
+
+@settings(max_examples=500)
+@given(st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["start", "cancel", "resume", "nope"])},
+                          optional={k: json_values for k in ("stream_id", "after", "prompt", "max_tokens", "sim")}),
+    json_values,
+))
+def test_ws_control_fuzz(obj):
+    try:
+        control = ws.parse_control(json.dumps(obj))
+    except ws.ControlError as exc:
+        assert exc.close_code in (ws.CLOSE_UNSUPPORTED, ws.CLOSE_POLICY)
+        return
+    if isinstance(control, ws.Resume):
+        assert isinstance(control.stream_id, str) and control.stream_id and control.after >= -1
+    elif isinstance(control, ws.Start):
+        assert isinstance(control.request, dict) and "type" not in control.request
+    else:
+        assert control == ws.Cancel()

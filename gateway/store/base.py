@@ -36,8 +36,11 @@ class StreamStore(Protocol):
         """A client has seen `seq` (on another replica) but this copy of a running stream has not:
         bring it up to date (or until it ends, or a short bound passes). Only on a resume past the end."""
 
-    async def expired(self, stream_id: str) -> bool:
-        """True for a stream that existed but whose TTL ran out (410, not 404)."""
+    async def expired(self, stream_id: str, owner_key: str | None = None) -> bool:
+        """True for a stream of `owner_key` that existed but whose TTL ran out (410, not 404).
+
+        Streams carry their owner's key id (`Stream.owner_key`): a store that keeps streams
+        elsewhere keeps it with their metadata, so another key gets 404, never 410."""
 
     async def cancel(self, stream_id: str, reason: str) -> bool | None:
         """Cancel a stream wherever it generates: True if cancelled, False if already ended, None if unknown."""

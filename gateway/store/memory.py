@@ -17,7 +17,7 @@ class MemoryStore:
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self.streams: dict[str, Stream] = {}
-        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._expired: OrderedDict[str, str | None] = OrderedDict()  # id -> owner
 
     async def open(self) -> None:
         pass
@@ -31,8 +31,8 @@ class MemoryStore:
     async def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
 
-    async def expired(self, stream_id: str) -> bool:
-        return stream_id in self._expired
+    async def expired(self, stream_id: str, owner_key: str | None = None) -> bool:
+        return stream_id in self._expired and self._expired[stream_id] == owner_key
 
     async def cancel(self, stream_id: str, reason: str) -> bool | None:
         stream = self.streams.get(stream_id)
@@ -48,11 +48,11 @@ class MemoryStore:
 
     def sweep(self, now: float) -> None:
         ttl = self.ttl_s
-        old = [s.id for s in self.streams.values()
+        old = [s for s in self.streams.values()
                if s.ended_at is not None and not s.subs and now - s.ended_at > ttl]
-        for sid in old:
-            del self.streams[sid]
-            self._expired[sid] = None
+        for s in old:
+            del self.streams[s.id]
+            self._expired[s.id] = s.owner_key
         while len(self._expired) > _TOMBSTONES:
             self._expired.popitem(last=False)
 

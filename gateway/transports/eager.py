@@ -36,6 +36,9 @@ async def finish(parked: Parked) -> None:
             if fut is None:
                 await asyncio.sleep(0)  # a bare yield
             else:
+                # The send yielded `fut` to us, not to a task, so nothing cleared its blocking flag;
+                # left set, the C Future refuses this await ("await wasn't used with future").
+                fut._asyncio_future_blocking = False
                 try:
                     await fut
                 except asyncio.CancelledError:

@@ -10,6 +10,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..codecs import ndjson, sse
 from ..events import Reconnect
+from ..guard import ABORT
 from .eager import Parked, finish, send_now
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class EventStream(Response):
         media = ndjson.MEDIA_TYPE if self.fmt == "ndjson" else sse.MEDIA_TYPE
         headers = streaming_headers(media, ctx.settings.x_accel_buffering, stream.id)
         stats.connections += 1
+        sub.abort = scope.get(ABORT)
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
@@ -87,6 +89,8 @@ class EventStream(Response):
         frames = self.frames
         heartbeat = ndjson.HEARTBEAT_LINE if self.fmt == "ndjson" else sse.HEARTBEAT_FRAME
         wait = stream.wait
+        clock = asyncio.get_running_loop().time
+        batch = self.ctx.settings.max_batch_bytes
         while True:
             sub.push = self._push
             await wait(sub)
@@ -94,6 +98,7 @@ class EventStream(Response):
             if self.parked is not None:
                 parked, self.parked = self.parked, None
                 await finish(parked)
+                sub.sending = 0.0
             if self.failed is not None:
                 raise self.failed
             if sub.gone:
@@ -107,6 +112,7 @@ class EventStream(Response):
             cursor, end = sub.cursor, len(log)
             drop = terminal = False
             if cursor < end:
+                end = log.batch_end(cursor, end, batch)
                 if sub.drop_at is not None and end >= sub.drop_at:
                     end, drop = sub.drop_at, True
                 body = frames(log, cursor, end)
@@ -117,12 +123,15 @@ class EventStream(Response):
                 body = heartbeat
             sub.beat = False
             stats.bytes += len(body)
+            sub.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
             await send({"type": "http.response.body", "body": body, "more_body": True})
+            if terminal and not drop:  # a separate send: it waits for the client to take the rest
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            sub.sending = 0.0
             if drop:
                 stats.drops += 1
                 raise DropConnection(stream.id)
             if terminal:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
 
     def _push(self, sub: Subscriber) -> bool:
@@ -134,6 +143,7 @@ class EventStream(Response):
         cursor, end = sub.cursor, len(log)
         if cursor >= end:
             return True
+        end = log.batch_end(cursor, end, self.ctx.settings.max_batch_bytes)
         body = self.frames(log, cursor, end)
         sub.cursor = end
         stats = self.ctx.stats[self.fmt]
@@ -144,4 +154,7 @@ class EventStream(Response):
         except Exception as exc:
             self.failed = exc
             return False
-        return self.parked is None
+        if self.parked is not None:
+            sub.sending = self.ctx.clock.now()  # blocked: the task finishes it, the sweep watches it
+            return False
+        return end == len(log)  # a capped batch: the task writes the rest

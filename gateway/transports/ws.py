@@ -15,6 +15,8 @@ from starlette.websockets import WebSocket
 
 from ..codecs import ws as codec
 from ..events import Reconnect
+from ..guard import ABORT, KEY
+from ..limits import Bucket
 from ..models import StreamRequest
 from ..problems import Problem
 from ..sources.base import PreStreamError
@@ -50,6 +52,9 @@ class WSSession:
         self.send = websocket.scope.get("gateway.send") or websocket.send
         self.parked: Parked | None = None  # a push whose send blocked: the pump finishes it
         self.failed: BaseException | None = None
+        self.key = websocket.scope.get(KEY)
+        rate = ctx.settings.ws_messages_per_s
+        self.bucket = Bucket(rate, 2 * rate, ctx.clock.now()) if rate else None
 
     async def run(self, stream: Stream | None = None, after: int = -1) -> None:
         """Serve the socket until the client leaves; attach to `stream` first if given."""
@@ -76,6 +81,10 @@ class WSSession:
             msg = await receive()
             if msg["type"] == "websocket.disconnect":
                 return True
+            if self.bucket is not None and self.bucket.take(self.ctx.clock.now()):
+                self.ctx.stats.refused["ws_rate"] += 1
+                await self._refuse("rate_limited", "too many control messages", codec.CLOSE_POLICY)
+                return False
             text = msg.get("text")
             if text is None:
                 await self._refuse("bad_message", "control messages are JSON text frames", codec.CLOSE_UNSUPPORTED)
@@ -108,13 +117,15 @@ class WSSession:
         ctx = self.ctx
         try:
             request = StreamRequest.model_validate(fields)
-            ctx.check_request(request)
-            stream = await ctx.registry.create(request, one_shot=True)
+            stream = await ctx.create(request, True, self.key)
         except ValidationError as exc:
             msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             await self._refuse("invalid_request", msg, codec.CLOSE_POLICY)
             return False
         except Problem as exc:
+            if exc.status == 429:  # a limit of the key, not a fault of this socket: it stays usable
+                await self.ws.send_text(error_text(exc.extra["code"], exc.detail, True))
+                return True
             close = {413: codec.CLOSE_TOO_BIG, 503: codec.CLOSE_TRY_AGAIN}.get(exc.status, codec.CLOSE_POLICY)
             if exc.extra.get("code") == "draining":
                 close = codec.CLOSE_RESTART
@@ -132,7 +143,7 @@ class WSSession:
 
     async def _resume(self, control: codec.Resume) -> None:
         try:
-            stream = await self.ctx.find(control.stream_id, control.after)
+            stream = await self.ctx.find(control.stream_id, control.after, self.key)
         except Problem as exc:
             await self.ws.send_text(error_text(exc.extra.get("code", f"http_{exc.status}"), exc.detail))
             return
@@ -142,6 +153,7 @@ class WSSession:
         self._stop(False)
         self.stream = stream
         self.sub = stream.attach(after, "ws", self.ctx.clock.now())
+        self.sub.abort = self.ws.scope.get(ABORT)
         if after >= 0:
             self.stats.resumes += 1
         self.pump = asyncio.get_running_loop().create_task(self._pump(stream, self.sub))
@@ -160,6 +172,8 @@ class WSSession:
 
     async def _pump(self, stream: Stream, sub: Subscriber) -> None:
         log, stats, send = stream.log, self.stats, self.send
+        clock = asyncio.get_running_loop().time
+        batch = self.ctx.settings.max_batch_bytes
         try:
             while True:
                 sub.push = self._push
@@ -168,6 +182,7 @@ class WSSession:
                 if self.parked is not None:
                     parked, self.parked = self.parked, None
                     await finish(parked)
+                    sub.sending = 0.0
                 if self.failed is not None:
                     failed, self.failed = self.failed, None
                     raise failed
@@ -177,6 +192,7 @@ class WSSession:
                     return
                 cursor, end = sub.cursor, len(log)
                 if cursor < end:
+                    end = log.batch_end(cursor, end, batch)
                     drop = sub.drop_at is not None and end >= sub.drop_at
                     if drop:
                         end = sub.drop_at
@@ -186,9 +202,11 @@ class WSSession:
                 else:
                     texts, drop, terminal = [codec.HEARTBEAT_TEXT], False, False
                 sub.beat = False
+                sub.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
                 for text in texts:
                     await send({"type": "websocket.send", "text": text})
                     stats.bytes += len(text)
+                sub.sending = 0.0
                 stats.events += len(texts) if cursor < end else 0
                 if drop:
                     stats.drops += 1
@@ -220,11 +238,13 @@ class WSSession:
         stream = self.stream
         if sub is not self.sub or sub.gone or sub.beat or sub.drop_at is not None or not stream.running:
             return False
-        cursor, end = sub.cursor, len(stream.log)
+        log = stream.log
+        cursor, end = sub.cursor, len(log)
         if cursor >= end:
             return True
+        end = log.batch_end(cursor, end, self.ctx.settings.max_batch_bytes)
         stats, send = self.stats, self.send
-        for text in stream.log.texts(cursor, end):
+        for text in log.texts(cursor, end):
             sub.cursor += 1
             stats.events += 1
             stats.bytes += len(text)
@@ -234,8 +254,9 @@ class WSSession:
                 self.failed = exc
                 return False
             if self.parked is not None:
+                sub.sending = self.ctx.clock.now()  # blocked: the pump finishes it, the sweep watches it
                 return False
-        return True
+        return end == len(log)  # a capped batch: the pump sends the rest
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
         await self.ws.send_text(error_text(code, message))

@@ -1,0 +1,108 @@
+"""API keys and attach tokens.
+
+A request names its key with `Authorization: Bearer <key>`. Browsers cannot
+set headers on EventSource or WebSocket, so `POST /v1/streams` also returns a
+short-lived attach token (in the attach URLs, `?token=`): an HMAC over the
+stream id, the key id and an expiry, good for that one stream only. Secrets
+are compared in constant time and never logged; logs carry the key id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from pathlib import Path
+
+from .problems import Problem
+from .settings import Settings
+
+__all__ = ["Auth", "Unauthorized"]
+
+
+class Unauthorized(Problem):
+    def __init__(self, detail: str) -> None:
+        super().__init__(401, "Unauthorized", detail, code="unauthorized")
+
+    def response(self):
+        response = super().response()
+        response.headers["WWW-Authenticate"] = 'Bearer realm="gateway"'
+        return response
+
+
+def _entries(settings: Settings) -> list[str]:
+    out = [e for e in settings.api_keys.split(",")]
+    if settings.api_keys_file:
+        out += Path(settings.api_keys_file).read_text().splitlines()
+    return [e.strip() for e in out if e.strip() and not e.strip().startswith("#")]
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Auth:
+    """Who is asking: a key id, or None when auth is off (every stream then has owner None)."""
+
+    def __init__(self, settings: Settings) -> None:
+        keys: list[tuple[bytes, str]] = []
+        for entry in _entries(settings):
+            name, sep, secret = entry.partition("=")
+            if not sep:
+                name, secret = "key-" + _digest(entry).hex()[:10], entry
+            keys.append((_digest(secret), name.strip()))
+        self.keys = keys
+        self.enabled = bool(keys)
+        if self.enabled and "*" in settings.allowed_origins:
+            raise ValueError("allowed_origins must list origins, not '*', when API keys are set")
+        self.ttl = settings.attach_token_ttl_s
+        self._secret = (settings.token_secret or secrets.token_hex(32)).encode()
+
+    def key_id(self, authorization: bytes | None) -> str | None:
+        """The key id for an `Authorization` header value; raises Unauthorized."""
+        if not self.enabled:
+            return None
+        if authorization is None:
+            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+        scheme, _, secret = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthorized("use Authorization: Bearer <key>")
+        digest = _digest(secret.strip())
+        found = None
+        for known, name in self.keys:  # no early exit: the time does not depend on which key matched
+            if hmac.compare_digest(digest, known):
+                found = name
+        if found is None:
+            raise Unauthorized("unknown API key")
+        return found
+
+    # -- attach tokens --------------------------------------------------------
+
+    def token(self, stream_id: str, key_id: str | None) -> str:
+        expires = int(time.time() + self.ttl)
+        payload = f"{expires}.{key_id or ''}"
+        return f"{_b64(payload.encode())}.{self._sign(stream_id, payload)}"
+
+    def check_token(self, token: str, stream_id: str) -> str | None:
+        """The key id a token was issued to, for this stream only; raises Unauthorized."""
+        head, _, mac = token.partition(".")
+        try:
+            payload = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)).decode()
+            expires, _, key_id = payload.partition(".")
+            expired = int(expires) < time.time()
+        except ValueError:
+            raise Unauthorized("malformed attach token") from None
+        if not hmac.compare_digest(mac.encode(), self._sign(stream_id, payload).encode()):
+            raise Unauthorized("invalid attach token")
+        if expired:
+            raise Unauthorized("attach token expired: ask GET /v1/streams/{id} for a new one")
+        return key_id or None
+
+    def _sign(self, stream_id: str, payload: str) -> str:
+        return _b64(hmac.new(self._secret, f"{stream_id}.{payload}".encode(), hashlib.sha256).digest()[:20])

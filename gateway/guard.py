@@ -1,0 +1,131 @@
+"""Who may come in, and how often: pure ASGI middleware, O(1) per request, nothing per event.
+
+`Edge` is the outermost layer: it refuses connections over the process limit
+(503 before accept) and notes how to abort the connection (for slow
+consumers). `Guard` sits inside CORS: API key or attach token, the
+WebSocket `Origin` allow-list, and the per-key request rate (429).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .problems import Problem
+
+if TYPE_CHECKING:
+    from .app import Context
+
+__all__ = ["Edge", "Guard", "cors", "KEY", "ABORT", "ATTACH_KINDS"]
+
+KEY = "gateway.key"  # scope entry: the caller's key id (None with auth off)
+ABORT = "gateway.abort"  # scope entry: drops the connection at once, buffered bytes and all
+ATTACH_KINDS = ("sse", "ndjson", "ws")
+
+
+async def refuse(exc: Problem, scope: Scope, receive: Receive, send: Send) -> None:
+    # On a WebSocket this is a denial response: the client sees the status and body before any accept.
+    await exc.response()(scope, receive, send)
+
+
+class Edge:
+    def __init__(self, app: ASGIApp, ctx: Context) -> None:
+        self.app = app
+        self.ctx = ctx
+        self.limit = ctx.settings.max_connections
+        self.open = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        if self.limit and self.open >= self.limit:
+            self.ctx.stats.refused["connections"] += 1
+            return await refuse(Problem(503, "Too many connections", f"this process serves at most {self.limit}",
+                                        retry_after=1, code="too_many_connections"), scope, receive, send)
+        # uvicorn's send is a method of the connection's protocol; its transport can abort. A transport
+        # that only closes waits for the peer to read what is buffered: a stalled reader never does.
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is not None:
+            scope[ABORT] = transport.abort
+        self.open += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open -= 1
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, ctx: Context) -> None:
+        self.app = app
+        self.ctx = ctx
+        s = ctx.settings
+        self.origins = set(s.allowed_origins)
+        self.check_origin = bool(self.origins) and "*" not in self.origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        try:
+            if kind == "websocket" and self.check_origin:
+                self._origin(scope)
+            scope[KEY] = key = self._key(scope)
+            ctx = self.ctx
+            if ctx.rates is not None:
+                wait = ctx.rates.take(key, ctx.clock.now())
+                if wait:
+                    ctx.stats.refused["rate"] += 1
+                    raise Problem(429, "Too many requests", f"over {ctx.rates.rate:g} requests per second for this key",
+                                  retry_after=wait, code="rate_limited")
+        except Problem as exc:
+            return await refuse(exc, scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _origin(self, scope: Scope) -> None:
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                if value.decode("latin-1") not in self.origins:
+                    self.ctx.stats.refused["origin"] += 1
+                    raise Problem(403, "Origin not allowed", "this origin may not open WebSockets here",
+                                  code="origin_not_allowed")
+                return
+
+    def _key(self, scope: Scope) -> str | None:
+        auth = self.ctx.auth
+        if not auth.enabled:
+            return None
+        header = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value
+                break
+        try:
+            if header is None:
+                token = _token(scope)
+                if token is not None:
+                    return auth.check_token(token, scope["path"].split("/")[3])
+            return auth.key_id(header)
+        except Problem:
+            self.ctx.stats.refused["unauthorized"] += 1
+            raise
+
+
+def _token(scope: Scope) -> str | None:
+    """`?token=` on an attach path only (GET .../{id}/sse|ndjson, WS .../{id}/ws)."""
+    parts = scope["path"].split("/")
+    if len(parts) != 5 or parts[2] != "streams" or parts[4] not in ATTACH_KINDS or not scope["query_string"]:
+        return None
+    values = parse_qs(scope["query_string"].decode("latin-1")).get("token")
+    return values[0] if values else None
+
+
+def cors(app: ASGIApp, ctx: Context) -> ASGIApp:
+    origins = ctx.settings.allowed_origins
+    return CORSMiddleware(
+        app, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        expose_headers=["Location", "X-Stream-Id", "Retry-After"], max_age=600,
+    )
