@@ -27,6 +27,8 @@ from string import Template
 
 import httpx
 
+from .procs import free_port
+
 __all__ = ["Lab", "Proxy", "PROXIES", "GATEWAYS", "LAB_DIR", "VARIABLES", "render", "find_tool", "measure", "run"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,12 +92,6 @@ def redis_store_available() -> bool:
     return importlib.util.find_spec("gateway.store.redis") is not None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class _Child:
     name: str
@@ -135,7 +131,7 @@ class Lab:
         self.stop()
 
     def _port(self, offset: int) -> int:
-        return _free_port(self.host) if self.port == 0 else self.port + offset
+        return free_port(self.host) if self.port == 0 else self.port + offset
 
     def _spawn(self, name: str, argv: list[str], port: int, health: str | None, stage: int, **kw) -> str:
         url = f"http://{self.host}:{port}"

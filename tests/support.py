@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,14 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.procs import free_port, stop
+
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require(tool: str) -> str:
@@ -48,16 +43,6 @@ def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 2
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
-def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Gateway:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.procs import free_port
+
 from .peers import PEERS
 
 __all__ = ["main", "run_one", "table"]
@@ -31,12 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # What the benchmark sets on the gateway: quiet logs; ended streams kept 2 s
 # instead of 300 s (resume still works), so RSS growth measures open streams.
 GATEWAY_ENV = {"GATEWAY_LOG_LEVEL": "warning", "GATEWAY_TTL_S": "2"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cores() -> tuple[set[int], set[int]]:
