@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .sources.base import Generation
 
 __all__ = ["Stream", "Subscriber", "RUNNING", "DONE", "FAILED"]
+
+log = logging.getLogger("gateway.stream")
 
 RUNNING, DONE, FAILED = "running", "done", "error"
 RESUMABLE = ("sse", "ndjson", "ws")  # transports whose clients can resume elsewhere (not chat, complete)
