@@ -24,7 +24,7 @@ from .journal import configure as configure_journal
 from .limits import Buckets
 from .metrics import Stats
 from .middleware import BodyLimit
-from . import malloc, openapi
+from . import memory, openapi
 from .models import StreamRequest
 from .page import add_page
 from .problems import Problem, problem
@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Streams make few reference cycles: collect young objects 70x less often
         # (measured: the collector's CPU fell from ~7% to ~4% at 1,000 streams).
         gc.set_threshold(50_000, 20, 100)
-        malloc.set_mmap_threshold(settings.malloc_mmap_threshold)
+        memory.set_mmap_threshold(settings.malloc_mmap_threshold)
         yield
         for stream in ctx.store.local():
             stream.cancel("shutdown")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 
-from . import malloc
+from . import memory
 from .clock import Clock
 from .journal import Journal
 from .metrics import Stats
@@ -41,11 +41,11 @@ class Registry:
         self.sources.update(build_sources(settings.models, settings.idle_timeout_s))
         self.journal = Journal(settings)
         self.running: Counter[str | None] = Counter()  # streams generating, by owner key id
-        self.trim_at = float("inf")  # next malloc_trim, on the sweep
+        self.reclaim_at = float("inf")  # next full GC and malloc_trim, on the sweep
 
     def start(self) -> None:
-        if self.settings.malloc_trim_s:
-            self.trim_at = self.clock.now() + self.settings.malloc_trim_s
+        if self.settings.reclaim_s:
+            self.reclaim_at = self.clock.now() + self.settings.reclaim_s
         self.clock.every(self.settings.sweep_s, self.sweep)
 
     async def aclose(self) -> None:
@@ -153,6 +153,6 @@ class Registry:
             if not stream.subs and stream.detached_since is not None and now - stream.detached_since >= grace:
                 stream.cancel("detached")
         self.store.sweep(now)
-        if now >= self.trim_at:  # freed memory inside the heap goes back to the system (gateway/malloc.py)
-            self.trim_at = now + s.malloc_trim_s
-            malloc.trim()
+        if now >= self.reclaim_at:  # cycles freed, heap pages returned (gateway/memory.py)
+            self.reclaim_at = now + s.reclaim_s
+            memory.reclaim()

@@ -96,11 +96,11 @@ class Settings(BaseSettings):
     # One write holds at most about this much (NDJSON bytes): what a stalled connection pins.
     max_batch_bytes: int = Field(65_536, gt=0)
     max_lag_bytes: int = Field(4 * 1_048_576, gt=0)
-    # The C allocator (glibc; gateway/malloc.py): buffers this large or larger are mmapped and go
-    # back to the system when freed (0: glibc's own adaptive bound, which let RSS grow in the soak);
-    # the sweep returns the heap's free pages every `malloc_trim_s` seconds (0: never).
+    # Memory (gateway/memory.py): buffers this large or larger are mmapped, so they go back to the
+    # system when freed (0: glibc's adaptive bound, which let the heap grow in the soak); every
+    # `reclaim_s` the sweep runs a full GC and malloc_trim (0: never).
     malloc_mmap_threshold: int = Field(131_072, ge=0)
-    malloc_trim_s: float = Field(60.0, ge=0)
+    reclaim_s: float = Field(30.0, ge=0)
 
     @property
     def sweep_s(self) -> float:
