@@ -126,7 +126,12 @@ class _App(FastAPI):
         # The server's own `send`, under every middleware: streams write their
         # events through it (after the response start went the usual way).
         scope["gateway.send"] = send
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # `send` is bound to uvicorn's request cycle, which holds this scope: left here, the
+            # cycle and all it holds (transport, buffers) waited for a full GC (gateway/memory.py).
+            scope.pop("gateway.send", None)
 
 
 class _QuietDrops(logging.Filter):
