@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     # system when freed (0: glibc's adaptive bound, which let the heap grow in the soak); every
     # `reclaim_s` the sweep runs a full GC and malloc_trim (0: never).
     malloc_mmap_threshold: int = Field(131_072, ge=0)
-    reclaim_s: float = Field(30.0, ge=0)
+    reclaim_s: float = Field(60.0, ge=0)
 
     @property
     def sweep_s(self) -> float:
