@@ -1,11 +1,11 @@
 """Give freed memory back: Python's reference cycles and glibc's heap (a no-op elsewhere).
 
-Two things made a long soak's RSS grow while the memory in use stayed flat (README "Soak"):
+Two things made a long soak's RSS grow although no stream leaked (README "Soak"):
 
-- Cycles. uvicorn's per-connection objects (protocol, transport, request cycle) are reference
-  cycles that only the cyclic GC frees. With the thresholds set at startup (app.py) the collector
-  runs on allocation counts that a steady server rarely reaches, so they piled up; the sweep runs
-  a full collection every `reclaim_s` instead.
+- Cycles. With the GC thresholds set at startup (app.py) the collector runs on allocation counts
+  that a steady server rarely reaches, so objects in reference cycles piled up: every request's
+  (through the scope, fixed in app.py) and still every HTTP connection's (uvicorn's protocol and
+  its parser hold each other). The sweep runs a full collection every `reclaim_s`.
 - Heap holes. glibc serves a request below its mmap threshold from the heap, and raises that
   threshold to the size of every mmapped block it frees (up to 32 MiB). Once a large stream log
   or write buffer was freed, later large buffers, which grow by realloc, came from the heap and
