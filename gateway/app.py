@@ -19,7 +19,7 @@ from .chat import add_openai_routes
 from .clock import Clock
 from .codecs import sse
 from .events import Reconnect
-from .guard import KEY, Edge, Guard, cors
+from .guard import KEY, Edge, Guard, cors, defer
 from .journal import configure as configure_journal
 from .limits import Buckets
 from .metrics import Stats
@@ -279,7 +279,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.websocket("/v1/ws")
     async def ws_session(websocket: WebSocket) -> None:
         await websocket.accept()
-        await WSSession(ctx, websocket).run()
+        session = WSSession(ctx, websocket)
+        if not defer(websocket.scope, session.run):
+            await session.run()
 
     @app.websocket("/v1/streams/{stream_id}/ws")
     async def ws_attach(websocket: WebSocket, stream_id: str) -> None:
@@ -293,7 +295,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await websocket.accept()
         if after >= 0:
             ctx.stats["ws"].resumes += 1
-        await WSSession(ctx, websocket).run(stream, after)
+        session = WSSession(ctx, websocket)
+        if not defer(websocket.scope, lambda: session.run(stream, after)):
+            await session.run(stream, after)
 
     @app.post("/v1/complete", responses=openapi.COMPLETE)
     async def complete(body: StreamRequest, request: Request) -> JSONResponse:

@@ -10,7 +10,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..codecs import ndjson, sse
 from ..events import Reconnect
-from ..guard import ABORT
+from ..guard import ABORT, defer
 from .eager import Parked, finish, send_now
 
 if TYPE_CHECKING:
@@ -53,6 +53,10 @@ class EventStream(Response):
         self.failed: BaseException | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not defer(scope, lambda: self.run(scope, receive, send)):
+            await self.run(scope, receive, send)
+
+    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx, stream, sub = self.ctx, self.stream, self.sub
         stats = ctx.stats[self.fmt]
         media = ndjson.MEDIA_TYPE if self.fmt == "ndjson" else sse.MEDIA_TYPE
