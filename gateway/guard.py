@@ -57,9 +57,21 @@ class Edge:
             await self.app(scope, receive, send)
             run = scope.pop(DEFER, None)
             if run is not None:
+                _shed(scope)
                 await run()
         finally:
             self.open -= 1
+
+
+# Entries the ASGI spec defines, and ours: the scope lives as long as the connection.
+_KEEP = frozenset(("type", "asgi", "http_version", "server", "client", "scheme", "method", "root_path", "path",
+                   "raw_path", "query_string", "headers", "subprotocols", "state", "extensions"))
+
+
+def _shed(scope: Scope) -> None:
+    """Drop what the router and FastAPI left in the scope (their exit stacks, the route, the app)."""
+    for name in [n for n in scope if n not in _KEEP and not n.startswith("gateway.")]:
+        del scope[name]
 
 
 def defer(scope: Scope, run: Callable[[], Awaitable[None]]) -> bool:
