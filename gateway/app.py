@@ -32,7 +32,7 @@ from .registry import Registry, UnknownModel
 from .settings import Settings, get_settings
 from .sources.base import PreStreamError
 from .store import make_store
-from .stream import Stream
+from .stream import Stream, set_write_window
 from .transports import DropConnection, EventStream, WSSession
 
 __all__ = ["create_app", "Context"]
@@ -157,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
         configure_journal(settings)
+        set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()
         ctx.registry.start()
         # Everything alive now lives for the process: keep the cyclic GC from rescanning it.

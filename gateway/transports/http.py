@@ -11,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 from ..codecs import ndjson, sse
 from ..events import Reconnect
 from ..guard import ABORT, defer
+from .direct import Writer, http_writer
 from .eager import Parked, finish, send_now
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class EventStream(Response):
         self.send: Send | None = None
         self.parked: Parked | None = None  # a push whose send blocked: the task finishes it
         self.failed: BaseException | None = None
+        self.write: Writer | None = None  # the push path's write without `send` (direct.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not defer(scope, lambda: self.run(scope, receive, send)):
@@ -71,6 +73,7 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": sse.retry(ctx.settings.sse_retry_ms),
                             "more_body": True})
             self.send = scope.get("gateway.send", send)
+            self.write = http_writer(self.send)
             await self._pump(self.send, stats)
         finally:
             watcher.cancel()
@@ -153,6 +156,9 @@ class EventStream(Response):
         stats = self.ctx.stats[self.fmt]
         stats.events += end - cursor
         stats.bytes += len(body)
+        write = self.write
+        if write is not None and write(body):
+            return end == len(log)  # a capped batch: the task writes the rest
         try:
             self.parked = send_now(self.send, {"type": "http.response.body", "body": body, "more_body": True})
         except Exception as exc:

@@ -20,6 +20,7 @@ from ..limits import Bucket
 from ..models import StreamRequest
 from ..problems import Problem
 from ..sources.base import PreStreamError
+from .direct import Writer, ws_writer
 from .eager import Parked, finish, send_now
 from .http import DropConnection
 
@@ -52,6 +53,7 @@ class WSSession:
         self.send = websocket.scope.get("gateway.send") or websocket.send
         self.parked: Parked | None = None  # a push whose send blocked: the pump finishes it
         self.failed: BaseException | None = None
+        self.write: Writer | None = None  # the push path's write without `send` (direct.py), once open
         self.key = websocket.scope.get(KEY)
         rate = ctx.settings.ws_messages_per_s
         self.bucket = Bucket(rate, 2 * rate, ctx.clock.now()) if rate else None
@@ -151,6 +153,8 @@ class WSSession:
 
     def _attach(self, stream: Stream, after: int) -> None:
         self._stop(False)
+        if self.write is None:
+            self.write = ws_writer(self.send)
         self.stream = stream
         self.sub = stream.attach(after, "ws", self.ctx.clock.now())
         self.sub.abort = self.ws.scope.get(ABORT)
@@ -243,7 +247,14 @@ class WSSession:
         if cursor >= end:
             return True
         end = log.batch_end(cursor, end, self.ctx.settings.max_batch_bytes)
-        stats, send = self.stats, self.send
+        stats, send, write = self.stats, self.send, self.write
+        if write is not None:
+            frames = log.ws_frames(cursor, end)
+            if write(frames):
+                sub.cursor = end
+                stats.events += end - cursor
+                stats.bytes += log.ends[end - 1] - (log.ends[cursor - 1] if cursor else 0) - (end - cursor)
+                return end == len(log)  # a capped batch: the pump sends the rest
         for text in log.texts(cursor, end):
             sub.cursor += 1
             stats.events += 1

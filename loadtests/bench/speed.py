@@ -79,9 +79,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def server_command(server: str, port: int) -> tuple[list[str], dict[str, str]]:
-    if server == "gateway":
+    if server.startswith("gateway"):
+        # "gateway w40": the gateway with a 40 ms write window (each connection writes once per window).
+        window = server.partition(" w")[2] or "0"
         return ([sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                GATEWAY_ENV)
+                {**GATEWAY_ENV, "GATEWAY_WRITE_WINDOW_MS": window})
     return [sys.executable, "-m", "loadtests.bench.peers", server, str(port)], {}
 
 
@@ -101,13 +103,13 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
                 "--n", str(n), "--server-pid", str(proc.pid), "--tokens", str(args.tokens),
                 "--itl-ms", str(args.itl_ms), "--ttft-ms", str(args.ttft_ms), "--ramp", str(args.ramp),
                 "--warmup", str(args.warmup), "--duration", str(args.duration)]
-        if server == "gateway":
+        if server.startswith("gateway"):
             load.append("--check-text")
         client = subprocess.Popen(load, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                   preexec_fn=lambda: (os.sched_setaffinity(0, client_core), _prioritize(nice)))
         timeout = args.ramp + args.warmup + args.duration + args.tokens * args.itl_ms / 1000 + 60
-        if args.profile and server == "gateway":
-            profile(proc.pid, args, args.profile / f"{server}-{transport}-{n}.txt")
+        if args.profile and server.startswith("gateway"):
+            profile(proc.pid, args, args.profile / f"{server.replace(' ', '-')}-{transport}-{n}.txt")
         out, _ = client.communicate(timeout=timeout)
         if client.returncode != 0:
             raise RuntimeError(f"load client failed ({client.returncode})")
@@ -136,7 +138,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in rows:
         g = gw.get((r["transport"], r["n"]))
-        ratio = "" if g is None or r["server"] == "gateway" else f"{r['us_per_event'] / g['us_per_event']:.1f}x"
+        ratio = "" if g is None or r["server"].startswith("gateway") else f"{r['us_per_event'] / g['us_per_event']:.1f}x"
         cells = (r["transport"], r["n"], r["server"], f"{r['events_per_s']:.0f}",
                  f"{r['events_per_s'] / r['offered_per_s']:.0%}", f"{r['us_per_event']:.1f}",
                  f"{r['late_p50_ms']:.0f}", f"{r['late_p99_ms']:.0f}", f"{r['start_p99_ms']:.0f}",
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transports", default="sse,ndjson,ws")
     p.add_argument("--peers", default="all", help="'all', 'none', or a comma-separated list of "
                    + ", ".join(PEERS))
+    p.add_argument("--windows", default="0", help="gateway write windows in ms, comma-separated (0: one "
+                   "write per event; e.g. 0,40 adds a 'gateway w40' row)")
     p.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     p.add_argument("--itl-ms", type=float, default=20.0, help="gap between tokens (20 ms = 50 tokens/s)")
     p.add_argument("--ttft-ms", type=float, default=100.0)
@@ -169,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for transport in transports:
         for n in ns:
-            for server in ["gateway", *[q for q in peers if transport in PEERS[q]]]:
+            gateways = ["gateway" if w in ("0", "") else f"gateway w{w}" for w in args.windows.split(",")]
+            for server in [*gateways, *[q for q in peers if transport in PEERS[q]]]:
                 try:
                     row = run_one(server, transport, n, args)
                 except Exception as exc:  # a peer that falls over is a result, not a crash
