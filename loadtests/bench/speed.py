@@ -90,6 +90,7 @@ def server_command(server: str, port: int) -> tuple[list[str], dict[str, str]]:
 def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> dict:
     """One server, one transport, one N: a fresh server process, measured by a fresh client process."""
     server_core, client_core = _cores()
+    ramp = _ramp(args, n)
     port = free_port()
     cmd, env = server_command(server, port)
     nice = -args.priority
@@ -101,15 +102,15 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
         time.sleep(0.5)  # let start-up settle before the idle RSS is read
         load = [sys.executable, "-m", "loadtests.bench.load", "--port", str(port), "--transport", transport,
                 "--n", str(n), "--server-pid", str(proc.pid), "--tokens", str(args.tokens),
-                "--itl-ms", str(args.itl_ms), "--ttft-ms", str(args.ttft_ms), "--ramp", str(args.ramp),
+                "--itl-ms", str(args.itl_ms), "--ttft-ms", str(args.ttft_ms), "--ramp", str(ramp),
                 "--warmup", str(args.warmup), "--duration", str(args.duration)]
         if server.startswith("gateway"):
             load.append("--check-text")
         client = subprocess.Popen(load, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                   preexec_fn=lambda: (os.sched_setaffinity(0, client_core), _prioritize(nice)))
-        timeout = args.ramp + args.warmup + args.duration + args.tokens * args.itl_ms / 1000 + 60
+        timeout = ramp + args.warmup + args.duration + args.tokens * args.itl_ms / 1000 + 60
         if args.profile and server.startswith("gateway"):
-            profile(proc.pid, args, args.profile / f"{server.replace(' ', '-')}-{transport}-{n}.txt")
+            profile(proc.pid, ramp + args.warmup, args, args.profile / f"{server.replace(' ', '-')}-{transport}-{n}.txt")
         out, _ = client.communicate(timeout=timeout)
         if client.returncode != 0:
             raise RuntimeError(f"load client failed ({client.returncode})")
@@ -120,10 +121,14 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
     return row
 
 
-def profile(pid: int, args: argparse.Namespace, out: Path) -> None:
+def _ramp(args: argparse.Namespace, n: int) -> float:
+    return args.ramp if args.ramp is not None else max(2.0, n / 400)
+
+
+def profile(pid: int, delay: float, args: argparse.Namespace, out: Path) -> None:
     """py-spy over the measured window (folded stacks, with native frames off), for finding the hot path."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    time.sleep(args.ramp + args.warmup)
+    time.sleep(delay)
     subprocess.run(["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.duration)), "--rate", "250",
                     "--format", "raw", "--output", str(out)], check=False, capture_output=True)
 
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     p.add_argument("--itl-ms", type=float, default=20.0, help="gap between tokens (20 ms = 50 tokens/s)")
     p.add_argument("--ttft-ms", type=float, default=100.0)
-    p.add_argument("--ramp", type=float, default=2.0)
+    p.add_argument("--ramp", type=float, help="seconds to open the N streams (default N/400, at least 2: "
+                   "a faster burst of new streams queues their requests for seconds at 2,000)")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--priority", type=int, default=0, metavar="K",
