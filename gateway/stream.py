@@ -154,6 +154,7 @@ class Stream:
         self.finish_reason: str | None = None
         self.error_code: str | None = None
         self._hash = hashlib.sha256()
+        self._unhashed: list[str] = []  # texts not yet fed to the hash: fed 64 at a time, not per token
         self.generation: Generation | None = None
         self.drop_after = drop_after
         self.info = info or {}
@@ -172,8 +173,13 @@ class Stream:
         if self.status is not RUNNING:
             return
         self.tokens += 1
-        self._hash.update(text.encode())
-        self.log.append(_TOKEN, token_json(len(self.log), text))
+        unhashed = self._unhashed
+        unhashed.append(text)
+        if len(unhashed) == 64:
+            self._hash.update("".join(unhashed).encode())
+            unhashed.clear()
+        log = self.log
+        log.append(_TOKEN, token_json(len(log.ends), text))
         if self.tokens == 1:
             self._on_event(self, "first_token")
         if self.on_append is not None:
@@ -231,6 +237,9 @@ class Stream:
 
     @property
     def sha256(self) -> str:
+        if self._unhashed:
+            self._hash.update("".join(self._unhashed).encode())
+            self._unhashed.clear()
         return self._hash.hexdigest()
 
     @property
