@@ -20,6 +20,7 @@ from ..limits import Bucket
 from ..models import StreamRequest
 from ..problems import Problem
 from ..sources.base import PreStreamError
+from ..stream import RUNNING
 from .direct import Writer, ws_writer
 from .eager import Parked, finish, send_now
 from .http import DropConnection
@@ -43,6 +44,7 @@ class WSSession:
         self.ctx = ctx
         self.ws = websocket
         self.stats = ctx.stats["ws"]
+        self.batch = ctx.settings.max_batch_bytes
         self.stream: Stream | None = None
         self.sub: Subscriber | None = None
         self.pump: asyncio.Task | None = None
@@ -240,13 +242,14 @@ class WSSession:
     def _push(self, sub: Subscriber) -> bool:
         """Send the new events from the batch flush; False hands anything unusual to the pump."""
         stream = self.stream
-        if sub is not self.sub or sub.gone or sub.beat or sub.drop_at is not None or not stream.running:
+        if sub is not self.sub or sub.gone or sub.beat or sub.drop_at is not None or stream.status is not RUNNING:
             return False
         log = stream.log
-        cursor, end = sub.cursor, len(log)
+        cursor, end = sub.cursor, len(log.ends)
         if cursor >= end:
             return True
-        end = log.batch_end(cursor, end, self.ctx.settings.max_batch_bytes)
+        last = end
+        end = log.batch_end(cursor, end, self.batch)
         stats, send, write = self.stats, self.send, self.write
         if write is not None:
             frames = log.ws_frames(cursor, end)
@@ -254,7 +257,7 @@ class WSSession:
                 sub.cursor = end
                 stats.events += end - cursor
                 stats.bytes += log.ends[end - 1] - (log.ends[cursor - 1] if cursor else 0) - (end - cursor)
-                return end == len(log)  # a capped batch: the pump sends the rest
+                return end == last  # a capped batch: the pump sends the rest
         for text in log.texts(cursor, end):
             sub.cursor += 1
             stats.events += 1
