@@ -55,3 +55,32 @@ def test_without_a_window_each_event_is_its_own_write():
 def test_the_window_is_bounded():
     with pytest.raises(RuntimeError, match="exited"):  # refused at start-up: over 1000 ms
         Gateway({"GATEWAY_WRITE_WINDOW_MS": "5000"})
+
+
+def test_a_window_coalesces_websocket_frames():
+    """WebSocket frames cannot be told apart by writes on the client side: count arrival bursts instead."""
+    import asyncio
+    import time
+
+    from websockets.asyncio.client import connect
+
+    from gateway.codecs import ws
+
+    async def go(url: str) -> tuple[str, int]:
+        text, arrivals = [], []
+        async with connect(url + "/v1/ws", compression=None) as sock:
+            await sock.send(ws.start(**BODY))
+            async for message in sock:
+                event = orjson.loads(message)
+                if event["type"] == "token":
+                    text.append(event["text"])
+                    arrivals.append(time.monotonic())
+                elif event["type"] in ("done", "error"):
+                    break
+        bursts = 1 + sum(b - a > 0.005 for a, b in zip(arrivals, arrivals[1:]))
+        return "".join(text), bursts
+
+    with gateway({"GATEWAY_WRITE_WINDOW_MS": "250"}) as gw:
+        text, bursts = asyncio.run(go(gw.ws_url))
+    assert text == expected_text("window", 5, TOKENS)
+    assert bursts <= 15, bursts  # ~8 windows of 250 ms; without a window, 100 tokens 20 ms apart
