@@ -19,7 +19,7 @@ from .chat import add_openai_routes
 from .clock import Clock
 from .codecs import sse
 from .events import Reconnect
-from .guard import KEY, Edge, Guard, cors
+from .guard import KEY, Edge, Guard, cors, defer
 from .journal import configure as configure_journal
 from .limits import Buckets
 from .metrics import Stats
@@ -32,7 +32,7 @@ from .registry import Registry, UnknownModel
 from .settings import Settings, get_settings
 from .sources.base import PreStreamError
 from .store import make_store
-from .stream import Stream
+from .stream import Stream, set_write_window
 from .transports import DropConnection, EventStream, WSSession
 
 __all__ = ["create_app", "Context"]
@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
         configure_journal(settings)
+        set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()
         ctx.registry.start()
         # Everything alive now lives for the process: keep the cyclic GC from rescanning it.
@@ -285,7 +286,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.websocket("/v1/ws")
     async def ws_session(websocket: WebSocket) -> None:
         await websocket.accept()
-        await WSSession(ctx, websocket).run()
+        session = WSSession(ctx, websocket)
+        if not defer(websocket.scope, session.run):
+            await session.run()
 
     @app.websocket("/v1/streams/{stream_id}/ws")
     async def ws_attach(websocket: WebSocket, stream_id: str) -> None:
@@ -299,7 +302,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await websocket.accept()
         if after >= 0:
             ctx.stats["ws"].resumes += 1
-        await WSSession(ctx, websocket).run(stream, after)
+        session = WSSession(ctx, websocket)
+        if not defer(websocket.scope, lambda: session.run(stream, after)):
+            await session.run(stream, after)
 
     @app.post("/v1/complete", responses=openapi.COMPLETE)
     async def complete(body: StreamRequest, request: Request) -> JSONResponse:

@@ -8,7 +8,7 @@ WebSocket `Origin` allow-list, and the per-key request rate (429).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from starlette.middleware.cors import CORSMiddleware
@@ -19,10 +19,11 @@ from .problems import Problem
 if TYPE_CHECKING:
     from .app import Context
 
-__all__ = ["Edge", "Guard", "cors", "KEY", "ABORT", "ATTACH_KINDS"]
+__all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ABORT", "DEFER", "ATTACH_KINDS"]
 
 KEY = "gateway.key"  # scope entry: the caller's key id (None with auth off)
 ABORT = "gateway.abort"  # scope entry: drops the connection at once, buffered bytes and all
+DEFER = "gateway.defer"  # scope entry: what to run once every layer inside the edge has returned
 ATTACH_KINDS = ("sse", "ndjson", "ws")
 
 
@@ -51,10 +52,40 @@ class Edge:
         if transport is not None:
             scope[ABORT] = transport.abort
         self.open += 1
+        scope[DEFER] = None
         try:
             await self.app(scope, receive, send)
+            run = scope.pop(DEFER, None)
+            if run is not None:
+                _shed(scope)
+                await run()
         finally:
             self.open -= 1
+
+
+# Entries the ASGI spec defines, and ours: the scope lives as long as the connection.
+_KEEP = frozenset(("type", "asgi", "http_version", "server", "client", "scheme", "method", "root_path", "path",
+                   "raw_path", "query_string", "headers", "subprotocols", "state", "extensions"))
+
+
+def _shed(scope: Scope) -> None:
+    """Drop what the router and FastAPI left in the scope (their exit stacks, the route, the app)."""
+    for name in [n for n in scope if n not in _KEEP and not n.startswith("gateway.")]:
+        del scope[name]
+
+
+def defer(scope: Scope, run: Callable[[], Awaitable[None]]) -> bool:
+    """Have the edge run `run` after the app returns; False when there is no edge (run it now).
+
+    A stream lasts minutes; run inside the app, it would keep a coroutine frame
+    and the request objects of every middleware and router layer alive all
+    that time (about a third of a connection's memory). Run from the edge,
+    those are freed once the handler has answered.
+    """
+    if DEFER not in scope or scope[DEFER] is not None:
+        return False
+    scope[DEFER] = run
+    return True
 
 
 class Guard:

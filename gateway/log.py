@@ -11,6 +11,8 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 
+from .codecs.ws import text_frame
+
 __all__ = ["EventLog", "KINDS"]
 
 KINDS = ("meta", "token", "error", "done")
@@ -61,6 +63,17 @@ class EventLog:
             out.append(_SSE % (i, _NAMES[kinds[i]], lines[at : e - 1]))
             at = e
         return b"".join(out)
+
+    def ws_frames(self, start: int, end: int) -> bytes:
+        """Events [start, end) as WebSocket text frames, one per event, in one piece."""
+        lines, ends = self.lines, self.ends
+        at = ends[start - 1] if start else 0
+        out = []
+        for i in range(start, end):
+            e = ends[i]
+            out.append(text_frame(lines[at : e - 1]))
+            at = e
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def json(self, i: int) -> bytes:
         return bytes(self.lines[self.ends[i - 1] if i else 0 : self.ends[i] - 1])

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # One write holds at most about this much (NDJSON bytes): what a stalled connection pins.
     max_batch_bytes: int = Field(65_536, gt=0)
     max_lag_bytes: int = Field(4 * 1_048_576, gt=0)
+    # 0: each event is written as it comes. Above 0, each connection writes at most once per
+    # window, all that came due in it: fewer writes (CPU) for up to this much added latency.
+    write_window_ms: float = Field(0.0, ge=0, le=1000)
     # Memory (gateway/memory.py): buffers this large or larger are mmapped, so they go back to the
     # system when freed (0: glibc's adaptive bound, which let the heap grow in the soak); every
     # `reclaim_s` the sweep runs a full GC and malloc_trim (0: never).

@@ -28,7 +28,7 @@ from .log import KIND, EventLog
 if TYPE_CHECKING:
     from .sources.base import Generation
 
-__all__ = ["Stream", "Subscriber", "RUNNING", "DONE", "FAILED"]
+__all__ = ["Stream", "Subscriber", "set_write_window", "RUNNING", "DONE", "FAILED"]
 
 log = logging.getLogger("gateway.stream")
 
@@ -38,19 +38,30 @@ _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND[
 
 
 class _Batch:
-    """Subscribers woken during the current loop callback, flushed right after it."""
+    """Subscribers woken during the current loop callback, flushed right after it.
 
-    __slots__ = ("subs", "loop")
+    With a write window (`write_window_ms`), the flush waits for the window's
+    end instead: a connection then writes at most once per window, however many
+    events came due in it. Fewer writes (the kernel's share of the CPU is one
+    write per event otherwise), for up to one window of added latency.
+    """
+
+    __slots__ = ("subs", "loop", "window")
 
     def __init__(self) -> None:
         self.subs: list[Subscriber] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.window = 0.0
 
     def add(self, sub: Subscriber) -> None:
         if self.loop is None or self.loop.is_closed():  # (a loop that died with a flush pending)
             self.subs.clear()
-            self.loop = asyncio.get_running_loop()
-            self.loop.call_soon(self.flush)
+            self.loop = loop = asyncio.get_running_loop()
+            window = self.window
+            if window:
+                loop.call_at((loop.time() // window + 1) * window, self.flush)
+            else:
+                loop.call_soon(self.flush)
         self.subs.append(sub)
 
     def flush(self) -> None:
@@ -68,6 +79,11 @@ class _Batch:
 
 
 _batch = _Batch()
+
+
+def set_write_window(seconds: float) -> None:
+    """Coalesce each connection's writes over windows this long (0: write as events come)."""
+    _batch.window = seconds
 
 
 class Subscriber:
@@ -138,6 +154,7 @@ class Stream:
         self.finish_reason: str | None = None
         self.error_code: str | None = None
         self._hash = hashlib.sha256()
+        self._unhashed: list[str] = []  # texts not yet fed to the hash: fed 64 at a time, not per token
         self.generation: Generation | None = None
         self.drop_after = drop_after
         self.info = info or {}
@@ -156,8 +173,13 @@ class Stream:
         if self.status is not RUNNING:
             return
         self.tokens += 1
-        self._hash.update(text.encode())
-        self.log.append(_TOKEN, token_json(len(self.log), text))
+        unhashed = self._unhashed
+        unhashed.append(text)
+        if len(unhashed) == 64:
+            self._hash.update("".join(unhashed).encode())
+            unhashed.clear()
+        log = self.log
+        log.append(_TOKEN, token_json(len(log.ends), text))
         if self.tokens == 1:
             self._on_event(self, "first_token")
         if self.on_append is not None:
@@ -215,6 +237,9 @@ class Stream:
 
     @property
     def sha256(self) -> str:
+        if self._unhashed:
+            self._hash.update("".join(self._unhashed).encode())
+            self._unhashed.clear()
         return self._hash.hexdigest()
 
     @property

@@ -217,3 +217,26 @@ def test_ws_control_fuzz(obj):
         assert isinstance(control.request, dict) and "type" not in control.request
     else:
         assert control == ws.Cancel()
+
+
+@given(st.binary(max_size=70_000))
+@settings(max_examples=60, deadline=None)
+def test_ws_text_frame_is_what_the_websocket_library_writes(payload):
+    from websockets.frames import Frame, Opcode
+
+    assert ws.text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+
+
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=20))
+def test_log_ws_frames_are_one_frame_per_event(texts):
+    from websockets.frames import Frame, Opcode
+
+    from gateway.events import token_json
+    from gateway.log import KIND, EventLog
+
+    log = EventLog()
+    for i, text in enumerate(texts):
+        log.append(KIND["token"], token_json(i, text))
+    expected = b"".join(Frame(Opcode.TEXT, token_json(i, t)).serialize(mask=False, extensions=[])
+                        for i, t in enumerate(texts))
+    assert log.ws_frames(0, len(texts)) == expected

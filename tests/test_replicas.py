@@ -361,3 +361,32 @@ def test_resume_past_the_real_end_on_a_mirror_is_still_refused(pair):
                    "ws-attach": (409, "past_end")}
     assert running == "running"  # refused while it ran: not because it had ended
     assert elapsed < 15  # a bounded wait (2 s), not one until the stream gets there (18 s)
+
+
+def test_a_mirror_logs_its_clients_lifecycle(pair, redis, tmp_path):
+    """The replica serving a stream it does not generate writes attached/resumed/cut lines for its clients."""
+    a = pair[0]
+    log = tmp_path / "b.jsonl"
+    b = Gateway({**FAST, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_LOG_FILE": str(log), "GATEWAY_LOG_LEVEL": "info"})
+    try:
+        async def go():
+            async with Client(a.url) as ca, Client(b.url) as cb:
+                sid = (await ca.create("journal", max_tokens=30, seed=2, sim=SIM))["id"]
+                last, _ = await read_until(cb, "ndjson", sid, 10)
+                rest = await cb.stream("sse", stream_id=sid, after=last)
+                return sid, last, rest
+
+        sid, last, rest = run(go())
+        assert rest.done is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            records = [orjson.loads(line) for line in log.read_text().splitlines() if sid in line]
+            if [r["event"] for r in records] == ["attached", "cut", "resumed"]:
+                break
+            time.sleep(0.1)
+        assert [r["event"] for r in records] == ["attached", "cut", "resumed"], records
+        attached, cut, resumed = records
+        assert attached["transport"] == cut["transport"] == "ndjson" and resumed["transport"] == "sse"
+        assert cut["reason"] == "client_left" and resumed["after"] == last
+    finally:
+        b.stop()

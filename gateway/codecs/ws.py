@@ -19,6 +19,7 @@ __all__ = [
     "start", "cancel", "resume", "parse_control",
     "CLOSE_NORMAL", "CLOSE_GOING_AWAY", "CLOSE_UNSUPPORTED", "CLOSE_INVALID",
     "CLOSE_POLICY", "CLOSE_TOO_BIG", "CLOSE_INTERNAL", "CLOSE_RESTART", "CLOSE_TRY_AGAIN",
+    "text_frame",
 ]
 
 CLOSE_NORMAL = 1000
@@ -38,6 +39,17 @@ def encode(event: Event) -> str:
     if event is HEARTBEAT:
         return HEARTBEAT_TEXT
     return to_json(event).decode()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, uncompressed text frame (RFC 6455 5.2) as a server sends it: the bytes the
+    WebSocket library would write, for the hot path that writes events without it."""
+    n = len(payload)
+    if n < 126:
+        return b"\x81%c%b" % (n, payload)
+    if n < 65536:
+        return b"\x81\x7e%b%b" % (n.to_bytes(2, "big"), payload)
+    return b"\x81\x7f%b%b" % (n.to_bytes(8, "big"), payload)
 
 
 def decode(message: str | bytes) -> Event:

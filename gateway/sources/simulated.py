@@ -68,7 +68,7 @@ def expected_text(prompt: str, seed: int, max_tokens: int) -> str:
 
 class SimGeneration:
     __slots__ = ("sink", "clock", "pos", "left", "state", "deadline", "itl", "jitter",
-                 "fail_after", "stall_after", "stall_s", "count", "cancelled")
+                 "fail_after", "stall_after", "stall_s", "count", "cancelled", "tokens", "_step")
 
     def __init__(self, sink: Sink, clock: Clock, request: StreamRequest, defaults: tuple[float, float, float]):
         sim = request.sim
@@ -76,6 +76,8 @@ class SimGeneration:
         itl_ms = defaults[1] if sim.itl_ms is None else sim.itl_ms
         jitter = defaults[2] if sim.jitter is None else sim.jitter
         tokens, starts = corpus_tokens()
+        self.tokens = tokens
+        self._step = self.step  # one bound method for every deadline, not one per token
         state, u = _next(_seed(request.prompt, request.seed, request.max_tokens))
         self.pos = starts[int(u * len(starts))]
         self.left = request.max_tokens
@@ -92,7 +94,7 @@ class SimGeneration:
         self.deadline = clock.now() + self._gap(ttft_ms / 1000)
         if self.fail_after == 0:
             self.deadline = clock.now()
-        clock.call_at(self.deadline, self.step)
+        clock.call_at(self.deadline, self._step)
 
     def _gap(self, mean: float) -> float:
         if not self.jitter:
@@ -104,14 +106,16 @@ class SimGeneration:
         if self.cancelled:
             return
         if self.count == self.fail_after:
+            self._step = None
             self.sink.fail("model_error", f"simulated model failure after {self.count} tokens", True)
             return
-        tokens = corpus_tokens()[0]
+        tokens = self.tokens
         self.sink.token(tokens[self.pos % len(tokens)])
         self.pos += 1
         self.count += 1
         self.left -= 1
         if self.left == 0:
+            self._step = None  # (the cycle self -> bound method -> self would wait for the GC)
             self.sink.finish("stop")
             return
         gap = self._gap(self.itl)
@@ -119,10 +123,11 @@ class SimGeneration:
             gap += self.stall_s
         # Absolute deadlines: a late tick does not push every later token back.
         self.deadline += gap
-        self.clock.call_at(self.deadline, self.step)
+        self.clock.call_at(self.deadline, self._step)
 
     def cancel(self) -> None:
         self.cancelled = True
+        self._step = None
 
 
 class SimulatedModel:

@@ -10,7 +10,9 @@ from starlette.types import Receive, Scope, Send
 
 from ..codecs import ndjson, sse
 from ..events import Reconnect
-from ..guard import ABORT
+from ..guard import ABORT, defer
+from ..stream import RUNNING
+from .direct import Writer, http_writer
 from .eager import Parked, finish, send_now
 
 if TYPE_CHECKING:
@@ -51,8 +53,15 @@ class EventStream(Response):
         self.send: Send | None = None
         self.parked: Parked | None = None  # a push whose send blocked: the task finishes it
         self.failed: BaseException | None = None
+        self.write: Writer | None = None  # the push path's write without `send` (direct.py)
+        self.stats = ctx.stats[fmt]
+        self.batch = ctx.settings.max_batch_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not defer(scope, lambda: self.run(scope, receive, send)):
+            await self.run(scope, receive, send)
+
+    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx, stream, sub = self.ctx, self.stream, self.sub
         stats = ctx.stats[self.fmt]
         media = ndjson.MEDIA_TYPE if self.fmt == "ndjson" else sse.MEDIA_TYPE
@@ -67,6 +76,7 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": sse.retry(ctx.settings.sse_retry_ms),
                             "more_body": True})
             self.send = scope.get("gateway.send", send)
+            self.write = http_writer(self.send)
             await self._pump(self.send, stats)
         finally:
             watcher.cancel()
@@ -137,18 +147,22 @@ class EventStream(Response):
     def _push(self, sub: Subscriber) -> bool:
         """Write the new events from the batch flush; False hands anything unusual to the task."""
         stream = self.stream
-        if sub.gone or sub.beat or sub.drop_at is not None or not stream.running:
+        if sub.gone or sub.beat or sub.drop_at is not None or stream.status is not RUNNING:
             return False
         log = stream.log
-        cursor, end = sub.cursor, len(log)
+        cursor, end = sub.cursor, len(log.ends)
         if cursor >= end:
             return True
-        end = log.batch_end(cursor, end, self.ctx.settings.max_batch_bytes)
+        last = end
+        end = log.batch_end(cursor, end, self.batch)
         body = self.frames(log, cursor, end)
         sub.cursor = end
-        stats = self.ctx.stats[self.fmt]
+        stats = self.stats
         stats.events += end - cursor
         stats.bytes += len(body)
+        write = self.write
+        if write is not None and write(body):
+            return end == last  # a capped batch: the task writes the rest
         try:
             self.parked = send_now(self.send, {"type": "http.response.body", "body": body, "more_body": True})
         except Exception as exc:
@@ -157,4 +171,4 @@ class EventStream(Response):
         if self.parked is not None:
             sub.sending = self.ctx.clock.now()  # blocked: the task finishes it, the sweep watches it
             return False
-        return end == len(log)  # a capped batch: the task writes the rest
+        return end == last

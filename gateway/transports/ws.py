@@ -20,6 +20,8 @@ from ..limits import Bucket
 from ..models import StreamRequest
 from ..problems import Problem
 from ..sources.base import PreStreamError
+from ..stream import RUNNING
+from .direct import Writer, ws_writer
 from .eager import Parked, finish, send_now
 from .http import DropConnection
 
@@ -42,6 +44,7 @@ class WSSession:
         self.ctx = ctx
         self.ws = websocket
         self.stats = ctx.stats["ws"]
+        self.batch = ctx.settings.max_batch_bytes
         self.stream: Stream | None = None
         self.sub: Subscriber | None = None
         self.pump: asyncio.Task | None = None
@@ -52,6 +55,7 @@ class WSSession:
         self.send = websocket.scope.get("gateway.send") or websocket.send
         self.parked: Parked | None = None  # a push whose send blocked: the pump finishes it
         self.failed: BaseException | None = None
+        self.write: Writer | None = None  # the push path's write without `send` (direct.py), once open
         self.key = websocket.scope.get(KEY)
         rate = ctx.settings.ws_messages_per_s
         self.bucket = Bucket(rate, 2 * rate, ctx.clock.now()) if rate else None
@@ -151,6 +155,8 @@ class WSSession:
 
     def _attach(self, stream: Stream, after: int) -> None:
         self._stop(False)
+        if self.write is None:
+            self.write = ws_writer(self.send)
         self.stream = stream
         self.sub = stream.attach(after, "ws", self.ctx.clock.now())
         self.sub.abort = self.ws.scope.get(ABORT)
@@ -236,14 +242,22 @@ class WSSession:
     def _push(self, sub: Subscriber) -> bool:
         """Send the new events from the batch flush; False hands anything unusual to the pump."""
         stream = self.stream
-        if sub is not self.sub or sub.gone or sub.beat or sub.drop_at is not None or not stream.running:
+        if sub is not self.sub or sub.gone or sub.beat or sub.drop_at is not None or stream.status is not RUNNING:
             return False
         log = stream.log
-        cursor, end = sub.cursor, len(log)
+        cursor, end = sub.cursor, len(log.ends)
         if cursor >= end:
             return True
-        end = log.batch_end(cursor, end, self.ctx.settings.max_batch_bytes)
-        stats, send = self.stats, self.send
+        last = end
+        end = log.batch_end(cursor, end, self.batch)
+        stats, send, write = self.stats, self.send, self.write
+        if write is not None:
+            frames = log.ws_frames(cursor, end)
+            if write(frames):
+                sub.cursor = end
+                stats.events += end - cursor
+                stats.bytes += log.ends[end - 1] - (log.ends[cursor - 1] if cursor else 0) - (end - cursor)
+                return end == last  # a capped batch: the pump sends the rest
         for text in log.texts(cursor, end):
             sub.cursor += 1
             stats.events += 1

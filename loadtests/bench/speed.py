@@ -79,15 +79,18 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def server_command(server: str, port: int) -> tuple[list[str], dict[str, str]]:
-    if server == "gateway":
+    if server.startswith("gateway"):
+        # "gateway w40": the gateway with a 40 ms write window (each connection writes once per window).
+        window = server.partition(" w")[2] or "0"
         return ([sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                GATEWAY_ENV)
+                {**GATEWAY_ENV, "GATEWAY_WRITE_WINDOW_MS": window})
     return [sys.executable, "-m", "loadtests.bench.peers", server, str(port)], {}
 
 
 def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> dict:
     """One server, one transport, one N: a fresh server process, measured by a fresh client process."""
     server_core, client_core = _cores()
+    ramp = _ramp(args, n)
     port = free_port()
     cmd, env = server_command(server, port)
     nice = -args.priority
@@ -99,15 +102,15 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
         time.sleep(0.5)  # let start-up settle before the idle RSS is read
         load = [sys.executable, "-m", "loadtests.bench.load", "--port", str(port), "--transport", transport,
                 "--n", str(n), "--server-pid", str(proc.pid), "--tokens", str(args.tokens),
-                "--itl-ms", str(args.itl_ms), "--ttft-ms", str(args.ttft_ms), "--ramp", str(args.ramp),
+                "--itl-ms", str(args.itl_ms), "--ttft-ms", str(args.ttft_ms), "--ramp", str(ramp),
                 "--warmup", str(args.warmup), "--duration", str(args.duration)]
-        if server == "gateway":
+        if server.startswith("gateway"):
             load.append("--check-text")
         client = subprocess.Popen(load, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                   preexec_fn=lambda: (os.sched_setaffinity(0, client_core), _prioritize(nice)))
-        timeout = args.ramp + args.warmup + args.duration + args.tokens * args.itl_ms / 1000 + 60
-        if args.profile and server == "gateway":
-            profile(proc.pid, args, args.profile / f"{server}-{transport}-{n}.txt")
+        timeout = ramp + args.warmup + args.duration + args.tokens * args.itl_ms / 1000 + 60
+        if args.profile and server.startswith("gateway"):
+            profile(proc.pid, ramp + args.warmup, args, args.profile / f"{server.replace(' ', '-')}-{transport}-{n}.txt")
         out, _ = client.communicate(timeout=timeout)
         if client.returncode != 0:
             raise RuntimeError(f"load client failed ({client.returncode})")
@@ -118,10 +121,14 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
     return row
 
 
-def profile(pid: int, args: argparse.Namespace, out: Path) -> None:
+def _ramp(args: argparse.Namespace, n: int) -> float:
+    return args.ramp if args.ramp is not None else max(2.0, n / 400)
+
+
+def profile(pid: int, delay: float, args: argparse.Namespace, out: Path) -> None:
     """py-spy over the measured window (folded stacks, with native frames off), for finding the hot path."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    time.sleep(args.ramp + args.warmup)
+    time.sleep(delay)
     subprocess.run(["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.duration)), "--rate", "250",
                     "--format", "raw", "--output", str(out)], check=False, capture_output=True)
 
@@ -136,7 +143,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in rows:
         g = gw.get((r["transport"], r["n"]))
-        ratio = "" if g is None or r["server"] == "gateway" else f"{r['us_per_event'] / g['us_per_event']:.1f}x"
+        ratio = "" if g is None or r["server"].startswith("gateway") else f"{r['us_per_event'] / g['us_per_event']:.1f}x"
         cells = (r["transport"], r["n"], r["server"], f"{r['events_per_s']:.0f}",
                  f"{r['events_per_s'] / r['offered_per_s']:.0%}", f"{r['us_per_event']:.1f}",
                  f"{r['late_p50_ms']:.0f}", f"{r['late_p99_ms']:.0f}", f"{r['start_p99_ms']:.0f}",
@@ -152,10 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transports", default="sse,ndjson,ws")
     p.add_argument("--peers", default="all", help="'all', 'none', or a comma-separated list of "
                    + ", ".join(PEERS))
+    p.add_argument("--windows", default="0", help="gateway write windows in ms, comma-separated (0: one "
+                   "write per event; e.g. 0,40 adds a 'gateway w40' row)")
     p.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     p.add_argument("--itl-ms", type=float, default=20.0, help="gap between tokens (20 ms = 50 tokens/s)")
     p.add_argument("--ttft-ms", type=float, default=100.0)
-    p.add_argument("--ramp", type=float, default=2.0)
+    p.add_argument("--ramp", type=float, help="seconds to open the N streams (default N/400, at least 2: "
+                   "a faster burst of new streams queues their requests for seconds at 2,000)")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--priority", type=int, default=0, metavar="K",
@@ -169,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for transport in transports:
         for n in ns:
-            for server in ["gateway", *[q for q in peers if transport in PEERS[q]]]:
+            gateways = ["gateway" if w in ("0", "") else f"gateway w{w}" for w in args.windows.split(",")]
+            for server in [*gateways, *[q for q in peers if transport in PEERS[q]]]:
                 try:
                     row = run_one(server, transport, n, args)
                 except Exception as exc:  # a peer that falls over is a result, not a crash

@@ -1,0 +1,102 @@
+"""The hot path's direct writers against a real uvicorn: found where they should be, same bytes on the wire.
+
+`gateway/transports/direct.py` relies on uvicorn's protocol objects; if a
+uvicorn release changes them, these tests fail instead of the gateway quietly
+falling back to the slower ASGI send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import httpx
+import pytest
+import uvicorn
+from websockets.sync.client import connect
+
+from gateway.codecs import ws as codec
+from gateway.procs import free_port
+from gateway.transports.direct import http_writer, ws_writer
+from tests.support import wait_http
+
+found: dict[str, bool] = {}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "websocket":
+        await receive()  # connect
+        assert ws_writer(send) is None  # not open yet
+        await send({"type": "websocket.accept"})
+        write = ws_writer(send)
+        found["ws"] = write is not None
+        if write is None:
+            await send({"type": "websocket.send", "text": '{"n":1}'})
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        assert write(codec.text_frame(b'{"n":1}') + codec.text_frame("é".encode() * 100))
+        await send({"type": "websocket.send", "text": "via send"})
+        await send({"type": "websocket.close", "code": 1000})
+        assert not write(codec.text_frame(b"after close"))  # refused once the close went out
+        return
+    if scope["path"] == "/plain":  # a Content-Length response: not chunked, no writer
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        found["plain"] = http_writer(send) is not None
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    write = http_writer(send)
+    found["http"] = write is not None
+    assert write(b"one,") and write(b"two,")
+    await send({"type": "http.response.body", "body": b"three", "more_body": False})
+    assert not write(b"late")  # refused once the response is complete
+
+
+@contextlib.contextmanager
+def _serve(**kw):
+    """A real uvicorn, configured as `gateway serve` configures it, in a thread."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                            ws="websockets-sansio", lifespan="off", log_level="warning", **kw)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/plain", None)
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with _serve() as port:
+        yield port
+
+
+def test_http_writer_writes_chunks_uvicorn_would(server):
+    r = httpx.get(f"http://127.0.0.1:{server}/stream")
+    assert r.status_code == 200 and r.text == "one,two,three"
+    assert r.headers["transfer-encoding"] == "chunked"
+    assert found["http"] is True
+
+
+def test_no_http_writer_without_chunked_encoding(server):
+    assert httpx.get(f"http://127.0.0.1:{server}/plain").text == "ok"
+    assert found["plain"] is False
+
+
+def test_ws_writer_writes_frames_the_client_reads(server):
+    with connect(f"ws://127.0.0.1:{server}/ws", compression=None) as sock:
+        assert sock.recv(5) == '{"n":1}'
+        assert sock.recv(5) == "é" * 100
+        assert sock.recv(5) == "via send"
+    assert found["ws"] is True
+
+
+def test_no_ws_writer_when_compression_is_negotiated():
+    with _serve(ws_per_message_deflate=True) as port:
+        with connect(f"ws://127.0.0.1:{port}/ws") as sock:  # the client offers permessage-deflate
+            assert sock.recv(5) == '{"n":1}'  # written by the fallback below, through the library
+    assert found["ws"] is False
