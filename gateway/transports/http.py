@@ -62,8 +62,7 @@ class EventStream(Response):
             await self.run(scope, receive, send)
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx, stream, sub = self.ctx, self.stream, self.sub
-        stats = ctx.stats[self.fmt]
+        ctx, stream, sub, stats = self.ctx, self.stream, self.sub, self.stats
         media = ndjson.MEDIA_TYPE if self.fmt == "ndjson" else sse.MEDIA_TYPE
         headers = streaming_headers(media, ctx.settings.x_accel_buffering, stream.id)
         stats.connections += 1
