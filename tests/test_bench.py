@@ -43,8 +43,11 @@ def test_speed_benchmark_runs_gateway_and_every_peer(tmp_path):
 
 def test_gateway_alone(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "loadtests.bench.speed", "--n", "3", "--transports", "ndjson",
-                           "--peers", "none", "--tokens", "10", "--ramp", "0", "--warmup", "0.3",
-                           "--duration", "0.5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--peers", "none", "--windows", "0,40", "--tokens", "10", "--ramp", "0",
+                           "--warmup", "0.3", "--duration", "0.5"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ndjson")]
-    assert len(rows) == 1 and "| gateway |" in rows[0]
+    # One row per write window: the plain gateway, then the one with a 40 ms window, each checked by its witness.
+    assert len(rows) == 2 and "| gateway |" in rows[0] and "| gateway w40 |" in rows[1], rows
+    assert all("| ok |" in row for row in rows), rows
