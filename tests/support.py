@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -127,3 +128,22 @@ class RedisServer:
             stop(self.proc)
             self.proc = None
 
+
+
+@contextlib.contextmanager
+def uvicorn_thread(app, ready_path: str = "/healthz", **config):
+    """A real uvicorn serving `app` in a thread of this process (so tests can inspect its objects),
+    configured as `gateway serve` configures it; yields the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                                           ws="websockets-sansio", log_level="warning", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}{ready_path}", None)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)

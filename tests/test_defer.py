@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 
 import httpx
-import uvicorn
 
 from gateway.app import create_app
-from gateway.procs import free_port
 from gateway.settings import Settings
-from tests.support import wait_http
+from tests.support import uvicorn_thread
 
 # Layers that sit between the edge and the handler: each would keep a frame alive for a stream's life.
 INNER = {"Router.__call__", "ExceptionMiddleware.__call__", "ServerErrorMiddleware.__call__", "Guard.__call__",
@@ -28,17 +25,10 @@ INNER = {"Router.__call__", "ExceptionMiddleware.__call__", "ServerErrorMiddlewa
 @contextlib.contextmanager
 def _serve():
     thresholds = gc.get_threshold()
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(log_level="warning")), host="127.0.0.1", port=port,
-                                        loop="uvloop", http="httptools", log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", None)
-        yield port
+        with uvicorn_thread(create_app(Settings(log_level="warning"))) as port:
+            yield port
     finally:
-        srv.should_exit = True
-        thread.join(10)
         gc.unfreeze()  # the app's lifespan froze and retuned this process's collector
         gc.set_threshold(*thresholds)
 

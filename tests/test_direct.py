@@ -7,18 +7,13 @@ falling back to the slower ASGI send.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import httpx
 import pytest
-import uvicorn
 from websockets.sync.client import connect
 
 from gateway.codecs import ws as codec
-from gateway.procs import free_port
 from gateway.transports.direct import http_writer, ws_writer
-from tests.support import wait_http
+from tests.support import uvicorn_thread
 
 found: dict[str, bool] = {}
 
@@ -52,21 +47,8 @@ async def app(scope, receive, send):
     assert not write(b"late")  # refused once the response is complete
 
 
-@contextlib.contextmanager
 def _serve(**kw):
-    """A real uvicorn, configured as `gateway serve` configures it, in a thread."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                            ws="websockets-sansio", lifespan="off", log_level="warning", **kw)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        wait_http(f"http://127.0.0.1:{port}/plain", None)
-        yield port
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    return uvicorn_thread(app, "/plain", lifespan="off", **kw)
 
 
 @pytest.fixture(scope="module")
