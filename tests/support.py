@@ -21,15 +21,27 @@ ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def missing(message: str) -> None:
+    """A tool the test needs is absent: fail in CI (never a silent skip), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require(tool: str) -> str:
-    """Path of an external tool; missing fails in CI (never a silent skip) and skips elsewhere."""
+    """Path of an external program on PATH (or in /usr/sbin, /sbin)."""
     path = shutil.which(tool) or next((p for p in (f"/usr/sbin/{tool}", f"/sbin/{tool}") if os.path.exists(p)), None)
     if path is None:
-        message = f"{tool} is not installed (tests/setup.sh installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{tool} is not installed (tests/setup.sh installs it)")
     return path
+
+
+def require_module(name: str) -> None:
+    """A Python module the code runs as `python -m NAME` with this interpreter (not whatever is on PATH)."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        missing(f"{name} is not importable by {sys.executable} (install the locked extras)")
 
 
 def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:

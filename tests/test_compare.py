@@ -14,7 +14,7 @@ import pytest
 
 from gateway.compare.report import fmt
 
-from .support import ROOT, require
+from .support import ROOT, require, require_module
 
 # Locust's own percentile function, in a child process: importing locust here would
 # monkey-patch this test process (gevent) under every other test.
@@ -77,7 +77,7 @@ class _Tables(HTMLParser):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    require("locust")
+    require_module("locust")
     require("nginx")  # the tiny matrix has one proxy path, through the lab's tuned nginx
     out = tmp_path_factory.mktemp("compare") / "report"
     proc = subprocess.run([sys.executable, "-m", "gateway", "compare", "--preset", "tiny", "--out", str(out)],
