@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from gateway.client import TRANSPORTS, Client, GatewayError
+from gateway.client import TRANSPORTS, Client
 from gateway.events import Error, Token
 from gateway.sources.simulated import expected_text
 
@@ -96,7 +96,7 @@ def test_drop_fires_once_per_stream(gw):
                                                     "sim": {**FAST_SIM, "drop_after": 10}}).json()
     first = run(wire.read(gw.url, "ndjson", stream_id=info["id"]))
     again = run(wire.read(gw.url, "ndjson", stream_id=info["id"], after=8))
-    assert first.ended == "closed" and first.seqs == list(range(0, 11))
+    assert first.ended == "closed" and first.seqs == list(range(11))
     assert again.ended == "terminal"
     wire.assert_exact(again.events, 9, 31)
 

@@ -11,6 +11,7 @@ it read shows a resent event as a duplicate and a skipped one as a gap (`assert_
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +50,7 @@ class SSEFrames:
                 out.append({"comment": line[1:].lstrip(" ")})
             else:
                 name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
+                value = value.removeprefix(" ")
                 if name == "data":
                     self._data.append(value)
                 else:
@@ -99,6 +100,7 @@ class Read:
     ended: str = ""  # "terminal", "stopped" (the caller's `until`), "closed" (no terminal event), "refused"
     headers: dict[str, str] = field(default_factory=dict)
     wire_bytes: int = 0
+    on_event: Callable[[dict], None] | None = field(default=None, repr=False)
 
     @property
     def stream(self) -> list[dict]:
@@ -142,14 +144,15 @@ def _attach_request(base: str, transport: str, stream_id: str | None, after: int
 async def read(base: str, transport: str, *, stream_id: str | None = None, after: int = -1,
                body: dict | None = None, until: Callable[[dict], bool] | None = None,
                timeout: float = READ_TIMEOUT, headers: dict | None = None, ws_attach: bool = False,
-               compression: str | None = None) -> Read:
+               compression: str | None = None, on_event: Callable[[dict], None] | None = None) -> Read:
     """Read one connection to the end: a terminal event, a close, or `until(event)` true (then drop it).
 
     `transport` is "sse", "ndjson" or "ws"; with `stream_id` it attaches after `after` (SSE
     `Last-Event-ID`, NDJSON `?after=`, a WebSocket `resume` message, or with `ws_attach` the
     `/v1/streams/{id}/ws?after=` route); without, it starts a one-shot stream with `body`.
+    `on_event` sees each event as it arrives.
     """
-    out = Read(transport, base)
+    out = Read(transport, base, on_event=on_event)
     try:
         async with asyncio.timeout(timeout):
             if transport == "ws":
@@ -165,6 +168,8 @@ def _take(out: Read, event: dict, until) -> bool:
     """Record one event; True when the read should end here."""
     out.events.append(event)
     out.arrivals.append(time.monotonic())
+    if out.on_event is not None:
+        out.on_event(event)
     if "seq" in event and event["type"] in TERMINAL:
         out.ended = "terminal"
         return True
@@ -180,7 +185,8 @@ def _take(out: Read, event: dict, until) -> bool:
 async def _read_http(out, base, transport, stream_id, after, body, until, headers) -> None:
     method, url, extra, json_body = _attach_request(base, transport, stream_id, after, body)
     frames = SSEFrames() if transport == "sse" else LineFrames()
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:
+    # verify=False: plain http on loopback, and building a certificate store costs ~60 ms per client.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), verify=False, trust_env=False) as http:
         try:
             async with http.stream(method, url, headers={**extra, **headers}, json=json_body) as response:
                 out.status, out.headers = response.status_code, dict(response.headers)
@@ -234,6 +240,23 @@ async def _read_ws(out, base, stream_id, after, body, until, headers, ws_attach,
     out.ended = out.ended or "closed"
 
 
+def at_token(n: int) -> Callable[[dict], bool]:
+    """An `until` for `read`: true at the nth token of this connection."""
+    seen = 0
+
+    def until(event: dict) -> bool:
+        nonlocal seen
+        seen += event["type"] == "token"
+        return seen == n
+
+    return until
+
+
+def at_seq(seq: int) -> Callable[[dict], bool]:
+    """An `until` for `read`: true at the event with this seq."""
+    return lambda event: event.get("seq") == seq
+
+
 def last_seq(reads: Sequence[Read], after: int = -1) -> int:
     for r in reversed(reads):
         if r.seqs:
@@ -274,7 +297,7 @@ def assert_exact(events: Sequence[dict], first: int, last: int | None = None) ->
     """The seq-carrying events are exactly first, first + 1, ..., last: no duplicate, no gap."""
     seqs = [e["seq"] for e in events if "seq" in e]
     dups = len(seqs) - len(set(seqs))
-    gaps = sum(1 for a, b in zip(seqs, seqs[1:]) if b > a + 1) + (1 if seqs and seqs[0] > first else 0)
+    gaps = sum(1 for a, b in itertools.pairwise(seqs) if b > a + 1) + (1 if seqs and seqs[0] > first else 0)
     want = list(range(first, (last if last is not None else (seqs[-1] if seqs else first - 1)) + 1))
     assert seqs == want, f"{dups} duplicate(s), {gaps} gap(s): seqs {_summary(seqs)}, want {_summary(want)}"
 
