@@ -128,22 +128,27 @@ def test_users_stopped_mid_stream_let_locust_exit(gw, tmp_path):
     assert not out["failures"], out["failures"]
 
 
+# The two ramp tests bracket the inter-token limit around the model's own 50 ms gap (no jitter): just below
+# it the ramp stops after its first step, at 4x it climbs to the ceiling. A limit applied 10x too strict or
+# too loose (or in seconds) fails one of them; a noisy machine adds a few ms, far from either bound.
+RAMP = ("--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2", "--max-tokens", "20",
+        "--ttft-ms", "20", "--itl-ms", "50", "--jitter", "0")
+
+
 def test_throughput_ramp_stops_at_the_limit(gw, tmp_path):
-    out = run_locust(tmp_path, gw.url, "--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2",
-                     "--itl-limit-ms", "1", "--max-tokens", "40", "--ttft-ms", "20", "--itl-ms", "20",
-                     "SsePostUser", users=20, seconds=30)
+    out = run_locust(tmp_path, gw.url, *RAMP, "--itl-limit-ms", "40", "SsePostUser", users=20, seconds=30)
     scenario = out["transports"]["scenario"]
     assert scenario["ramp"]["stopped_at_users"] == 2
     assert scenario["ramp"]["reason"].startswith("inter-token p99")
-    assert scenario["steps"][0]["itl_p99_ms"] > 1
+    assert 40 < scenario["steps"][0]["itl_p99_ms"] < 160  # the model's 50 ms, plus what a busy box adds
+    assert scenario["ramp"]["last_good_users"] is None
 
 
 def test_throughput_ramp_climbs_to_the_ceiling(gw, tmp_path):
-    out = run_locust(tmp_path, gw.url, "--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2",
-                     "--itl-limit-ms", "1000", "--max-tokens", "20", "--ttft-ms", "20", "--itl-ms", "20",
-                     "WsUser", users=6, seconds=30)
+    out = run_locust(tmp_path, gw.url, *RAMP, "--itl-limit-ms", "200", "WsUser", users=6, seconds=30)
     scenario = out["transports"]["scenario"]
     assert [s["users"] for s in scenario["steps"]] == [2, 4, 6]
+    assert all(40 < s["itl_p99_ms"] <= 200 for s in scenario["steps"]), scenario["steps"]
     assert scenario["ramp"]["reason"].startswith("reached the ceiling")
     assert scenario["ramp"]["last_good_users"] == 6
 
