@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,11 +26,10 @@ from string import Template
 
 import httpx
 
-from .procs import free_port
+from .procs import ROOT, find_tool, free_port
 
 __all__ = ["Lab", "Proxy", "PROXIES", "GATEWAYS", "LAB_DIR", "VARIABLES", "render", "find_tool", "measure", "run"]
 
-ROOT = Path(__file__).resolve().parent.parent
 LAB_DIR = ROOT / "lab"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 VARIABLES = ("LISTEN", "UPSTREAM", "UPSTREAM_B", "READ_TIMEOUT", "RUN_DIR")
@@ -71,12 +69,6 @@ PROXIES: tuple[Proxy, ...] = (
     Proxy("haproxy-tuned", "haproxy", "haproxy/tuned.cfg", ("gateway",), 6,
           "HAProxy with option http-no-delay: every transport streams"),
 )
-
-
-def find_tool(name: str) -> str | None:
-    """nginx, haproxy and redis-server live in /usr/sbin on Debian, often off a user's PATH."""
-    return shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
 
 
 def render(config: str, **values: str) -> str:

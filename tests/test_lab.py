@@ -20,7 +20,7 @@ import websockets
 from gateway.client import Client
 from gateway.codecs import ws
 from gateway.events import Done, Meta, Token
-from gateway.lab import PROXIES, Lab, render
+from loadtests.lab import PROXIES, Lab, render
 from gateway.sources.simulated import expected_text
 
 from .support import ROOT, require
