@@ -93,7 +93,7 @@ def find_tool(name: str) -> str | None:
         (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
 
 
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
     """Until `url` answers below 500; RuntimeError if `proc` exits first, TimeoutError after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -177,7 +177,7 @@ class GatewayProcess(GatewayView):
     """
 
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None, args: tuple[str, ...] = (),
-                 log: Path | IO | int | None = None, timeout: float = 30.0) -> None:
+                 log: Path | IO | int | None = None, timeout: float = 60.0) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
