@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from .auth import Auth
+from .auth import Auth, install_redaction
 from .chat import add_openai_routes
 from .clock import Clock
 from .codecs import sse
@@ -156,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        install_redaction()  # attach tokens ride in query strings, which servers log
         configure_journal(settings)
         set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()
