@@ -105,6 +105,11 @@ class Auth:
         self.enabled = bool(keys)
         if self.enabled and "*" in settings.allowed_origins:
             raise ValueError("allowed_origins must list origins, not '*', when API keys are set")
+        if self.enabled and settings.stream_store != "memory" and not settings.token_secret:
+            raise ValueError(
+                "GATEWAY_TOKEN_SECRET is required with API keys and a shared stream store: replicas must "
+                "share it, or an attach token from one is refused by the others (set the same random "
+                "value, e.g. `openssl rand -hex 32`, on every replica)")
         self.ttl = settings.attach_token_ttl_s
         self._secret = (settings.token_secret or secrets.token_hex(32)).encode()
 

@@ -103,3 +103,13 @@ def test_an_attach_token_socket_reaches_only_its_stream_and_is_never_logged(tmp_
         assert "WebSocket /v1/streams/" in log, log[-2000:]  # uvicorn logged the socket...
         assert token not in log and token.split(".")[1] not in log  # ...without the token
         assert "token=<redacted>" in log
+
+
+def test_shared_store_with_keys_refuses_to_start_without_a_shared_token_secret():
+    env = {**os.environ, "GATEWAY_STREAM_STORE": "redis", "GATEWAY_API_KEYS": f"edge={KEY}",
+           "GATEWAY_TOKEN_SECRET": "", "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    r = subprocess.run([sys.executable, "-m", "gateway", "serve", "--port", str(free_port())], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "GATEWAY_TOKEN_SECRET is required" in r.stderr and "Traceback" not in r.stderr
+    assert "GATEWAY_TOKEN_SECRET" in (ROOT / "compose.yaml").read_text()

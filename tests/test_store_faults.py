@@ -227,3 +227,56 @@ def test_streams_per_key_holds_under_concurrency_across_replicas():
         for gw in (a, b):
             gw.stop()
         redis.stop()
+
+
+@pytest.mark.parametrize("lb", ["nginx", "haproxy"])
+def test_the_lab_load_balancers_retry_a_503_attach_on_the_other_replica(lb, tmp_path):
+    """A draining replica answers attaches with 503: the load balancer tries the other one."""
+    import signal
+
+    from gateway.lab import LAB_DIR, render
+
+    from .support import require
+
+    binary = require(lb)
+    redis = RedisServer()
+    a, b = start(redis, 2, GATEWAY_DRAIN_TIMEOUT_S="20")
+    port = free_port()
+    values = {"LISTEN": f"127.0.0.1:{port}", "UPSTREAM": f"127.0.0.1:{a.port}", "UPSTREAM_B": f"127.0.0.1:{b.port}",
+              "READ_TIMEOUT": "30s", "RUN_DIR": str(tmp_path)}
+    if lb == "nginx":
+        conf = tmp_path / "lb.conf"
+        conf.write_text(render("nginx/lb.conf", **values))
+        argv, env = [binary, "-c", str(conf), "-p", str(tmp_path)], os.environ
+    else:
+        argv, env = [binary, "-f", str(LAB_DIR / "haproxy/lb.cfg")], {**os.environ, **values}
+    proxy = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+    try:
+        from .support import wait_http
+
+        wait_http(f"http://127.0.0.1:{port}/healthz", proxy)
+        ended = httpx.post(f"{b.url}/v1/streams", json={"max_tokens": 5, "sim": {"ttft_ms": 1, "itl_ms": 1}}).json()
+        httpx.post(f"{a.url}/v1/streams", json={"max_tokens": 5000, "sim": SLOW})  # keeps A draining
+        time.sleep(0.5)
+        a.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while httpx.get(a.url + "/healthz").status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert httpx.get(f"{a.url}/v1/streams/{ended['id']}/ndjson").status_code == 503  # A refuses itself
+        statuses = []
+        for _ in range(12):
+            r = httpx.get(f"http://127.0.0.1:{port}/v1/streams/{ended['id']}/ndjson", timeout=10)
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                assert r.text.splitlines()[-1].startswith('{"type":"done"')
+        assert statuses == [200] * 12, statuses
+        # A create is not retried (not idempotent): through the balancer it is either created or refused.
+        creates = {httpx.post(f"http://127.0.0.1:{port}/v1/streams", json={"max_tokens": 1}).status_code
+                   for _ in range(6)}
+        assert creates <= {201, 503}
+    finally:
+        stop(proxy)
+        for gw in (a, b):
+            gw.stop()
+        redis.stop()
