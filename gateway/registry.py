@@ -87,6 +87,7 @@ class Registry:
             drop_after=request.sim.drop_after,
             owner_key=owner_key,
         )
+        stream.leave_cancels = one_shot and self.settings.disconnect == "cancel"
         self.stats.active_streams += 1
         self.running[owner_key] += 1
         try:
@@ -133,6 +134,7 @@ class Registry:
         elif what == "ended":
             stream.ended_at = self.clock.now()
             self._uncount(stream)
+            stats.wasted_tokens += stream.wasted
             if stream.status == "done":
                 stats.finished += 1
             else:
