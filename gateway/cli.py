@@ -17,8 +17,11 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     from .drain import DrainingServer
     from .settings import get_settings
 
-    settings = get_settings()
-    app = create_app(settings)
+    try:
+        settings = get_settings()
+        app = create_app(settings)
+    except ValueError as exc:  # a setting that cannot work: say which, without a traceback
+        sys.exit(f"gateway: {exc}")
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                         "propagate": False}
