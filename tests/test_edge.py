@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gateway.codecs import ws as wsc
-from gateway.procs import free_port, stop
+from loadtests.procs import free_port, stop
 
 from .support import ROOT, wait_http
 

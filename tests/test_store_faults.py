@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from gateway.client import Client, StreamResult
-from gateway.procs import free_port, stop
+from loadtests.procs import free_port, stop
 from gateway.sources.simulated import expected_text
 
 from .support import ROOT, Gateway, RedisServer
@@ -234,7 +234,7 @@ def test_the_lab_load_balancers_retry_a_503_attach_on_the_other_replica(lb, tmp_
     """A draining replica answers attaches with 503: the load balancer tries the other one."""
     import signal
 
-    from gateway.lab import LAB_DIR, render
+    from loadtests.lab import LAB_DIR, render
 
     from .support import require
 
