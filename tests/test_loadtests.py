@@ -108,11 +108,41 @@ def test_reconnection_ends_with_the_exact_text(gw, tmp_path):
     assert not count(stats, "complete", "stream")  # --exclude-tags complete
 
 
-def test_a_refused_stream_is_a_failure_with_its_status(gw, tmp_path):
+def test_a_refused_stream_is_a_failure_with_its_status_and_its_user_backs_off(gw, tmp_path):
     out = run_locust(tmp_path, gw.url, "--max-tokens", "5", "--ttft-ms", "10", "--itl-ms", "5",
-                     "--drop-rate", "1", "--target", gw.url + "/nowhere", "SsePostUser", users=2, seconds=3)
+                     "--drop-rate", "1", "--target", gw.url + "/nowhere", "SsePostUser", "WsUser",
+                     users=2, seconds=3)
     assert {f["Name"] for f in out["failures"]} == {"stream"}
-    assert all("refused: HTTP 404" in f["Error"] for f in out["failures"]), out["failures"]
+    # No route there: 404 for HTTP, 403 for the WebSocket upgrade (Starlette's answer).
+    statuses = {f["Method"]: f["Error"] for f in out["failures"]}
+    assert "refused: HTTP 404" in statuses["sse_post"] and "refused: HTTP 403" in statuses["ws"], statuses
+    # Backed off (doubling from 75-150 ms to at most 2 s): a handful each in 3 s, not thousands.
+    refused = {t: int(count(out["stats"], t, "stream")) for t in ("sse_post", "ws")}
+    assert all(2 <= n <= 8 for n in refused.values()), refused
+    rows = totals(out)
+    assert {t: rows[t]["refused"] for t in refused} == refused
+
+
+def test_client_side_drops_resume_with_the_exact_text(gw, tmp_path):
+    # Each user closes its own socket at a random token (one-shots included: the gateway keeps
+    # generating for the grace), waits as its browser counterpart would, and resumes.
+    out = run_locust(tmp_path, gw.url, "--scenario", "reconnection", "--client-drop-rate", "1",
+                     "--max-tokens", "30", "--ttft-ms", "50", "--itl-ms", "15", "--exclude-tags", "complete",
+                     "--streams-out", str(tmp_path / "streams.jsonl"), users=8, seconds=8)
+    assert not out["failures"], out["failures"]
+    assert out["transports"]["scenario"]["drop_rate"] == 0  # no server-injected cut
+    records = [json.loads(line) for line in (tmp_path / "streams.jsonl").read_text().splitlines()]
+    for transport in STREAMING:
+        mine = [r for r in records if r["t"] == transport and r["ok"]]
+        assert len(mine) >= 2, transport
+        for r in mine:
+            assert r["client_cuts"] == 1 and len(r["resume_ms"]) == 1 and r["tokens"] == 30, r
+            # The stall a user sees includes its own wait: EventSource the server's retry (1 s),
+            # the others the shared backoff's first step (75-150 ms).
+            low, high = (1000, 2500) if transport == "sse_get" else (75, 1500)
+            assert low <= r["resume_ms"][0] <= high, (transport, r["resume_ms"])
+            assert len(r["itl_ms"]) == 28  # 29 gaps, less the one across the cut
+            assert r["e2e_ms"] > r["ttft_ms"] > 0 and r["tpot_ms"] > 0
 
 
 def test_users_stopped_mid_stream_let_locust_exit(gw, tmp_path):
