@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from gateway.lab import Lab
+from loadtests.lab import Lab
 from loadtests import fidelity, procs, targets
 
 from .support import ROOT, free_port, gateway, require, wait_http
