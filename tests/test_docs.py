@@ -106,7 +106,6 @@ def test_block_runs(block: Block, gw):
            "PYTHONPATH": str(ROOT)}
     r = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"{block.id} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    assert r.stdout.strip(), f"{block.id} printed nothing"
     if re.search(r"/v1/(sse|ndjson)|/v1/streams/\S+/(sse|ndjson)", code) and "curl" in code:
         # every stream a curl block reads ends with its terminal event, on both framings
         ends = len(re.findall(r'^event: done$|"type": ?"done"', r.stdout, re.MULTILINE))
