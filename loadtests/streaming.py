@@ -38,14 +38,17 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from gateway.client import GatewayError, StreamResult, _check
+from gateway.client import GatewayError, PathRefused, StreamResult, _check
 from gateway.codecs import ndjson, sse, ws
-from gateway.events import Done, Error, Event
+from gateway.events import Done, Error, Event, Meta
+from gateway.fallback import Fallback
 
 __all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body"]
 
 # sse_get attaches by id, as EventSource does; the others create and stream in one request.
-TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+# "auto": WebSocket, falling back to SSE over fetch, then NDJSON (gateway.fallback), as the page does.
+TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws", "auto")
+AUTO = ("ws", "sse_post", "ndjson")
 _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
         WebSocketException, OSError, TimeoutError)
 
@@ -88,21 +91,32 @@ class StreamClient:
         """
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; one of {TRANSPORTS}")
+        fallback = Fallback.of(AUTO if transport == "auto" else transport)
         run.started = time.perf_counter()
         if transport == "sse_get":
             run.stream_id = self.create(body)
         while True:
+            progressed = False
+            run.transport = fallback.transport
             try:
-                for event, at in self._connect(transport, body, run.stream_id, run.last_seq, run):
+                for event, at in self._connect(fallback.transport, body, run.stream_id, run.last_seq, run):
                     if not run.take(event, at):  # a heartbeat or a duplicate
                         continue
+                    progressed = progressed or type(event) is not Meta
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return
+            except PathRefused:
+                if not fallback.refused():
+                    raise
+                run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
+                continue  # at once: nothing was streaming
             except _CUT as exc:
                 run.cause = f"{type(exc).__name__}: {exc}"[:200]
             # Cut: no terminal event. Resume after the last seq seen, as gateway.client does.
             run.cuts.append(time.perf_counter())
+            if fallback.ended(progressed):
+                run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
             if run.stream_id is None or run.reconnects >= self.max_resumes:
                 return
             run.reconnects += 1
@@ -203,7 +217,10 @@ class WsConnection:
             self._read()
         exc = self.protocol.handshake_exc
         if isinstance(exc, InvalidStatus):  # the upgrade was refused (or a proxy did not pass it on)
-            _check(exc.response.status_code, exc.response.body or b"")
+            try:
+                _check(exc.response.status_code, exc.response.body or b"")
+            except GatewayError as refused:
+                raise PathRefused(refused.status, refused.problem) from exc
         if exc is not None:
             raise exc
 
