@@ -239,8 +239,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.delete("/v1/streams/{stream_id}", status_code=204, responses=openapi.CANCEL)
     async def cancel_stream(stream_id: str, request: Request) -> Response:
+        return await cancel(stream_id, request, "delete")
+
+    @app.post("/v1/streams/{stream_id}/cancel", status_code=204, responses=openapi.CANCEL)
+    async def abort_stream(stream_id: str, request: Request) -> Response:
+        """DELETE's twin for clients that can only POST (`navigator.sendBeacon` on page unload)."""
+        return await cancel(stream_id, request, "abort")
+
+    async def cancel(stream_id: str, request: Request, reason: str) -> Response:
         await ctx.owned(stream_id, request.scope.get(KEY))
-        done = await ctx.store.cancel(stream_id, "delete")
+        done = await ctx.store.cancel(stream_id, reason)
         if done is None:
             raise Problem(404, "Stream not found", f"no stream {stream_id[:64]!r}", code="not_found")
         if not done:

@@ -73,6 +73,7 @@ class Registry:
             drop_after=request.sim.drop_after,
             owner_key=owner_key,
         )
+        stream.leave_cancels = one_shot and self.settings.disconnect == "cancel"
         stream.generation = await source.start(request, stream)
         try:
             await self.store.add(stream)
@@ -92,6 +93,7 @@ class Registry:
         elif what == "ended":
             stream.ended_at = self.clock.now()
             stats.active_streams -= 1
+            stats.wasted_tokens += stream.wasted
             if stream.status == "done":
                 stats.finished += 1
             else:

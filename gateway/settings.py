@@ -33,8 +33,13 @@ class Settings(BaseSettings):
     # source, and never a limit on total duration.
     heartbeat_s: float = Field(15.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0)
-    # A stream whose clients left keeps generating this long, so they can resume.
-    detach_grace_s: float = Field(30.0, ge=0)
+    # A lost connection is not a cancel: a stream whose last client left keeps generating this
+    # long, so any client can resume it (one-shots too). `cancel`: a one-shot's generation stops
+    # when its connection goes (what MCP's 2026 transport does). Chat and /v1/complete cannot be
+    # resumed: their generation always stops with the connection. An explicit cancel (DELETE,
+    # POST .../cancel, WebSocket `cancel`) stops any stream at once.
+    disconnect: Literal["detach", "cancel"] = "detach"
+    detach_grace_s: float = Field(10.0, ge=0)
     # An ended stream stays readable (for resume) this long.
     ttl_s: float = Field(300.0, gt=0)
     sse_retry_ms: int = Field(1000, ge=0)

@@ -44,7 +44,7 @@ def require_module(name: str) -> None:
         missing(f"{name} is not importable by {sys.executable} (install the locked extras)")
 
 
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

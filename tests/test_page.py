@@ -232,7 +232,8 @@ def test_cancel_stops_each_panel(page, gw):
 
     assert cancelled("delete") == 1  # EventSource: DELETE /v1/streams/{id}
     assert cancelled("client_cancel") == 1  # WebSocket: {"type": "cancel"}
-    assert cancelled("client_gone") == 2  # both fetch clients aborted
+    assert cancelled("abort") == 2  # both fetch clients: POST /v1/streams/{id}/cancel
+    assert cancelled("client_gone") == cancelled("detached") == 0  # a closed connection is not a cancel
 
 
 def wait_idle(gw, timeout_s=10.0) -> dict[str, float]:
