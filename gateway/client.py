@@ -252,8 +252,10 @@ class Client:
             if fallback.ended(progressed):
                 result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
                 delay = 0.0
-            # Cut: no terminal event. Resume if we can.
-            if not refused and (not resume or result.stream_id is None or attempt >= self.max_resumes):
+            # Cut: no terminal event. Resume if we can; with transports to fall back on, a connection cut
+            # before the stream's id arrived starts it again (nothing was delivered).
+            unknown = result.stream_id is None and (result.events or len(fallback.order) == 1)
+            if not refused and (not resume or unknown or attempt >= self.max_resumes):
                 return
             attempt += 1
             result.reconnects += 1

@@ -117,7 +117,9 @@ class StreamClient:
             run.cuts.append(time.perf_counter())
             if fallback.ended(progressed):
                 run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
-            if run.stream_id is None or run.reconnects >= self.max_resumes:
+            # With transports to fall back on, a connection cut before the stream's id arrived starts again.
+            unknown = run.stream_id is None and (run.events or len(fallback.order) == 1)
+            if unknown or run.reconnects >= self.max_resumes:
                 return
             run.reconnects += 1
 
