@@ -69,6 +69,7 @@ class StreamResult:
     last_seq: int = -1  # the last seq received (or the resume point to start from)
     transport: str | None = None  # the transport in use (the last one, after fallbacks)
     fallbacks: list[tuple[str, str, float]] = field(default_factory=list)  # (from, to, perf_counter())
+    cuts: list[float] = field(default_factory=list)  # perf_counter() when each cut was noticed
 
     @property
     def tokens(self) -> list[Token]:
@@ -249,6 +250,8 @@ class Client:
                 refused, delay = True, 0.05 * attempt
             finally:
                 await connection.aclose()
+            if not refused:
+                result.cuts.append(time.perf_counter())
             if fallback.ended(progressed):
                 result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
                 delay = 0.0

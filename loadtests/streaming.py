@@ -26,7 +26,7 @@ import http.client
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,8 +55,7 @@ _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTT
 
 @dataclass
 class Run(StreamResult):
-    """A StreamResult plus when each cut was noticed (perf_counter), for the time to resume."""
-    cuts: list[float] = field(default_factory=list)
+    """A StreamResult plus why the last connection failed."""
     cause: str | None = None  # the last I/O error, if a connection failed
 
 

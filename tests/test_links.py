@@ -184,3 +184,23 @@ def test_gateway_stream_crosses_a_3g_link_intact(gw, transport):
     assert [t.text for t in slow.tokens] == [t.text for t in fast.tokens]
     assert slow.ttft >= 0.3  # at least one 300 ms round trip (TCP and the request) before the first token
     assert fast.ttft < slow.ttft
+
+
+def test_break_all_silences_open_connections_and_new_ones_work():
+    async def main():
+        server, port = await _upstream(_echo)
+        async with server, Relay(Profile("t", hold_s=10), ("127.0.0.1", port)) as relay:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(b"a")
+            assert await asyncio.wait_for(reader.readexactly(1), 2) == b"a"
+            assert relay.break_all() == 1
+            await asyncio.sleep(0.1)
+            writer.write(b"b")
+            await writer.drain()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.read(1), 1.0)
+            assert await _round_trip(relay.port) < 0.5
+            assert relay.stats.half_open == 1
+            writer.close()
+
+    asyncio.run(main())
