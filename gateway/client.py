@@ -26,6 +26,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from . import backoff
 from .codecs import ndjson, sse, ws
 from .events import Done, Error, Event, Heartbeat, Meta, Reconnect, Token
 from .fallback import Fallback
@@ -220,7 +221,7 @@ class Client:
         result.last_seq = after
         attempt = 0
         while True:
-            delay = 0.0
+            delay = None  # gateway/backoff.py's, unless the server names one (a `reconnect` event)
             refused = progressed = False
             result.transport = fallback.transport
             connection = self._connect(fallback.transport, body, result.stream_id, result.last_seq, result)
@@ -242,19 +243,19 @@ class Client:
                 result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
                 continue  # at once: nothing was streaming
             except _CUT:
-                delay = 0.05 * attempt  # a refused or dead replica: do not spin
+                pass  # a cut, a refused or dead replica: the backoff keeps it from spinning
             except GatewayError as exc:
                 # A draining or storeless replica: another one may take us.
                 if exc.status != 503 or len(self.base_urls) == 1 or attempt >= self.max_resumes:
                     raise
-                refused, delay = True, 0.05 * attempt
+                refused = True
             finally:
                 await connection.aclose()
             if not refused:
                 result.cuts.append(time.perf_counter())
             if fallback.ended(progressed):
                 result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
-                delay = 0.0
+                delay = 0.0  # a new transport: at once
             # Cut: no terminal event. Resume if we can; with transports to fall back on, a connection cut
             # before the stream's id arrived starts it again (nothing was delivered).
             unknown = result.stream_id is None and (result.events or len(fallback.order) == 1)
@@ -262,6 +263,8 @@ class Client:
                 return
             attempt += 1
             result.reconnects += 1
+            if delay is None:
+                delay = backoff.delay(attempt)
             if self._next_base():
                 delay = min(delay, 0.05 * attempt)  # another replica is there now
             if delay:

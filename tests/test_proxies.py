@@ -20,8 +20,8 @@ import websockets
 
 from gateway.client import Client, StreamResult
 from gateway.codecs import ndjson
-from gateway.lab import Lab
-from gateway.probe import report_table
+from loadtests.lab import Lab
+from loadtests.probe import report_table
 from gateway.sources.simulated import expected_text
 
 from .support import ROOT, require

@@ -10,8 +10,8 @@ import asyncio
 import statistics
 import time
 
-from ..client import Client
-from .procs import GatewayProcess
+from gateway.client import Client
+from ..procs import GatewayProcess
 
 __all__ = ["WireMeter", "wire_cost", "memory_per_connection", "client_transport"]
 
@@ -92,7 +92,7 @@ def wire_cost(gw: GatewayProcess, transports: list[str], streams: int, fields: d
     rows = []
     for transport in transports:
         name, _ = client_transport(transport)
-        key = f"{{transport={name}}}"
+        key = f'{{transport="{name}"}}'
         before = gw.metrics()
         row = asyncio.run(_wire_one(gw.port, transport, streams, fields))
         after = gw.metrics()
@@ -159,7 +159,7 @@ async def _measure_memory(gw: GatewayProcess, transport: str, n: int) -> dict:
             for _ in range(3):
                 samples.append(gw.stat().rss)
                 await asyncio.sleep(0.2)
-            open_now = (await asyncio.to_thread(gw.metrics))[f"gateway_connections{{transport={name}}}"]
+            open_now = (await asyncio.to_thread(gw.metrics))[f'gateway_connections{{transport="{name}"}}']
         finally:
             release.set()
             await asyncio.gather(*tasks, return_exceptions=True)

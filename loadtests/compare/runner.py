@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from ..procs import ROOT, GatewayProcess
 from . import loadgen
 from .baseline import baseline
 from .cost import memory_per_connection, wire_cost
 from .matrix import Matrix
-from .procs import ROOT, GatewayProcess
 from .progress import Progress
 from .proxies import start_paths
 
@@ -70,7 +70,7 @@ def _git() -> str | None:
 
 def conditions() -> dict:
     """Versions, machine and settings: what a reader needs to weigh the numbers."""
-    from ..settings import Settings
+    from gateway.settings import Settings
 
     versions = {"python": platform.python_version()}
     for dist in ("llm-stream-gateway", "locust", "uvicorn", "fastapi", "starlette", "websockets", "httpx",
