@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.lab import Lab
+from loadtests.lab import Lab
 
 from .support import require
 

@@ -12,9 +12,9 @@ import pytest
 import websockets
 
 from gateway.client import Client, StreamResult
+from gateway.sources.simulated import expected_text
 from loadtests.lab import Lab, self_signed
 from loadtests.procs import free_port, stop
-from gateway.sources.simulated import expected_text
 
 from .support import ROOT, require, require_module, wait_http
 
