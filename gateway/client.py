@@ -224,6 +224,7 @@ class Client:
             delay = None  # gateway/backoff.py's, unless the server names one (a `reconnect` event)
             refused = progressed = False
             result.transport = fallback.transport
+            opened = time.perf_counter()
             connection = self._connect(fallback.transport, body, result.stream_id, result.last_seq, result)
             try:
                 async for event, at in connection:
@@ -253,7 +254,7 @@ class Client:
                 await connection.aclose()
             if not refused:
                 result.cuts.append(time.perf_counter())
-            if fallback.ended(progressed):
+            if fallback.ended(progressed, time.perf_counter() - opened):
                 result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
                 delay = 0.0  # a new transport: at once
             # Cut: no terminal event. Resume if we can; with transports to fall back on, a connection cut

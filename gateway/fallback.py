@@ -8,11 +8,13 @@ the same stream (by id, after the last seq) on the next transport:
     policy = Fallback(("ws", "sse", "ndjson"))
     ... connect with policy.transport ...
     policy.refused()          # the path refused the transport: True if there is another to try
-    policy.ended(progressed)  # a connection ended without a terminal event: True if it is time to move on
+    policy.ended(progressed, lasted_s)  # a connection ended without a terminal event: True: move on
 
-A connection that ends having delivered no token (or terminal event) is
-barren; `barren_limit` in a row on one transport means the path kills that
-transport, where one drop can be bad luck. The Python client, the Locust
+A connection that ends having delivered no token, or within `short_s` of
+opening, is barren; `barren_limit` in a row on one transport means the path
+kills that transport, where one drop can be bad luck. (A proxy that cuts each
+WebSocket 10 ms after the upgrade still lets a resume deliver the tokens that
+queued meanwhile: progress, but in pieces and each after a backoff.) The Python client, the Locust
 users and the page (static/app.js, the same rules) share this policy.
 """
 
@@ -30,6 +32,7 @@ ORDER: tuple[str, ...] = ("ws", "sse", "ndjson")
 class Fallback:
     order: tuple[str, ...] = ORDER
     barren_limit: int = 2
+    short_s: float = 1.0
     index: int = 0
     barren: int = 0  # connections in a row on this transport that delivered nothing
     switches: list[tuple[str, str]] = field(default_factory=list)
@@ -49,9 +52,9 @@ class Fallback:
         """The path would not carry this transport at all; True: try `transport` (the next one) now."""
         return self._next()
 
-    def ended(self, progressed: bool) -> bool:
+    def ended(self, progressed: bool, lasted_s: float = float("inf")) -> bool:
         """A connection ended without a terminal event; True: move on to `transport` (the next one)."""
-        if progressed:
+        if progressed and lasted_s >= self.short_s:
             self.barren = 0
             return False
         self.barren += 1

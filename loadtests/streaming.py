@@ -114,6 +114,7 @@ class StreamClient:
         while True:
             progressed = False
             run.transport = fallback.transport
+            opened = time.perf_counter()
             connection = self._connect(fallback.transport, body, run.stream_id, run.last_seq, run)
             try:
                 for event, at in connection:
@@ -140,7 +141,7 @@ class StreamClient:
                 self._abrupt = False
             # Cut: no terminal event. Resume after the last seq seen, as gateway.client does.
             run.cuts.append(time.perf_counter())
-            switched = fallback.ended(progressed)
+            switched = fallback.ended(progressed, time.perf_counter() - opened)
             if switched:
                 run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
             # With transports to fall back on, a connection cut before the stream's id arrived starts again.

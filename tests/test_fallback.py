@@ -26,3 +26,11 @@ def test_barren_connections_in_a_row_move_on_and_progress_resets_the_count():
     assert not policy.ended(False)
     assert policy.ended(False) and policy.transport == "sse"
     assert policy.barren == 0
+
+
+def test_short_lived_connections_count_as_barren_even_with_tokens():
+    policy = Fallback.of("auto")
+    assert not policy.ended(True, 0.05)  # tokens that queued while it reconnected, then cut at once
+    assert policy.ended(True, 0.05) and policy.transport == "sse"
+    assert not policy.ended(True, 0.05) and not policy.ended(True, 30.0)  # a long-lived one resets the count
+    assert not policy.ended(True, 0.05)

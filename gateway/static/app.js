@@ -17,7 +17,8 @@
   const READ_TIMEOUT_MS = 1000 * (Number(new URLSearchParams(location.search).get("read_timeout_s")) || 45);
 
   // Transport fallback, the rules of gateway/fallback.py: a path that refuses a transport, or cuts it
-  // twice in a row before any token, moves the panel to the next one, resuming the same stream.
+  // twice in a row before any token or within a second of opening, moves the panel to the next one,
+  // resuming the same stream.
   class Fallback {
     constructor(order) {
       this.order = order;
@@ -33,8 +34,8 @@
       return this.next();
     }
 
-    ended(progressed) {
-      if (progressed) {
+    ended(progressed, lastedMs) {
+      if (progressed && lastedMs >= 1000) {
         this.barren = 0;
         return false;
       }
@@ -614,6 +615,7 @@
       for (;;) {
         let reason = "the response ended without a terminal event";
         const tokens = panel.tokens;
+        const opened = performance.now();
         const connection = new AbortController();  // this request only: the read timeout aborts it
         panel.watch(() => connection.abort(new Error(`no byte for ${READ_TIMEOUT_MS / 1000} s`)));
         try {
@@ -633,7 +635,9 @@
           panel.watch(null);
         }
         if (!this.live || panel.ended) return;
-        if (this.fallback && this.fallback.ended(panel.tokens > tokens)) return this.fallBack(body);
+        if (this.fallback && this.fallback.ended(panel.tokens > tokens, performance.now() - opened)) {
+          return this.fallBack(body);
+        }
         if (!panel.cut(reason)) return;
         await backoff(panel);
         if (this.abort.signal.aborted || !this.live) return;
@@ -701,13 +705,14 @@
       const panel = this.panel;
       const ws = (this.ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`));
       const tokens = panel.tokens;
-      let opened = false;
+      let opened = 0;  // when the upgrade passed
       const lost = async (reason) => {
         if (this.ws !== ws || !this.live || panel.ended) return;
         this.ws = null;
         panel.watch(null);
         // Never opened: the path refused the upgrade. Opened, but no token came: barren.
-        if (opened ? this.fallback.ended(panel.tokens > tokens) : this.fallback.refused()) {
+        const barren = () => this.fallback.ended(panel.tokens > tokens, performance.now() - opened);
+        if (opened ? barren() : this.fallback.refused()) {
           const next = new FetchClient(panel, "sse", this.fallback);
           panel.fellBack(this.transport, next.transport);
           panel.client = next;
@@ -718,7 +723,7 @@
         if (!panel.ended && this.live) this.open({ type: "resume", stream_id: panel.streamId, after: panel.lastSeq });
       };
       ws.onopen = () => {
-        opened = true;
+        opened = performance.now();
         panel.watch(() => {
           ws.close();  // a half-open socket would wait for the closing handshake: resume without it
           lost(`no byte for ${READ_TIMEOUT_MS / 1000} s`);
