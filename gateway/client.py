@@ -319,6 +319,9 @@ class Client:
                     message = await asyncio.wait_for(sock.recv(), self.read_timeout)
                 except websockets.ConnectionClosedOK:
                     return
+                except TimeoutError:
+                    sock.transport.abort()  # dead: no closing handshake (it would wait close_timeout, 10 s)
+                    raise
                 at = time.perf_counter()
                 result.bytes += len(message)
                 event = ws.decode(message)

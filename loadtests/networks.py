@@ -39,7 +39,6 @@ from gateway.client import Client, StreamResult
 from gateway.sources.simulated import expected_text
 from lab.links import PROFILES, Profile, Relay
 
-from .compare.stats import decide, figure
 from .lab import Lab
 
 __all__ = ["mobile", "strict", "many_tabs", "dead_connections", "run", "markdown", "main"]
@@ -68,13 +67,15 @@ def _exact(r: StreamResult, prompt: str, n: int) -> bool:
 
 def _figure(per_run: list[list[float]], of: str) -> dict | None:
     """Mean over runs of each run's median, with the 95% interval over runs."""
+    from .compare.stats import figure
+
     medians = [statistics.median(v) if v else None for v in per_run]
     f = figure(medians, sum(len(v) for v in per_run), of)
     return None if f is None else f.as_dict()
 
 
 def _verdict(figures: dict[str, dict | None], lower: bool = True) -> str:
-    from .compare.stats import Figure
+    from .compare.stats import Figure, decide
 
     cands = {k: None if f is None else Figure(f["value"], f["lo"] if f["lo"] is not None else float("-inf"),
                                                f["hi"] if f["hi"] is not None else float("inf"),
@@ -172,10 +173,13 @@ OPEN_MANY = """async ([kind, n, waitMs]) => {
   const t0 = performance.now();
   const mark = (i) => { if (first[i] === null) first[i] = performance.now() - t0; };
   const stops = [];
+  const ids = [];
+  for (let i = 0; kind === 'eventsource' && i < n; i++) {  // first: a POST waits too while 6 stream
+    ids.push((await (await fetch('/v1/streams', {...json, body: body(i)})).json()).id);
+  }
   for (let i = 0; i < n; i++) {
     if (kind === 'eventsource') {
-      const id = (await (await fetch('/v1/streams', {...json, body: body(i)})).json()).id;
-      const es = new EventSource('/v1/streams/' + id + '/sse');
+      const es = new EventSource('/v1/streams/' + ids[i] + '/sse');
       es.addEventListener('token', () => mark(i));
       stops.push(() => es.close());
     } else if (kind === 'fetch') {
@@ -246,6 +250,10 @@ async def _python_dead(upstream: str, transport: str, streams: int, break_after:
 
 
 def _after_break(cuts: list[float], arrivals: list[float], broke: float) -> dict:
+    """Seconds from the break to the first cut noticed after it, and to the first token after that.
+    A stream with no token before the break was not on a broken connection: no figures."""
+    if not any(a < broke for a in arrivals):
+        return {"notice_s": None, "resume_s": None}
     notice = next((c - broke for c in cuts if c >= broke), None)
     resume = next((a - broke for a in arrivals if a > broke + (notice or 0)), None)
     return {"notice_s": notice, "resume_s": resume}
@@ -412,7 +420,8 @@ def markdown(m: dict) -> str:
         lines += ["### Many tabs (8 streams of one kind from one page, Chromium)", "",
                   "| protocol and kind | streaming at once, per run |", "|---|---|"]
         for key, r in t.items():
-            lines.append(f"| {key} | {', '.join(f'{c}/{r['opened']}' for c in r['streaming'])} |")
+            counts = ", ".join(f"{c}/{r['opened']}" for c in r["streaming"])
+            lines.append(f"| {key} | {counts} |")
         lines.append("")
     mob = m.get("mobile_networks")
     if mob:

@@ -204,3 +204,36 @@ def test_break_all_silences_open_connections_and_new_ones_work():
             writer.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
+def test_python_client_notices_a_silent_connection_by_its_read_timeout_and_resumes(gw, transport):
+    """No FIN, no RST: only the read timeout tells. (On WebSocket a polite close would wait 10 s more for a
+    closing handshake that cannot come.)"""
+    from gateway.client import StreamResult
+    from gateway.sources.simulated import expected_text
+
+    async def main():
+        host, port = gw.url.rsplit("//", 1)[1].split(":")
+        async with Relay(Profile("t", hold_s=30), (host, int(port))) as relay:
+            async with Client(relay.url, read_timeout=1.5) as c:
+                r = StreamResult()
+
+                async def read():
+                    async for _ in c.events(transport, "dead", max_tokens=60, seed=0, result=r,
+                                            sim={"ttft_ms": 50, "itl_ms": 40, "jitter": 0}):
+                        pass
+
+                task = asyncio.create_task(read())
+                while len(r.tokens) < 5:
+                    await asyncio.sleep(0.02)
+                relay.break_all()
+                broke = time.perf_counter()
+                await asyncio.wait_for(task, 30)
+        return r, broke
+
+    r, broke = asyncio.run(main())
+    assert r.text == expected_text("dead", 0, 60) and r.done is not None
+    assert (r.gaps, r.duplicates) == (0, 0)
+    noticed = r.cuts[0] - broke
+    assert 1.0 < noticed < 4.0, noticed  # the 1.5 s read timeout (heartbeats every 0.3 s keep it from firing)

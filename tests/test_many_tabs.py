@@ -6,39 +6,18 @@ from __future__ import annotations
 import pytest
 
 from loadtests.lab import Lab
+from loadtests.networks import CHROMIUM_ARGS, OPEN_MANY
 
 from .support import require
 
 pytestmark = pytest.mark.timeout(180)
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--ignore-certificate-errors"]
 SOURCES = 8
 
-# Creates N long streams, opens an EventSource on each, and after `wait_ms` reports which have had a token.
-OPEN_MANY = """async ([n, waitMs]) => {
-  const sim = {ttft_ms: 50, itl_ms: 100, jitter: 0};
-  const ids = [];
-  for (let i = 0; i < n; i++) {
-    const r = await fetch('/v1/streams', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                           body: JSON.stringify({prompt: 'tab ' + i, max_tokens: 150, sim})});
-    ids.push((await r.json()).id);
-  }
-  const first = new Array(n).fill(null);
-  const t0 = performance.now();
-  const sources = ids.map((id, i) => {
-    const es = new EventSource('/v1/streams/' + id + '/sse');
-    es.addEventListener('token', () => { if (first[i] === null) first[i] = performance.now() - t0; });
-    return es;
-  });
-  await new Promise((resolve) => setTimeout(resolve, waitMs));
-  sources.forEach((es) => es.close());
-  return first;
-}"""
 
-
-def first_tokens(url: str) -> list[float | None]:
-    """For each of SOURCES EventSources opened at once from a page of `url`: ms to its first token, or None."""
+def first_tokens(url: str, kind: str = "eventsource") -> list[float | None]:
+    """For each of SOURCES streams of `kind` (eventsource, fetch, websocket) opened at once from a page of
+    `url`: ms to its first token, or None if it had none within 3 s."""
     chromium = require("chromium")
     from playwright.sync_api import sync_playwright
 
@@ -47,7 +26,7 @@ def first_tokens(url: str) -> list[float | None]:
         try:
             page = browser.new_context(ignore_https_errors=True).new_page()
             page.goto(url + "/healthz")
-            return page.evaluate(OPEN_MANY, [SOURCES, 3000])
+            return page.evaluate(OPEN_MANY, [kind, SOURCES, 3000])
         finally:
             browser.close()
 
@@ -67,6 +46,13 @@ def test_over_http11_the_seventh_eventsource_waits(lab, path):
     assert len(streaming) == 6, first  # Chromium's 6 connections per origin; the others wait for one to free
 
 
-def test_over_http2_every_eventsource_streams(lab):
-    first = first_tokens(lab.urls["nginx-h2"])
+def test_over_http11_fetch_streams_wait_too_and_websockets_do_not(lab):
+    url = lab.urls["nginx-tls"]
+    assert sum(t is not None for t in first_tokens(url, "fetch")) == 6
+    assert all(t is not None for t in first_tokens(url, "websocket"))  # not pooled with HTTP requests
+
+
+@pytest.mark.parametrize("kind", ["eventsource", "fetch"])
+def test_over_http2_every_stream_streams(lab, kind):
+    first = first_tokens(lab.urls["nginx-h2"], kind)
     assert all(t is not None for t in first), first
