@@ -14,6 +14,7 @@ import pytest
 from gateway.sources.simulated import corpus_tokens, expected_text
 
 from . import wire
+from .support import run
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "simulated.json").read_text("utf-8"))
 SIM = {"ttft_ms": 5, "itl_ms": 1, "jitter": 0}
@@ -51,7 +52,7 @@ def test_seed_and_prompt_each_pick_the_text():
 def test_the_gateway_serves_the_recorded_tokens(gw, transport):
     pieces = GOLDEN["pieces"]
     body = {"prompt": pieces["prompt"], "seed": pieces["seed"], "max_tokens": pieces["max_tokens"], "sim": SIM}
-    r = asyncio.run(wire.read(gw.url, transport, body=body))
+    r = run(wire.read(gw.url, transport, body=body))
     assert [t["text"] for t in r.tokens] == pieces["tokens"]  # the same split into tokens, not only the text
     assert r.terminal["sha256"] == sha("".join(pieces["tokens"]))
 
@@ -64,5 +65,5 @@ def test_the_gateway_serves_the_recorded_texts(gw, transport):
                                                "max_tokens": c["max_tokens"], "sim": SIM})
             for c in GOLDEN["texts"]))
 
-    for case, r in zip(GOLDEN["texts"], asyncio.run(go())):
+    for case, r in zip(GOLDEN["texts"], run(go())):
         assert r.text == case["text"] and r.terminal["sha256"] == sha(case["text"]), case

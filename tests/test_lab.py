@@ -21,7 +21,7 @@ from loadtests.lab import PROXIES, Lab, render
 from gateway.sources.simulated import expected_text
 
 from . import wire
-from .support import ROOT, require
+from .support import require, ROOT, run
 
 
 def _lines(proc: subprocess.Popen) -> queue.Queue:
@@ -93,7 +93,7 @@ def test_load_balanced_path_streams_on_both_replicas():
                     client.stream(t, f"lb{i}", max_tokens=20, sim={"ttft_ms": 50, "itl_ms": 10}, resume=False)
                     for i in range(2) for t in ("sse", "ndjson", "ws")))
 
-        results = asyncio.run(main())
+        results = run(main())
         for i, r in enumerate(results):
             assert r.text == expected_text(f"lb{i // 3}", 0, 20) and r.done is not None
         created = [_created(lab.urls[name]) for name in ("replica-a", "replica-b")]
@@ -136,7 +136,7 @@ def test_resume_in_pieces_through_the_load_balancer():
         async def main():
             return await asyncio.gather(*(read_in_pieces(lab.urls["nginx-lb"], p) for p in prompts))
 
-        for prompt, reads in zip(prompts, asyncio.run(main())):
+        for prompt, reads in zip(prompts, run(main())):
             events = wire.joined(reads)
             wire.assert_exact(events, 0, n + 1)  # meta, n tokens, done: no gap, no duplicate
             text = wire.text_of(events)

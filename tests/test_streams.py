@@ -14,13 +14,11 @@ from gateway.events import Error, Token
 from gateway.sources.simulated import expected_text
 
 from . import wire
+from .support import run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 async def _stream(gw, transport, **kw):
