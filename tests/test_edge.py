@@ -113,3 +113,94 @@ def test_shared_store_with_keys_refuses_to_start_without_a_shared_token_secret()
     assert r.returncode != 0
     assert "GATEWAY_TOKEN_SECRET is required" in r.stderr and "Traceback" not in r.stderr
     assert "GATEWAY_TOKEN_SECRET" in (ROOT / "compose.yaml").read_text()
+
+
+# -- the connection edge ------------------------------------------------------------------------
+
+EDGE = {"GATEWAY_MAX_CONNECTIONS": "20", "GATEWAY_MAX_PENDING_CONNECTIONS": "50", "GATEWAY_HEADER_TIMEOUT_S": "2",
+        "GATEWAY_MAX_HEADER_BYTES": "16384", "GATEWAY_LOG_LEVEL": "warning"}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def closed(sock: socket.socket, timeout: float) -> bytes | None:
+    """What the server sent before closing, or None if it is still open after `timeout`."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_slow_headers_are_evicted_and_timed_out_while_real_clients_are_served(tmp_path):
+    with proc(tmp_path, **EDGE) as gw:
+        slow = []
+        for _ in range(300):  # 300 half-sent heads against 20 + 50 places
+            s = socket.create_connection(("127.0.0.1", gw.port))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            slow.append(s)
+        with httpx.Client(timeout=10) as http:
+            ok = [http.get(gw.url + "/healthz").status_code for _ in range(10)]
+            r = http.post(gw.url + "/v1/ndjson", json={"max_tokens": 5, "sim": {"ttft_ms": 1, "itl_ms": 1}})
+        assert ok == [200] * 10
+        assert r.status_code == 200 and r.text.splitlines()[-1].startswith('{"type":"done"')
+        t0 = time.monotonic()
+        replies = [closed(s, 15) for s in slow]
+        assert all(reply is not None for reply in replies), "a half-sent head was held past the header timeout"
+        assert time.monotonic() - t0 < 12
+        assert sum(reply.startswith(b"HTTP/1.1 408") for reply in replies) >= 40  # the last ones: out of time
+        for s in slow:
+            s.close()
+        refused = httpx.get(gw.url + "/metrics").text
+        assert 'gateway_refused_total{reason="slow_headers"}' in refused
+        assert 'gateway_refused_total{reason="header_timeout"}' in refused
+
+
+def test_a_slow_second_request_on_a_keep_alive_connection_is_timed_out(tmp_path):
+    with proc(tmp_path, **EDGE) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            body = b'{"max_tokens": 2, "sim": {"ttft_ms": 1, "itl_ms": 1}}'
+            # A chunked body first: the gate must find where the next request starts.
+            s.sendall(b"POST /v1/complete HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            s.settimeout(10)
+            first = s.recv(65536)
+            while b"\r\n\r\n" not in first or len(first.split(b"\r\n\r\n", 1)[1]) < int(
+                    first.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+                first += s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200") and b'"finish_reason":"stop"' in first, first
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ...and never the blank line
+            t0 = time.monotonic()
+            reply = closed(s, 10)
+            assert reply is not None and reply.startswith(b"HTTP/1.1 408")
+            assert 1.5 < time.monotonic() - t0 < 8
+
+
+def test_huge_headers_get_431_with_memory_bounded(tmp_path):
+    with proc(tmp_path, **EDGE) as gw:
+        before = rss_mb(gw.proc.pid)
+        replies = []
+        for _ in range(20):  # 20 x a 10 MB header line, sent until the server closes
+            with socket.create_connection(("127.0.0.1", gw.port)) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+                chunk = b"a" * 65536
+                try:
+                    for _ in range(160):
+                        s.sendall(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                replies.append(closed(s, 10))
+        after = rss_mb(gw.proc.pid)
+        assert sum(1 for r in replies if r and r.startswith(b"HTTP/1.1 431")) >= 15, [r[:40] for r in replies if r]
+        assert after - before < 30, f"RSS {before:.0f} -> {after:.0f} MB"
+        assert httpx.get(gw.url + "/healthz").status_code == 200
