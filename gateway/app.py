@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from .api import messages, responses
 from .auth import Auth, install_redaction
 from .chat import add_openai_routes
 from .clock import Clock
@@ -322,6 +323,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        code=stream.error_code, partial_text=stream.text(), tokens=stream.tokens)
 
     add_openai_routes(app, ctx)
+    app.include_router(responses.router)
+    app.include_router(messages.router)
 
     add_page(app)
 

@@ -1,9 +1,10 @@
-"""Command line: `python -m gateway serve` (more subcommands join as the lab grows)."""
+"""Command line: `python -m gateway serve`; `lab`, `probe` and `compare` forward to the tools (loadtests/)."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import sys
 
 __all__ = ["main", "serve"]
@@ -51,40 +52,32 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     DrainingServer(config, app.state.ctx).run()
 
 
+# Tools that live beside the server package (loadtests/, installed with the lab extra): the server never
+# imports them; these names forward to `python -m loadtests`.
+TOOLS = ("lab", "probe", "compare")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        try:
+            tools = importlib.import_module("loadtests.cli")
+        except ModuleNotFoundError as exc:
+            print(f"error: `{argv[0]}` is one of the tools (loadtests/), not importable here ({exc}); "
+                  "run it from a clone with the lab extra: uv run --locked --extra lab python -m gateway "
+                  f"{argv[0]}", file=sys.stderr)
+            return 2
+        return tools.main(argv, prog="python -m gateway")
     parser = argparse.ArgumentParser(prog="gateway", description="Stream model output over SSE, WebSocket and NDJSON.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the gateway (simulated model by default)")
     p.add_argument("--host", help="bind address (default 127.0.0.1, or GATEWAY_HOST)")
     p.add_argument("--port", type=int, help="port (default 8000, or GATEWAY_PORT)")
-    p = sub.add_parser("lab", help="the gateway behind real nginx and HAProxy, on loopback ports")
-    p.add_argument("--port", type=int, default=8000, help="base port: gateway here, proxies above it (0: free ports)")
-    p.add_argument("--only", help="comma-separated proxy paths to start (default: all installed)")
-    p.add_argument("--read-timeout", default="60s", help="the proxies' read timeout (default 60s)")
-    p.add_argument("--measure", action="store_true", help="probe every path, print a table, and stop")
-    p.add_argument("--idle", type=float, default=0.0, help="with --measure: idle gap to check, in seconds")
-    p = sub.add_parser("probe", help="check a deployment path: reachability, TTFT, buffering, idle gaps, resume")
-    p.add_argument("url", help="base URL of a gateway, directly or through proxies")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--idle", type=float, default=20.0, help="idle gap to survive, in seconds (0: skip)")
-    p.add_argument("--tokens", type=int, default=40, help="tokens per test stream")
-    p.add_argument("--itl-ms", type=float, default=50.0, help="gap between tokens as sent")
-    from . import compare
-    compare.add_parser(sub)
+    for name in TOOLS:
+        sub.add_parser(name, help=f"a tool in loadtests/: python -m gateway {name} --help")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port)
-    elif args.command == "compare":
-        return compare.main(args)
-    elif args.command == "lab":
-        from .lab import run
-
-        return run(args.port, tuple(args.only.split(",")) if args.only else None, args.read_timeout,
-                   args.idle if args.measure else None)
-    elif args.command == "probe":
-        from .probe import main as probe
-
-        return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms)
     return 0
 
 

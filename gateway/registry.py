@@ -188,7 +188,7 @@ class Registry:
                 gen.cancel()
                 stream.fail("upstream_timeout", f"no output from the model for {idle:g} s", True)
                 continue
-            if not stream.subs and stream.detached_since is not None and now - stream.detached_since >= grace:
+            if not stream.subs and not stream.keep and stream.detached_since is not None and now - stream.detached_since >= grace:
                 stream.cancel("detached")
         self.store.sweep(now)
         if now >= self.reclaim_at:  # cycles freed, heap pages returned (gateway/memory.py)

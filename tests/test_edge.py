@@ -19,9 +19,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gateway.codecs import ws as wsc
-from gateway.procs import free_port, stop
+from loadtests.procs import free_port, stop
 
-from .support import ROOT, wait_http
+from .support import ROOT, run, wait_http
 
 KEY = "secret-edge-0123456789"
 OTHER = "secret-other-0123456789"
@@ -90,7 +90,7 @@ def test_an_attach_token_socket_reaches_only_its_stream_and_is_never_logged(tmp_
                 replies.append(wsc.decode(await sock.recv()))
                 return first, replies
 
-        first, replies = asyncio.run(go())
+        first, replies = run(go())
         assert first.type == "meta" and first.stream_id == own["id"]
         assert replies[0].code == "cancelled"  # its own stream: yes
         assert [r.code for r in replies[1:]] == ["unauthorized"] * 3

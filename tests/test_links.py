@@ -12,6 +12,8 @@ import pytest
 from gateway.client import Client
 from lab.links import PROFILES, Profile, Relay
 
+from .support import run
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -54,7 +56,7 @@ def test_latency_is_one_rtt_per_round_trip():
         assert direct < 0.1
         assert 0.19 <= relayed < 0.6, relayed  # 200 ms RTT, a wide margin above for a busy machine
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_bandwidth_paces_a_download_at_the_profile_rate():
@@ -76,7 +78,7 @@ def test_bandwidth_paces_a_download_at_the_profile_rate():
         assert len(got) == size
         assert 1.9 < took < 5.0, took  # 2.05 s of link time + 0.3 s RTT
 
-    asyncio.run(main())
+    run(main())
 
 
 async def _ticks(port: int, seconds: float) -> list[float]:
@@ -124,7 +126,7 @@ def test_stall_holds_bytes_then_releases_them_together():
         burst = sum(1 for t in times if abs(t - times[gaps.index(longest) + 1]) < 0.01)
         assert burst >= 8  # what queued in the stall arrives at once
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_train_resets_the_connection_on_schedule():
@@ -141,7 +143,7 @@ def test_train_resets_the_connection_on_schedule():
             assert relay.stats.resets == 1
         assert 0.4 < took < 1.5, took
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_half_open_goes_silent_without_fin_or_rst_and_a_new_connection_works():
@@ -162,7 +164,7 @@ def test_half_open_goes_silent_without_fin_or_rst_and_a_new_connection_works():
             assert relay.stats.half_open == 1
             writer.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 @pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
@@ -179,7 +181,7 @@ def test_gateway_stream_crosses_a_3g_link_intact(gw, transport):
             fast = await c.stream(transport, "hi", max_tokens=30, seed=7, sim=sim)
         return slow, fast
 
-    slow, fast = asyncio.run(main())
+    slow, fast = run(main())
     assert slow.done is not None and not slow.cut
     assert [t.text for t in slow.tokens] == [t.text for t in fast.tokens]
     assert slow.ttft >= 0.3  # at least one 300 ms round trip (TCP and the request) before the first token

@@ -12,11 +12,11 @@ import pytest
 import websockets
 
 from gateway.client import Client, StreamResult
-from gateway.lab import Lab, self_signed
-from gateway.procs import free_port, stop
+from loadtests.lab import Lab, self_signed
+from loadtests.procs import free_port, stop
 from gateway.sources.simulated import expected_text
 
-from .support import ROOT, require, require_module, wait_http
+from .support import require, require_module, ROOT, run, wait_http
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,9 +27,6 @@ PATHS = ("nginx-h2", "nginx-tls", "nginx-gzip", "nginx-strict", "haproxy-idle", 
 # Headers HTTP/2 forbids (RFC 9113 8.2.2) and a length a stream cannot know.
 FORBIDDEN = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "content-length"}
 
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 @pytest.fixture(scope="module")

@@ -462,7 +462,11 @@
   const abortStream = (id) => {
     if (id) fetch(`/v1/streams/${encodeURIComponent(id)}/cancel`, { method: "POST", keepalive: true }).catch(() => {});
   };
-  const backoff = (panel) => sleep(Math.min(2000, 150 * 2 ** (panel.tries - 1)));
+  // gateway/backoff.py's schedule: 150 ms doubling to at most 2 s, half of it random.
+  const backoff = (panel) => {
+    const full = Math.min(2000, 150 * 2 ** (Math.max(1, panel.tries) - 1));
+    return sleep(full / 2 + (Math.random() * full) / 2);
+  };
   const jsonInit = (body) => ({ method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
 
   // 1. POST /v1/streams, then EventSource by id. EventSource resumes by itself with Last-Event-ID.
