@@ -12,9 +12,11 @@ __all__ = ["main", "serve"]
 
 def serve(host: str | None = None, port: int | None = None) -> None:
     import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     from .app import create_app
     from .drain import DrainingServer
+    from .gate import Gate, gated
     from .settings import get_settings
 
     try:
@@ -25,10 +27,6 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                         "propagate": False}
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    from .gate import Gate, gated
-
     # uvicorn has no header timeout or header size limit under httptools: the gate adds them in
     # front of its parser (uvicorn's `http` option takes a protocol class); h11's own limit as well.
     gate = Gate(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections,
