@@ -14,8 +14,9 @@ __all__ = ["Settings", "ModelSpec", "get_settings"]
 class ModelSpec(BaseModel):
     """A model served by relaying an upstream (see gateway/sources/relay.py)."""
 
-    kind: Literal["openai", "ollama"]
-    base_url: str  # OpenAI-compatible: up to and with /v1; Ollama: the server root
+    # openai: chat completions; responses: OpenAI's Responses API (relayed with resume); ollama: /api/chat
+    kind: Literal["openai", "ollama", "responses"]
+    base_url: str  # OpenAI-compatible and Responses: up to and with /v1; Ollama: the server root
     api_key: str | None = None
     upstream_model: str | None = None  # the name the upstream knows it by; default the gateway's name
     connect_timeout_s: float = Field(10.0, gt=0)

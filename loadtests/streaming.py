@@ -46,12 +46,14 @@ from websockets.uri import parse_uri
 from gateway import backoff
 from gateway.client import GatewayError, StreamResult, _check
 from gateway.codecs import ndjson, sse, ws
+from gateway.codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
 from gateway.events import Done, Error, Event, Token
 
-__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body"]
+__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body", "responses_body"]
 
-# sse_get attaches by id, as EventSource does; the others create and stream in one request.
-TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+# sse_get attaches by id, as EventSource does; the others create and stream in one request. responses:
+# OpenAI's Responses API (a background response, resumed with starting_after = seq + 3).
+TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws", "responses")
 # Chromium's EventSource reconnection time when the server sends no `retry:`.
 EVENTSOURCE_DEFAULT_RETRY_MS = 3000
 _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
@@ -142,6 +144,12 @@ class StreamClient:
                  run: Run) -> Iterator[tuple[Event, float]]:
         if transport == "ws":
             return self._ws(body, stream_id, after, run)
+        if transport == "responses":
+            decoder = EventDecoder()
+            if stream_id is None:
+                return self._http("POST", "/v1/responses", decoder, run, json=responses_body(body))
+            return self._http("GET", f"/v1/responses/{RESPONSE_PREFIX}{stream_id}", decoder, run,
+                              params={"stream": "true", "starting_after": after + OFFSET})
         decoder = ndjson.Decoder() if transport == "ndjson" else sse.Decoder()
         fmt = "ndjson" if transport == "ndjson" else "sse"
         if stream_id is None:
@@ -153,7 +161,7 @@ class StreamClient:
         params = {"after": after} if after >= 0 else {}
         return self._http("GET", f"/v1/streams/{stream_id}/ndjson", decoder, run, params=params)
 
-    def _http(self, method: str, path: str, decoder: sse.Decoder | ndjson.Decoder, run: Run,
+    def _http(self, method: str, path: str, decoder: sse.Decoder | ndjson.Decoder | EventDecoder, run: Run,
               eventsource: bool = False, **kw: Any) -> Iterator[tuple[Event, float]]:
         r = self.session.request(method, self.base_url + path, stream=True,
                                  timeout=(10, self.read_timeout), **kw)
@@ -299,6 +307,12 @@ def post_complete(session: requests.Session, base_url: str, body: dict[str, Any]
     r = session.post(base_url.rstrip("/") + "/v1/complete", json=body, timeout=(10, timeout))
     _check(r.status_code, r.content)
     return orjson.loads(r.content), len(r.content)
+
+
+def responses_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A stream request as a streamed background Responses request (seed and sim as extensions)."""
+    return {"model": body.get("model", "sim"), "input": body["prompt"], "max_output_tokens": body["max_tokens"],
+            "stream": True, "background": True, "seed": body["seed"], "sim": body["sim"]}
 
 
 def request_body(prompt_bytes: int, max_tokens: int, seed: int, **sim: Any) -> dict[str, Any]:
