@@ -58,17 +58,22 @@ def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 2
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+SERVERS = ("uvicorn", "hypercorn", "granian")  # `gateway serve --server`; uvicorn is the default
+
+
 class Gateway:
-    """A gateway process; `url` is its base URL."""
+    """A gateway process on `server`; `url` is its base URL."""
 
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), server: str = "uvicorn") -> None:
+        self.server = server
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         full_env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--server", server, *args],
             cwd=ROOT, env=full_env,
         )
         try:

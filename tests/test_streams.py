@@ -13,7 +13,7 @@ from gateway.client import TRANSPORTS, Client, GatewayError
 from gateway.events import Error, Token
 from gateway.sources.simulated import expected_text
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.every_server]
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 
 
