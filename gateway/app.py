@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from .auth import Auth
+from .api import messages, responses
+from .auth import Auth, install_redaction
 from .chat import add_openai_routes
 from .clock import Clock
 from .codecs import sse
@@ -100,11 +101,6 @@ class Context:
 
     async def create(self, request: StreamRequest, one_shot: bool, key: str | None = None) -> Stream:
         self.check_request(request)
-        limit = self.settings.streams_per_key
-        if limit and self.registry.running.get(key, 0) >= limit:
-            self.stats.refused["streams"] += 1
-            raise Problem(429, "Too many streams", f"this key has {limit} streams generating already",
-                          retry_after=1, code="too_many_streams")
         return await self.registry.create(request, one_shot=one_shot, owner_key=key)
 
     async def run_to_end(self, stream: Stream, request: Request) -> None:
@@ -161,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        install_redaction()  # attach tokens ride in query strings, which servers log
         configure_journal(settings)
         set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()
@@ -238,8 +235,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.delete("/v1/streams/{stream_id}", status_code=204, responses=openapi.CANCEL)
     async def cancel_stream(stream_id: str, request: Request) -> Response:
+        return await cancel(stream_id, request, "delete")
+
+    @app.post("/v1/streams/{stream_id}/cancel", status_code=204, responses=openapi.CANCEL)
+    async def abort_stream(stream_id: str, request: Request) -> Response:
+        """DELETE's twin for clients that can only POST (`navigator.sendBeacon` on page unload)."""
+        return await cancel(stream_id, request, "abort")
+
+    async def cancel(stream_id: str, request: Request, reason: str) -> Response:
         await ctx.owned(stream_id, request.scope.get(KEY))
-        done = await ctx.store.cancel(stream_id, "delete")
+        done = await ctx.store.cancel(stream_id, reason)
         if done is None:
             raise Problem(404, "Stream not found", f"no stream {stream_id[:64]!r}", code="not_found")
         if not done:
@@ -319,15 +324,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        code=stream.error_code, partial_text=stream.text(), tokens=stream.tokens)
 
     add_openai_routes(app, ctx)
+    app.include_router(responses.router)
+    app.include_router(messages.router)
 
     add_page(app)
 
     @app.get("/healthz", responses=openapi.OPEN)
     async def healthz() -> JSONResponse:
-        # 503 while draining, so a load balancer stops sending clients here.
-        body = {"status": "draining" if ctx.draining else "ok", "active_streams": ctx.stats.active_streams,
+        # 503 while draining or while the store cannot take new streams, so a load balancer
+        # sends clients elsewhere.
+        status = "draining" if ctx.draining else "ok" if ctx.store.ready else "store_unavailable"
+        body = {"status": status, "active_streams": ctx.stats.active_streams,
                 "kept_streams": len(ctx.store.local())}
-        return JSONResponse(body, status_code=503 if ctx.draining else 200)
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS)
     async def metrics() -> Response:

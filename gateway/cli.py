@@ -1,44 +1,50 @@
-"""Command line: `python -m gateway serve` (more subcommands join as the lab grows)."""
+"""Command line: `python -m gateway serve`; `lab`, `probe` and `compare` forward to the tools (loadtests/)."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import sys
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "serve", "SERVERS"]
 
 
 SERVERS = ("uvicorn", "hypercorn", "granian")
 
 
 def serve(host: str | None = None, port: int | None = None, server: str = "uvicorn") -> None:
-    """Run the gateway on `server`; every one drains on SIGTERM (gateway/drain.py, from the lifespan)."""
+    """Run the gateway on `server`; each drains on SIGTERM (gateway/drain.py, from the lifespan)."""
+    from .app import create_app
     from .settings import get_settings
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+        app = create_app(settings)
+    except ValueError as exc:  # a setting that cannot work: say which, without a traceback
+        sys.exit(f"gateway: {exc}")
     host, port = host or settings.host, port or settings.port
     if server == "uvicorn":
-        _uvicorn(settings, host, port)
+        _uvicorn(app, settings, host, port)
     elif server == "hypercorn":
-        _hypercorn(settings, host, port)
+        _hypercorn(app, settings, host, port)
     elif server == "granian":
+        del app  # granian's worker process builds its own, from the same settings
         _granian(settings, host, port)
     else:
         raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
 
 
-def _uvicorn(settings, host: str, port: int) -> None:
+def _uvicorn(app, settings, host: str, port: int) -> None:
     import uvicorn
 
     from .adapter.uvicorn import FastPath
-    from .app import create_app
 
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                         "propagate": False}
     config = uvicorn.Config(
-        FastPath(create_app(settings)),  # the fast path is offered per connection, after a capability check
+        FastPath(app),  # offers the fast path per connection, after a capability check
         host=host,
         port=port,
         loop="uvloop",
@@ -54,7 +60,7 @@ def _uvicorn(settings, host: str, port: int) -> None:
     uvicorn.Server(config).run()
 
 
-def _hypercorn(settings, host: str, port: int) -> None:
+def _hypercorn(app, settings, host: str, port: int) -> None:
     import asyncio
     import signal
 
@@ -62,15 +68,12 @@ def _hypercorn(settings, host: str, port: int) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
-    from .app import create_app
-
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.websocket_max_message_size = settings.ws_max_message_bytes
     config.graceful_timeout = 5
     config.loglevel = settings.log_level.upper()
     config.accesslog = None
-    app = create_app(settings)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -91,7 +94,22 @@ def _granian(settings, host: str, port: int) -> None:
             loop=Loops.uvloop, log_level=settings.log_level, websockets=True).serve()
 
 
+# Tools that live beside the server package (loadtests/, installed with the lab extra): the server never
+# imports them; these names forward to `python -m loadtests`.
+TOOLS = ("lab", "probe", "compare")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        try:
+            tools = importlib.import_module("loadtests.cli")
+        except ModuleNotFoundError as exc:
+            print(f"error: `{argv[0]}` is one of the tools (loadtests/), not importable here ({exc}); "
+                  "run it from a clone with the lab extra: uv run --locked --extra lab python -m gateway "
+                  f"{argv[0]}", file=sys.stderr)
+            return 2
+        return tools.main(argv, prog="python -m gateway")
     parser = argparse.ArgumentParser(prog="gateway", description="Stream model output over SSE, WebSocket and NDJSON.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the gateway (simulated model by default)")
@@ -99,34 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="port (default 8000, or GATEWAY_PORT)")
     p.add_argument("--server", choices=SERVERS, default="uvicorn",
                    help="ASGI server (default uvicorn; see docs/servers.md)")
-    p = sub.add_parser("lab", help="the gateway behind real nginx and HAProxy, on loopback ports")
-    p.add_argument("--port", type=int, default=8000, help="base port: gateway here, proxies above it (0: free ports)")
-    p.add_argument("--only", help="comma-separated proxy paths to start (default: all installed)")
-    p.add_argument("--read-timeout", default="60s", help="the proxies' read timeout (default 60s)")
-    p.add_argument("--measure", action="store_true", help="probe every path, print a table, and stop")
-    p.add_argument("--idle", type=float, default=0.0, help="with --measure: idle gap to check, in seconds")
-    p = sub.add_parser("probe", help="check a deployment path: reachability, TTFT, buffering, idle gaps, resume")
-    p.add_argument("url", help="base URL of a gateway, directly or through proxies")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--idle", type=float, default=20.0, help="idle gap to survive, in seconds (0: skip)")
-    p.add_argument("--tokens", type=int, default=40, help="tokens per test stream")
-    p.add_argument("--itl-ms", type=float, default=50.0, help="gap between tokens as sent")
-    from . import compare
-    compare.add_parser(sub)
+    for name in TOOLS:
+        sub.add_parser(name, help=f"a tool in loadtests/: python -m gateway {name} --help")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port, args.server)
-    elif args.command == "compare":
-        return compare.main(args)
-    elif args.command == "lab":
-        from .lab import run
-
-        return run(args.port, tuple(args.only.split(",")) if args.only else None, args.read_timeout,
-                   args.idle if args.measure else None)
-    elif args.command == "probe":
-        from .probe import main as probe
-
-        return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms)
     return 0
 
 

@@ -26,6 +26,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from . import backoff
 from .codecs import ndjson, sse, ws
 from .events import Done, Error, Event, Heartbeat, Meta, Reconnect, Token
 
@@ -204,7 +205,7 @@ class Client:
         result.last_seq = after
         attempt = 0
         while True:
-            delay = 0.0
+            delay = None  # gateway/backoff.py's, unless the server names one (a `reconnect` event)
             refused = False
             connection = self._connect(transport, body, result.stream_id, result.last_seq, result)
             try:
@@ -219,12 +220,12 @@ class Client:
                     if isinstance(event, (Done, Error)):
                         return
             except _CUT:
-                delay = 0.05 * attempt  # a refused or dead replica: do not spin
+                pass  # a cut, a refused or dead replica: the backoff keeps it from spinning
             except GatewayError as exc:
                 # A draining or storeless replica: another one may take us.
                 if exc.status != 503 or len(self.base_urls) == 1 or attempt >= self.max_resumes:
                     raise
-                refused, delay = True, 0.05 * attempt
+                refused = True
             finally:
                 await connection.aclose()
             # Cut: no terminal event. Resume if we can.
@@ -232,6 +233,8 @@ class Client:
                 return
             attempt += 1
             result.reconnects += 1
+            if delay is None:
+                delay = backoff.delay(attempt)
             if self._next_base():
                 delay = min(delay, 0.05 * attempt)  # another replica is there now
             if delay:

@@ -19,9 +19,11 @@ from .problems import Problem
 if TYPE_CHECKING:
     from .app import Context
 
-__all__ = ["Edge", "Guard", "cors", "defer", "KEY", "DEFER", "ATTACH_KINDS"]
+__all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ATTACH", "DEFER", "ATTACH_KINDS"]
 
 KEY = "gateway.key"  # scope entry: the caller's key id (None with auth off)
+# scope entry on a connection let in by an attach token: (the one stream it may read, the token's expiry)
+ATTACH = "gateway.attach"
 DEFER = "gateway.defer"  # scope entry: what to run once every layer inside the edge has returned
 ATTACH_KINDS = ("sse", "ndjson", "ws")
 
@@ -131,7 +133,10 @@ class Guard:
             if header is None:
                 token = _token(scope)
                 if token is not None:
-                    return auth.check_token(token, scope["path"].split("/")[3])
+                    stream_id = scope["path"].split("/")[3]
+                    key_id, expires = auth.check_token(token, stream_id)
+                    scope[ATTACH] = (stream_id, expires)  # this connection may read that stream only
+                    return key_id
             return auth.key_id(header)
         except Problem:
             self.ctx.stats.refused["unauthorized"] += 1

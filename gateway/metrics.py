@@ -9,7 +9,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["Stats", "TransportStats", "TRANSPORTS"]
 
-TRANSPORTS = ("sse", "ndjson", "ws", "chat")  # chat: POST /v1/chat/completions streamed
+# chat: POST /v1/chat/completions streamed; responses: /v1/responses; messages: POST /v1/messages streamed
+TRANSPORTS = ("sse", "ndjson", "ws", "chat", "responses", "messages")
 
 
 class TransportStats:
@@ -33,6 +34,8 @@ class Stats:
         self.errors: Counter[str] = Counter()  # in-band error events by code
         self.cancelled: Counter[str] = Counter()  # cancellations by reason
         self.finished = 0
+        # Tokens generated after a stream's last reader left, when none came back (the detach policy's cost).
+        self.wasted_tokens = 0
         self.refused: Counter[str] = Counter()  # requests refused by a limit or auth, by reason
         self.registry = CollectorRegistry()
         self.ttft = Histogram(
@@ -50,6 +53,7 @@ class Stats:
             "active_streams": self.active_streams,
             "streams_created": self.streams_created,
             "finished": self.finished,
+            "wasted_tokens": self.wasted_tokens,
             "errors": dict(self.errors),
             "cancelled": dict(self.cancelled),
             "refused": dict(self.refused),
@@ -85,6 +89,8 @@ class _Collector:
         yield GaugeMetricFamily("gateway_active_streams", "Streams generating now.", value=s.active_streams)
         yield CounterMetricFamily("gateway_streams_created", "Streams created.", value=s.streams_created)
         yield CounterMetricFamily("gateway_streams_finished", "Streams ended with done.", value=s.finished)
+        yield CounterMetricFamily("gateway_wasted_tokens", "Tokens generated after a stream's last reader "
+                                  "left, when no reader came back before it ended.", value=s.wasted_tokens)
         errors = CounterMetricFamily("gateway_stream_errors", "Streams ended with an error event.", labels=["code"])
         for code, n in sorted(s.errors.items()):
             errors.add_metric([code], n)

@@ -14,8 +14,9 @@ __all__ = ["Settings", "ModelSpec", "get_settings"]
 class ModelSpec(BaseModel):
     """A model served by relaying an upstream (see gateway/sources/relay.py)."""
 
-    kind: Literal["openai", "ollama"]
-    base_url: str  # OpenAI-compatible: up to and with /v1; Ollama: the server root
+    # openai: chat completions; responses: OpenAI's Responses API (relayed with resume); ollama: /api/chat
+    kind: Literal["openai", "ollama", "responses"]
+    base_url: str  # OpenAI-compatible and Responses: up to and with /v1; Ollama: the server root
     api_key: str | None = None
     upstream_model: str | None = None  # the name the upstream knows it by; default the gateway's name
     connect_timeout_s: float = Field(10.0, gt=0)
@@ -33,8 +34,13 @@ class Settings(BaseSettings):
     # source, and never a limit on total duration.
     heartbeat_s: float = Field(15.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0)
-    # A stream whose clients left keeps generating this long, so they can resume.
-    detach_grace_s: float = Field(30.0, ge=0)
+    # A lost connection is not a cancel: a stream whose last client left keeps generating this
+    # long, so any client can resume it (one-shots too). `cancel`: a one-shot's generation stops
+    # when its connection goes (what MCP's 2026 transport does). Chat and /v1/complete cannot be
+    # resumed: their generation always stops with the connection. An explicit cancel (DELETE,
+    # POST .../cancel, WebSocket `cancel`) stops any stream at once.
+    disconnect: Literal["detach", "cancel"] = "detach"
+    detach_grace_s: float = Field(10.0, ge=0)
     # An ended stream stays readable (for resume) this long.
     ttl_s: float = Field(300.0, gt=0)
     sse_retry_ms: int = Field(1000, ge=0)

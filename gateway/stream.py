@@ -33,7 +33,7 @@ __all__ = ["Stream", "Subscriber", "set_write_window", "RUNNING", "DONE", "FAILE
 log = logging.getLogger("gateway.stream")
 
 RUNNING, DONE, FAILED = "running", "done", "error"
-RESUMABLE = ("sse", "ndjson", "ws")  # transports whose clients can resume elsewhere (not chat, complete)
+RESUMABLE = ("sse", "ndjson", "ws", "responses")  # clients that can resume elsewhere (not chat, messages)
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
 
@@ -159,6 +159,11 @@ class Stream:
         self.drop_after = drop_after
         self.info = info or {}
         self.detached_since: float | None = now
+        self.keep = False  # generate to the end with no client attached (no detach grace): Responses background
+        # A lost connection stops the generation at once (else the grace applies): set by the registry.
+        self.leave_cancels = False
+        self.left_at: int | None = None  # tokens when the last reader left (None: one is attached)
+        self.wasted = 0  # tokens generated after the last reader left, for nobody who came back
         self.ended_at: float | None = None
         self.progress_mark = 0
         self.progress_at = now
@@ -203,6 +208,8 @@ class Stream:
 
     def _end(self, status: str, kind: int, obj: dict) -> None:
         self.status = status
+        if self.left_at is not None:
+            self.wasted, self.left_at = self.tokens - self.left_at, None
         self.log.append(kind, orjson.dumps(obj))
         self.generation = None
         self._on_event(self, "ended")
@@ -258,7 +265,7 @@ class Stream:
             self.drop_after = None
         sub = Subscriber(after + 1, transport, now, drop_at)
         self.subs.append(sub)
-        self.detached_since = None
+        self.detached_since = self.left_at = None
         self._on_event(self, "attached", sub)
         return sub
 
@@ -276,9 +283,14 @@ class Stream:
         if self.subs:
             return
         self.detached_since = now
-        # A one-shot stream's client is its only reader: when it leaves, stop paying for tokens.
-        if sub.cut == "client_left" and self.one_shot and self.status is RUNNING:
+        if self.status is not RUNNING:
+            return
+        # A lost connection is not a cancel: the stream goes on for the grace, so the client can
+        # resume; unless the policy says otherwise or the transport cannot resume (chat, complete).
+        if sub.cut == "client_left" and (self.leave_cancels or sub.transport not in RESUMABLE):
             self.cancel("client_gone")
+        else:
+            self.left_at = self.tokens
 
     async def wait(self, sub: Subscriber) -> None:
         """Return once `sub` has events to read, a heartbeat is due, or it is gone."""

@@ -17,7 +17,12 @@ same resume rules and the same codecs:
   socket is closed whichever way the stream ends, a Locust stop included.
 
 `StreamClient.events()` yields (event, arrival) until the terminal event and
-resumes by itself after a cut; the `Run` it fills says what happened.
+resumes by itself after a cut; the `Run` it fills says what happened. It
+reconnects as the browser clients do: sse_get as an EventSource (waits the
+server's `retry:`, sends Last-Event-ID, stops on a non-200 answer, 204
+included), the others after gateway/backoff.py's delay (the page's and the
+Python client's). With `cut_after`, the client itself closes its socket once
+that token came (a phone losing signal), then resumes.
 """
 
 from __future__ import annotations
@@ -38,14 +43,17 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from gateway import backoff
 from gateway.client import GatewayError, StreamResult, _check
 from gateway.codecs import ndjson, sse, ws
-from gateway.events import Done, Error, Event
+from gateway.events import Done, Error, Event, Token
 
 __all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body"]
 
 # sse_get attaches by id, as EventSource does; the others create and stream in one request.
 TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+# Chromium's EventSource reconnection time when the server sends no `retry:`.
+EVENTSOURCE_DEFAULT_RETRY_MS = 3000
 _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
         WebSocketException, OSError, TimeoutError)
 
@@ -55,6 +63,8 @@ class Run(StreamResult):
     """A StreamResult plus when each cut was noticed (perf_counter), for the time to resume."""
     cuts: list[float] = field(default_factory=list)
     cause: str | None = None  # the last I/O error, if a connection failed
+    client_cuts: int = 0  # connections the client closed itself (`cut_after`)
+    waited: float = 0.0  # seconds spent waiting before reconnects (retry or backoff)
 
 
 class StreamClient:
@@ -69,6 +79,9 @@ class StreamClient:
         self.max_resumes = max_resumes
         # A slow reader: bytes per second it consumes (0: as fast as they come).
         self.read_bps = 0.0
+        # EventSource's reconnection time: the server's last `retry:`, else Chromium's default.
+        self.retry_ms = EVENTSOURCE_DEFAULT_RETRY_MS
+        self._abrupt = False  # the next close is the client's own cut: no goodbye
 
     def close(self) -> None:
         self.session.close()
@@ -79,12 +92,16 @@ class StreamClient:
         _check(r.status_code, r.content)
         return r.json()["id"]
 
-    def events(self, transport: str, body: dict[str, Any], run: Run) -> Iterator[tuple[Event, float]]:
+    def events(self, transport: str, body: dict[str, Any], run: Run,
+               cut_after: int | None = None) -> Iterator[tuple[Event, float]]:
         """Yield (event, arrival) until the terminal event, resuming after cuts.
 
         `run.started` is set before the first request (for sse_get, before the
         stream is created), so time to first token is what a user would see.
-        Raises GatewayError if the gateway refuses before streaming.
+        Raises GatewayError if the gateway refuses before streaming (and, for
+        sse_get, if a reconnect is answered with anything but 200: EventSource
+        gives up then). `cut_after`: close the socket once token seq `cut_after`
+        came, then resume.
         """
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; one of {TRANSPORTS}")
@@ -92,20 +109,32 @@ class StreamClient:
         if transport == "sse_get":
             run.stream_id = self.create(body)
         while True:
+            connection = self._connect(transport, body, run.stream_id, run.last_seq, run)
             try:
-                for event, at in self._connect(transport, body, run.stream_id, run.last_seq, run):
+                for event, at in connection:
                     if not run.take(event, at):  # a heartbeat or a duplicate
                         continue
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return
+                    if cut_after is not None and type(event) is Token and event.seq >= cut_after:
+                        cut_after = None
+                        run.client_cuts += 1
+                        self._abrupt = True
+                        break
             except _CUT as exc:
                 run.cause = f"{type(exc).__name__}: {exc}"[:200]
+            finally:
+                connection.close()
+                self._abrupt = False
             # Cut: no terminal event. Resume after the last seq seen, as gateway.client does.
             run.cuts.append(time.perf_counter())
             if run.stream_id is None or run.reconnects >= self.max_resumes:
                 return
             run.reconnects += 1
+            wait = self.retry_ms / 1000 if transport == "sse_get" else backoff.delay(run.reconnects)
+            run.waited += wait
+            time.sleep(wait)  # gevent's, under Locust
 
     # -- one connection -------------------------------------------------------
 
@@ -119,18 +148,22 @@ class StreamClient:
             return self._http("POST", f"/v1/{fmt}", decoder, run, json=body)
         if fmt == "sse":
             headers = {"Last-Event-ID": str(after)} if after >= 0 else {}
-            return self._http("GET", f"/v1/streams/{stream_id}/sse", decoder, run, headers=headers)
+            return self._http("GET", f"/v1/streams/{stream_id}/sse", decoder, run, headers=headers,
+                              eventsource=transport == "sse_get")
         params = {"after": after} if after >= 0 else {}
         return self._http("GET", f"/v1/streams/{stream_id}/ndjson", decoder, run, params=params)
 
     def _http(self, method: str, path: str, decoder: sse.Decoder | ndjson.Decoder, run: Run,
-              **kw: Any) -> Iterator[tuple[Event, float]]:
+              eventsource: bool = False, **kw: Any) -> Iterator[tuple[Event, float]]:
         r = self.session.request(method, self.base_url + path, stream=True,
                                  timeout=(10, self.read_timeout), **kw)
         ended = False
         try:
             if r.status_code >= 400:
                 _check(r.status_code, r.content)
+            if eventsource and r.status_code != 200:
+                # An EventSource fails for good on any answer but 200 (204 is how a server says stop).
+                raise GatewayError(r.status_code, {"title": f"EventSource stops on HTTP {r.status_code}"})
             raw = r.raw
             slow = self.read_bps
             size = 256 if slow else 65536
@@ -152,6 +185,8 @@ class StreamClient:
                 if slow:
                     time.sleep(len(chunk) / slow)
         finally:
+            if eventsource and decoder.retry is not None:
+                self.retry_ms = decoder.retry
             if ended:
                 r.raw.release_conn()
             else:
@@ -175,7 +210,7 @@ class StreamClient:
                 if slow:
                     time.sleep(len(message) / slow)
         finally:
-            conn.close()
+            conn.close(abrupt=self._abrupt)
 
 
 class WsConnection:
@@ -217,11 +252,12 @@ class WsConnection:
             self._read()
         return self.messages.pop(0)
 
-    def close(self) -> None:
+    def close(self, abrupt: bool = False) -> None:
+        """Close with a close frame, or (`abrupt`) just drop the socket, as a lost network does."""
         if self.sock is None:
             return
         try:
-            if self.protocol.state is State.OPEN:
+            if self.protocol.state is State.OPEN and not abrupt:
                 self.protocol.send_close(1000)
                 self._flush()
         except OSError:

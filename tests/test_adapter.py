@@ -21,6 +21,8 @@ from gateway.adapter.uvicorn import FastPath
 from gateway.codecs import ws as codec
 from tests.support import uvicorn_thread
 
+# What the app saw, recorded for the test thread to assert: an assert inside the app runs on uvicorn's
+# thread after the response went out, where a failure is only logged.
 found: dict[str, object] = {}
 CHUNK = b"x" * 65536
 
@@ -29,7 +31,7 @@ async def app(scope, receive, send):
     conn = connection(scope)
     if scope["type"] == "websocket":
         await receive()  # connect
-        assert conn.ws_writer() is None  # not open yet
+        found["ws_before_accept"] = conn.ws_writer() is not None
         await send({"type": "websocket.accept"})
         write = conn.ws_writer()
         found["ws"] = write is not None
@@ -40,7 +42,7 @@ async def app(scope, receive, send):
         assert write(codec.text_frame(b'{"n":1}') + codec.text_frame("é".encode() * 100))
         await send({"type": "websocket.send", "text": "via send"})
         await send({"type": "websocket.close", "code": 1000})
-        assert not write(codec.text_frame(b"after close"))  # refused once the close went out
+        found["ws_after_close"] = write(codec.text_frame(b"after close"))
         return
     path = scope["path"]
     if path == "/plain":  # a Content-Length response: not chunked, no writer
@@ -65,9 +67,18 @@ async def app(scope, receive, send):
             pass
         found["after_disconnect"] = write(b"late")
         return
-    assert write(b"one,") and write(b"two,")
+    assert write(b"one,") and write(b"two,")  # (else the client's text differs)
     await send({"type": "http.response.body", "body": b"three", "more_body": False})
-    assert not write(b"late")  # refused once the response is complete
+    found["http_late"] = write(b"late")
+
+
+def seen(key: str) -> object:
+    """What the app recorded under `key` (it may record it just after the client is done)."""
+    deadline = time.monotonic() + 10
+    while key not in found:
+        assert time.monotonic() < deadline, f"the app never recorded {key!r}"
+        time.sleep(0.01)
+    return found.pop(key)
 
 
 def _serve(**kw):
@@ -84,22 +95,21 @@ def test_http_writer_writes_the_chunks_uvicorn_would(server):
     r = httpx.get(f"http://127.0.0.1:{server}/stream")
     assert r.status_code == 200 and r.text == "one,two,three"
     assert r.headers["transfer-encoding"] == "chunked"
-    assert found["http"] is True
+    assert seen("http") is True
+    assert seen("http_late") is False  # refused once the response is complete
 
 
 def test_no_http_writer_without_chunked_encoding(server):
     assert httpx.get(f"http://127.0.0.1:{server}/plain").text == "ok"
-    assert found["plain"] is False
+    assert seen("plain") is False
 
 
 def test_http_writer_refuses_under_backpressure_and_loses_nothing(server):
     with socket.create_connection(("127.0.0.1", server)) as s:
         s.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
-        deadline = time.monotonic() + 20
-        while "written_before_pause" not in found and time.monotonic() < deadline:
-            time.sleep(0.05)  # not reading: the server's buffer fills and the writer must refuse
-        written = found.get("written_before_pause")
-        assert written is not None and written < 64 * 2**20, "the writer never refused a paused transport"
+        # Not reading: the server's buffer fills and the writer must refuse.
+        written = seen("written_before_pause")
+        assert written < 64 * 2**20, "the writer never refused a paused transport"
         s.settimeout(20)
         data = bytearray()
         while not data.endswith(b"0\r\n\r\n"):
@@ -111,15 +121,11 @@ def test_http_writer_refuses_under_backpressure_and_loses_nothing(server):
 
 
 def test_http_writer_refuses_once_the_client_left(server):
-    found.pop("after_disconnect", None)
     with socket.create_connection(("127.0.0.1", server)) as s:
         s.sendall(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
         s.settimeout(10)
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
-    deadline = time.monotonic() + 10
-    while "after_disconnect" not in found and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert found["after_disconnect"] is False
+    assert seen("after_disconnect") is False
 
 
 def test_ws_writer_writes_frames_the_client_reads(server):
@@ -127,14 +133,17 @@ def test_ws_writer_writes_frames_the_client_reads(server):
         assert sock.recv(5) == '{"n":1}'
         assert sock.recv(5) == "é" * 100
         assert sock.recv(5) == "via send"
-    assert found["ws"] is True
+    assert seen("ws_before_accept") is False  # not open yet
+    assert seen("ws") is True
+    assert seen("ws_after_close") is False  # refused once the close went out
 
 
 def test_no_ws_writer_when_compression_is_negotiated():
     with _serve(ws_per_message_deflate=True) as port:
         with connect(f"ws://127.0.0.1:{port}/ws") as sock:  # the client offers permessage-deflate
             assert sock.recv(5) == '{"n":1}'  # written by the fallback below, through the library
-    assert found["ws"] is False
+    assert seen("ws_before_accept") is False
+    assert seen("ws") is False
 
 
 def test_no_fast_path_off_uvicorn():

@@ -14,12 +14,12 @@ import orjson
 import pytest
 import websockets
 
-from gateway.client import TRANSPORTS, Client, StreamResult
+from gateway.client import TRANSPORTS, Client
 from gateway.codecs import ws
-from gateway.events import Token
 from gateway.sources.simulated import expected_text
 
-from .support import Gateway, RedisServer
+from . import wire
+from .support import Gateway, RedisServer, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -35,9 +35,6 @@ FAST = {
 }
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
 
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def start(redis: RedisServer, n: int) -> list[Gateway]:
@@ -74,36 +71,37 @@ def victim(redis):
     gw.stop()
 
 
-async def read_until(client: Client, transport: str, stream_id: str, n: int, after: int = -1):
-    """Attach, read n tokens, then drop the connection: (last seq seen, tokens)."""
-    tokens: list[Token] = []
-    last = after
-    async for event, _ in client.events(transport, stream_id=stream_id, after=after, resume=False):
-        last = event.seq
-        if type(event) is Token:
-            tokens.append(event)
-            if len(tokens) == n:
-                break
-    return last, tokens
+def create(url: str, prompt: str, **fields) -> str:
+    r = httpx.post(f"{url}/v1/streams", json={"prompt": prompt, **fields}, timeout=10)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def follows(read: wire.Read, text: str) -> bool:
+    """The read's tokens are a prefix of `text`."""
+    return text.startswith(read.text)
+
+
+def drained(read: wire.Read) -> bool:
+    """The connection ended with the draining server's reconnect signal."""
+    return read.ended == "reconnect" or read.close_code == 1012
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_create_on_a_read_half_on_b_resume_on_a(pair, transport):
     a, b = pair
     text = expected_text("half", 4, 80)
+    sid = create(a.url, "half", max_tokens=80, seed=4, sim=SIM)
 
     async def go():
-        async with Client(a.url) as ca, Client(b.url) as cb:
-            sid = (await ca.create("half", max_tokens=80, seed=4, sim=SIM))["id"]
-            last, first = await read_until(cb, transport, sid, 40)
-            rest = await ca.stream(transport, stream_id=sid, after=last)
-            return first, rest
+        first = await wire.read(b.url, transport, stream_id=sid, until=wire.at_seq(40))
+        rest = await wire.read(a.url, transport, stream_id=sid, after=first.seqs[-1])
+        return first, rest
 
     first, rest = run(go())
-    assert [t.seq for t in first] == list(range(1, 41))
-    assert [t.seq for t in rest.tokens] == list(range(41, 81))
-    assert "".join(t.text for t in first) + rest.text == text
-    assert rest.done.sha256 == sha(text) and rest.gaps == rest.duplicates == 0
+    assert first.ended == "stopped" and rest.ended == "terminal"
+    wire.assert_exact(first.events + rest.events, 0, 81)
+    assert first.text + rest.text == text and rest.terminal["sha256"] == sha(text)
 
 
 def test_fifty_clients_share_one_reader(pair, redis):
@@ -115,25 +113,24 @@ def test_fifty_clients_share_one_reader(pair, redis):
         return [c for c in redis.client().client_list() if f"-{pid}-" in c.get("name", "")]
 
     async def go():
-        async with Client(a.url) as ca, Client(b.url) as cb:
-            reads = b.metrics()["gateway_redis_reads_total"]
-            sid = (await ca.create("fan", max_tokens=120, seed=9, sim={**SIM, "ttft_ms": 300}))["id"]
-            first = asyncio.create_task(cb.stream("sse", stream_id=sid))
-            while b.metrics().get("gateway_redis_mirror_clients") != 1:
-                await asyncio.sleep(0.02)
-            one = len(b_connections())
-            rest = [asyncio.create_task(cb.stream(("sse", "ndjson", "ws")[i % 3], stream_id=sid))
-                    for i in range(49)]
-            while b.metrics().get("gateway_redis_mirror_clients") != 50:
-                await asyncio.sleep(0.02)
-            conns = b_connections()
-            metrics = b.metrics()
-            results = await asyncio.gather(first, *rest)
-            return one, conns, metrics, results, b.metrics()["gateway_redis_reads_total"] - reads
+        reads = b.metrics()["gateway_redis_reads_total"]
+        sid = create(a.url, "fan", max_tokens=120, seed=9, sim={**SIM, "ttft_ms": 300})
+        first = asyncio.create_task(wire.read(b.url, "sse", stream_id=sid))
+        while b.metrics().get("gateway_redis_mirror_clients") != 1:
+            await asyncio.sleep(0.02)
+        one = len(b_connections())
+        rest = [asyncio.create_task(wire.read(b.url, TRANSPORTS[i % 3], stream_id=sid)) for i in range(49)]
+        while b.metrics().get("gateway_redis_mirror_clients") != 50:
+            await asyncio.sleep(0.02)
+        conns = b_connections()
+        metrics = b.metrics()
+        results = await asyncio.gather(first, *rest)
+        return one, conns, metrics, results, b.metrics()["gateway_redis_reads_total"] - reads
 
     one, conns, metrics, results, reads = run(go())
     for r in results:
-        assert r.text == text and r.done.sha256 == sha(text)
+        wire.assert_exact(r.events, 0, 121)
+        assert r.text == text and r.terminal["sha256"] == sha(text)
     assert metrics["gateway_redis_mirror_clients"] == 50 and metrics["gateway_redis_readers"] == 1
     # One connection blocked in XREAD for the whole process; the total does not grow with clients.
     assert sum(1 for c in conns if c["cmd"] == "xread") == 1
@@ -144,30 +141,31 @@ def test_fifty_clients_share_one_reader(pair, redis):
 
 def test_delete_on_any_replica_reaches_the_generator(pair):
     a, b = pair
+    sid = create(a.url, "del", max_tokens=500, seed=1, sim=SIM)
 
     async def go():
-        async with Client(a.url) as ca, Client(b.url) as cb:
-            sid = (await ca.create("del", max_tokens=500, seed=1, sim=SIM))["id"]
-            reader = asyncio.create_task(ca.stream("ndjson", stream_id=sid))
-            await asyncio.sleep(0.4)
-            first = await cb.cancel(sid)
+        reader = asyncio.create_task(wire.read(a.url, "ndjson", stream_id=sid))
+        await asyncio.sleep(0.4)
+        async with httpx.AsyncClient() as http:
+            first = (await http.delete(f"{b.url}/v1/streams/{sid}")).status_code
             result = await reader
-            again = await cb.cancel(sid)
-            status = httpx.get(f"{b.url}/v1/streams/{sid}").json()
-            return first, result, again, status
+            again = (await http.delete(f"{b.url}/v1/streams/{sid}")).status_code
+            status = (await http.get(f"{b.url}/v1/streams/{sid}")).json()
+        return first, result, again, status
 
     first, result, again, status = run(go())
     assert first == 204 and again == 409
-    assert result.error.code == "cancelled" and 0 < len(result.tokens) < 500
-    assert result.text == expected_text("del", 1, 500)[: len(result.text)]
+    assert result.terminal["type"] == "error" and result.terminal["code"] == "cancelled"
+    wire.assert_exact(result.events, 0)
+    assert 0 < len(result.tokens) < 500 and follows(result, expected_text("del", 1, 500))
     assert status["status"] == "error" and status["error"] == "cancelled"
 
 
 def test_ended_stream_expires_everywhere(pair):
     a, b = pair
-    sid = httpx.post(f"{a.url}/v1/streams", json={"max_tokens": 3, "sim": SIM}).json()["id"]
-    r = run(Client(b.url).stream("sse", stream_id=sid))
-    assert r.done is not None
+    sid = create(a.url, "", max_tokens=3, sim=SIM)
+    r = run(wire.read(b.url, "sse", stream_id=sid))
+    wire.assert_exact(r.events, 0, 4)
     deadline = time.monotonic() + 15
     while httpx.get(f"{b.url}/v1/streams/{sid}/ndjson").status_code != 410:
         assert time.monotonic() < deadline, "the stream never expired"
@@ -179,95 +177,95 @@ def test_ended_stream_expires_everywhere(pair):
 def test_sigterm_drains_clients_to_another_replica(pair, victim):
     a, _ = pair
     text = expected_text("drain", 2, 120)
+    short = create(victim.url, "drain", max_tokens=120, seed=2, sim=SIM)
+    long_ = create(victim.url, "long", max_tokens=2000, seed=2, sim=SIM)
 
     async def go():
-        async with Client([victim.url, a.url]) as client:
-            short = (await client.create("drain", max_tokens=120, seed=2, sim=SIM))["id"]
-            long_ = (await client.create("long", max_tokens=2000, seed=2, sim=SIM))["id"]
-            seen = {t: asyncio.Event() for t in TRANSPORTS}
+        seen = {t: asyncio.Event() for t in TRANSPORTS}
 
-            async def follow(transport, sid, note):
-                async with Client([victim.url, a.url]) as c:
-                    result = StreamResult()
-                    async for event, _ in c.events(transport, stream_id=sid, result=result):
-                        if note and type(event) is Token and event.seq == 10:
-                            seen[transport].set()
-                    return result
+        def note(transport):
+            return lambda e: seen[transport].set() if e.get("seq") == 10 else None
 
-            tasks = [asyncio.create_task(follow(t, short, True)) for t in TRANSPORTS]
-            tasks.append(asyncio.create_task(follow("ndjson", long_, False)))
+        tasks = [asyncio.create_task(wire.follow([victim.url, a.url], t, short, on_event=note(t)))
+                 for t in TRANSPORTS]
+        tasks.append(asyncio.create_task(wire.follow([victim.url, a.url], "ndjson", long_)))
+        async with asyncio.timeout(20):
             await asyncio.gather(*(e.wait() for e in seen.values()))
-            os.kill(victim.proc.pid, signal.SIGTERM)
-            sigterm_at = time.monotonic()
-            await asyncio.sleep(0.3)
-            refused = httpx.post(f"{victim.url}/v1/streams", json={})
-            health = httpx.get(f"{victim.url}/healthz").status_code
-            results = await asyncio.gather(*tasks)
-            await asyncio.to_thread(victim.proc.wait, 20)
-            return results, refused, health, time.monotonic() - sigterm_at
+        os.kill(victim.proc.pid, signal.SIGTERM)
+        sigterm_at = time.monotonic()
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(f"{victim.url}/v1/streams", json={})
+            health = (await http.get(f"{victim.url}/healthz")).status_code
+        results = await asyncio.gather(*tasks)
+        await asyncio.to_thread(victim.proc.wait, 20)
+        return results, refused, health, time.monotonic() - sigterm_at
 
     results, refused, health, took = run(go())
-    for r in results[:3]:
-        assert r.text == text and r.done.sha256 == sha(text)
-        assert r.reconnect_requests == 1 and r.gaps == r.duplicates == 0
-    long_ = results[3]
-    assert long_.error.code == "shutdown" and long_.error.retryable
-    assert long_.text == expected_text("long", 2, 2000)[: len(long_.text)] and long_.gaps == 0
+    for transport, reads in zip(TRANSPORTS, results[:3]):
+        events = wire.joined(reads)
+        wire.assert_exact(events, 0, 121)  # across the move: nothing resent, nothing skipped
+        assert wire.text_of(events) == text and reads[-1].terminal["sha256"] == sha(text)
+        assert drained(reads[0]), (transport, reads[0].ended, reads[0].close_code)
+        assert reads[-1].url == a.url
+    long_reads = results[3]
+    end = long_reads[-1].terminal
+    assert end["code"] == "shutdown" and end["retryable"]
+    events = wire.joined(long_reads)
+    wire.assert_exact(events, 0)
+    assert expected_text("long", 2, 2000).startswith(wire.text_of(events))
     assert refused.status_code == 503 and refused.json()["code"] == "draining"
     assert health == 503
-    assert 2.5 < took < 15  # drain_timeout_s (3 s) held the exit, then it went
+    assert 2.5 < took < 30  # drain_timeout_s (3 s) held the exit, then it went
 
 
 def test_sigterm_on_a_reading_replica_moves_its_clients(pair, victim):
     a, b = pair
     text = expected_text("move", 8, 150)
+    sid = create(a.url, "move", max_tokens=150, seed=8, sim=SIM)
 
     async def go():
-        async with Client(a.url) as ca:
-            sid = (await ca.create("move", max_tokens=150, seed=8, sim=SIM))["id"]
-        clients = [Client([victim.url, b.url]) for _ in TRANSPORTS]
-        tasks = [asyncio.create_task(c.stream(t, stream_id=sid)) for c, t in zip(clients, TRANSPORTS)]
-        while victim.metrics().get("gateway_redis_mirror_clients") != 3:
-            await asyncio.sleep(0.02)
+        tasks = [asyncio.create_task(wire.follow([victim.url, b.url], t, sid)) for t in TRANSPORTS]
+        async with asyncio.timeout(20):
+            while victim.metrics().get("gateway_redis_mirror_clients") != 3:
+                await asyncio.sleep(0.02)
         os.kill(victim.proc.pid, signal.SIGTERM)
         results = await asyncio.gather(*tasks)
-        for c in clients:
-            await c.aclose()
         await asyncio.to_thread(victim.proc.wait, 20)
         return results
 
-    for r in run(go()):
-        assert r.text == text and r.done.sha256 == sha(text)
-        assert (r.reconnect_requests, r.reconnects, r.gaps, r.duplicates) == (1, 1, 0, 0)
+    for transport, reads in zip(TRANSPORTS, run(go())):
+        events = wire.joined(reads)
+        wire.assert_exact(events, 0, 151)
+        assert wire.text_of(events) == text and reads[-1].terminal["sha256"] == sha(text)
+        assert len(reads) == 2 and drained(reads[0]), (transport, [(r.ended, r.close_code) for r in reads])
 
 
 def test_kill_9_gives_generator_lost_everywhere(pair, victim):
     a, b = pair
     full = expected_text("lost", 6, 2000)
+    sid = create(victim.url, "lost", max_tokens=2000, seed=6, sim=SIM)
 
     async def go():
-        async with Client(victim.url) as cv:
-            sid = (await cv.create("lost", max_tokens=2000, seed=6, sim=SIM))["id"]
         on = [([victim.url, a.url], "ndjson"), ([victim.url, b.url], "sse"), ([a.url], "ws"), ([b.url], "sse")]
-        clients = [Client(urls) for urls, _ in on]
-        tasks = [asyncio.create_task(c.stream(t, stream_id=sid)) for c, (_, t) in zip(clients, on)]
+        tasks = [asyncio.create_task(wire.follow(urls, t, sid)) for urls, t in on]
         await asyncio.sleep(0.8)
         victim.proc.kill()
         killed_at = time.monotonic()
         results = await asyncio.gather(*tasks)
         took = time.monotonic() - killed_at
-        for c in clients:
-            await c.aclose()
-        async with Client(b.url) as cb:
-            later = await cb.stream("ndjson", stream_id=sid)
+        later = await wire.read(b.url, "ndjson", stream_id=sid)
         return results, later, took
 
     results, later, took = run(go())
-    for r in [*results, later]:
-        assert r.done is None and r.error.code == "generator_lost"
-        assert r.text == full[: len(r.text)] and r.gaps == 0
-    assert len(later.tokens) > 10 and later.text == max((r.text for r in results), key=len)
-    assert 1.0 < took < 15  # after the inactivity timeout (2 s), not at once and not never
+    texts = []
+    for events in [wire.joined(reads) for reads in results] + [later.events]:
+        wire.assert_exact(events, 0)
+        assert events[-1]["type"] == "error" and events[-1]["code"] == "generator_lost"
+        assert full.startswith(wire.text_of(events))
+        texts.append(wire.text_of(events))
+    assert len(later.tokens) > 10 and texts[-1] == max(texts[:-1], key=len)
+    assert 1.0 < took < 30  # after the inactivity timeout (2 s), not at once and not never
 
 
 def test_redis_outage_then_recovery():
@@ -275,22 +273,22 @@ def test_redis_outage_then_recovery():
     a, b = start(redis, 2)
     try:
         async def during():
-            async with Client(a.url) as ca, Client(b.url) as cb:
-                sid = (await ca.create("out", max_tokens=2000, seed=3, sim=SIM))["id"]
-                tasks = [asyncio.create_task(ca.stream("sse", stream_id=sid)),
-                         asyncio.create_task(cb.stream("ndjson", stream_id=sid))]
-                await asyncio.sleep(0.6)
-                redis.stop()
-                results = await asyncio.gather(*tasks)
-                refused = httpx.post(f"{a.url}/v1/streams", json={})
-                attach = httpx.get(f"{b.url}/v1/streams/{sid}/ndjson")
-                return results, refused, attach
+            sid = create(a.url, "out", max_tokens=2000, seed=3, sim=SIM)
+            tasks = [asyncio.create_task(wire.read(a.url, "sse", stream_id=sid)),
+                     asyncio.create_task(wire.read(b.url, "ndjson", stream_id=sid))]
+            await asyncio.sleep(0.6)
+            redis.stop()
+            results = await asyncio.gather(*tasks)
+            refused = httpx.post(f"{a.url}/v1/streams", json={})
+            attach = httpx.get(f"{b.url}/v1/streams/{sid}/ndjson")
+            return results, refused, attach
 
         results, refused, attach = run(during())
         assert attach.status_code == 503 and attach.json()["code"] == "store_unavailable"
         for r in results:
-            assert r.error.code == "store_unavailable" and r.error.retryable
-            assert r.text == expected_text("out", 3, 2000)[: len(r.text)] and len(r.tokens) > 5
+            assert r.terminal["code"] == "store_unavailable" and r.terminal["retryable"]
+            wire.assert_exact(r.events, 0)
+            assert follows(r, expected_text("out", 3, 2000)) and len(r.tokens) > 5
         assert refused.status_code == 503 and refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["code"] == "store_unavailable" and refused.headers["retry-after"]
 
@@ -300,13 +298,10 @@ def test_redis_outage_then_recovery():
             assert time.monotonic() < deadline, "no recovery after Redis came back"
             time.sleep(0.2)
 
-        async def after():
-            async with Client(a.url) as ca, Client(b.url) as cb:
-                sid = (await ca.create("back", max_tokens=50, seed=1, sim=SIM))["id"]
-                return await cb.stream("ws", stream_id=sid)
-
-        r = run(after())
-        assert r.text == expected_text("back", 1, 50) and r.done.sha256 == sha(r.text)
+        sid = create(a.url, "back", max_tokens=50, seed=1, sim=SIM)
+        r = run(wire.read(b.url, "ws", stream_id=sid))
+        wire.assert_exact(r.events, 0, 51)
+        assert r.text == expected_text("back", 1, 50) and r.terminal["sha256"] == sha(r.text)
     finally:
         for gw in (a, b):
             gw.stop()
@@ -322,7 +317,7 @@ def test_resume_past_the_real_end_on_a_mirror_is_still_refused(pair):
         async with Client(a.url) as ca, Client(b.url) as cb, httpx.AsyncClient(base_url=b.url) as http:
             sid = (await ca.create("past", max_tokens=1000, seed=2, sim=SIM))["id"]
             keep = asyncio.create_task(ca.stream("ndjson", stream_id=sid))  # keeps it generating
-            last, _ = await read_until(cb, "sse", sid, 3)  # B follows it now
+            last = (await wire.read(b.url, "sse", stream_id=sid, until=wire.at_token(3))).seqs[-1]  # B follows it
             after = last + 900  # 18 s of tokens away
 
             async def sse_():
@@ -370,14 +365,14 @@ def test_a_mirror_logs_its_clients_lifecycle(pair, redis, tmp_path):
     b = Gateway({**FAST, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_LOG_FILE": str(log), "GATEWAY_LOG_LEVEL": "info"})
     try:
         async def go():
-            async with Client(a.url) as ca, Client(b.url) as cb:
-                sid = (await ca.create("journal", max_tokens=30, seed=2, sim=SIM))["id"]
-                last, _ = await read_until(cb, "ndjson", sid, 10)
-                rest = await cb.stream("sse", stream_id=sid, after=last)
-                return sid, last, rest
+            sid = create(a.url, "journal", max_tokens=30, seed=2, sim=SIM)
+            head = await wire.read(b.url, "ndjson", stream_id=sid, until=wire.at_token(10))
+            rest = await wire.read(b.url, "sse", stream_id=sid, after=head.seqs[-1])
+            return sid, head, rest
 
-        sid, last, rest = run(go())
-        assert rest.done is not None
+        sid, head, rest = run(go())
+        last = head.seqs[-1]
+        wire.assert_exact(head.events + rest.events, 0, 31)
         # The resume may reach B before B notices the first client left: "cut" and "resumed" in either order.
         want = ["attached", "cut", "resumed"]
         deadline = time.monotonic() + 10

@@ -107,7 +107,11 @@ class Relay:
         if response.status_code >= 400 or response.headers.get("content-type", "").startswith("application/json"):
             # A JSON body is no stream, whatever its status: an error, or a server that ignored `stream`.
             raise await self._refusal(response)
-        task = asyncio.get_running_loop().create_task(self._read(response, self.decoder(sink), sink))
+        decoder = self.decoder(sink)
+        task = asyncio.get_running_loop().create_task(self._read(response, decoder, sink))
+        return self.generation(task, decoder)
+
+    def generation(self, task: asyncio.Task, decoder: Decoder) -> RelayGeneration:
         return RelayGeneration(task)
 
     async def _refusal(self, response: httpx.Response) -> PreStreamError:
@@ -134,19 +138,41 @@ class Relay:
 
     async def _read(self, response: httpx.Response, decoder: Decoder, sink: Sink) -> None:
         try:
-            async for chunk in response.aiter_bytes():
-                # After the end, keep reading to the end of the body (it is due at once) so
-                # the connection goes back to the pool: a new TLS handshake would cost TTFT.
-                decoder.feed(chunk)
-            decoder.close()
-        except httpx.HTTPError as exc:
-            log.info("upstream %s failed mid-stream: %r", self.name, exc)
-            sink.fail("upstream_error", f"upstream {self.name} failed mid-stream: {type(exc).__name__}", True)
+            while True:
+                failure: httpx.HTTPError | None = None
+                try:
+                    async for chunk in response.aiter_bytes():
+                        # After the end, keep reading to the end of the body (it is due at once) so
+                        # the connection goes back to the pool: a new TLS handshake would cost TTFT.
+                        decoder.feed(chunk)
+                except httpx.HTTPError as exc:
+                    failure = exc
+                finally:
+                    await response.aclose()
+                if decoder.ended:
+                    return
+                if failure is not None:
+                    log.info("upstream %s failed mid-stream: %r", self.name, failure)
+                try:
+                    resumed = await self.resume(decoder)
+                except httpx.HTTPError as exc:
+                    log.info("upstream %s: resuming failed: %r", self.name, exc)
+                    resumed, failure = None, failure or exc
+                if resumed is None:
+                    if failure is None:
+                        decoder.close()  # the body ended: finished, or cut (the decoder knows)
+                    else:
+                        sink.fail("upstream_error",
+                                  f"upstream {self.name} failed mid-stream: {type(failure).__name__}", True)
+                    return
+                response = resumed
         except Exception:
             log.exception("relay %s: reading the upstream failed", self.name)
             sink.fail("relay_error", f"reading upstream {self.name} failed", True)
-        finally:
-            await response.aclose()
+
+    async def resume(self, decoder: Decoder) -> httpx.Response | None:
+        """The upstream's stream again, after what `decoder` has, once it was cut; None: it cannot resume."""
+        return None
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -171,6 +197,7 @@ def _error_message(raw: bytes) -> str:
 def build_sources(models: dict[str, ModelSpec], read_timeout_s: float) -> dict[str, Relay]:
     from .ollama import OllamaRelay
     from .openai import OpenAIRelay
+    from .responses import ResponsesRelay
 
-    kinds = {"openai": OpenAIRelay, "ollama": OllamaRelay}
+    kinds = {"openai": OpenAIRelay, "ollama": OllamaRelay, "responses": ResponsesRelay}
     return {name: kinds[spec.kind](name, spec, read_timeout_s) for name, spec in models.items()}

@@ -458,7 +458,15 @@
       return this.panel.client === this;
     }
   }
-  const backoff = (panel) => sleep(Math.min(2000, 150 * 2 ** (panel.tries - 1)));
+  // Stops a stream's generation; keepalive lets it outlive the page (pagehide).
+  const abortStream = (id) => {
+    if (id) fetch(`/v1/streams/${encodeURIComponent(id)}/cancel`, { method: "POST", keepalive: true }).catch(() => {});
+  };
+  // gateway/backoff.py's schedule: 150 ms doubling to at most 2 s, half of it random.
+  const backoff = (panel) => {
+    const full = Math.min(2000, 150 * 2 ** (Math.max(1, panel.tries) - 1));
+    return sleep(full / 2 + (Math.random() * full) / 2);
+  };
   const jsonInit = (body) => ({ method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
 
   // 1. POST /v1/streams, then EventSource by id. EventSource resumes by itself with Last-Event-ID.
@@ -525,6 +533,7 @@
   class FetchClient extends Client {
     constructor(panel, format) {
       super(panel);
+      this.id = null;  // from the X-Stream-Id header
       this.format = format;  // "sse" or "ndjson"
       this.abort = new AbortController();
     }
@@ -543,6 +552,7 @@
         let reason = "the response ended without a terminal event";
         try {
           const resp = await fetch(url, { ...init, signal: this.abort.signal });
+          this.id = resp.headers.get("x-stream-id") || this.id;
           if (!resp.ok) {
             const [code, detail] = await problem(resp);
             return this.live && panel.fail(code, detail);
@@ -577,8 +587,11 @@
     }
 
     cancel() {
-      this.abort.abort();  // the server sees the disconnect and stops the generation
-      this.panel.cancelled("cancelled (fetch aborted)");
+      // A lost connection is not a cancel (the server keeps generating for a grace, so a client can
+      // resume): abort the read, and stop the generation by the abort endpoint.
+      this.abort.abort();
+      abortStream(this.id);
+      this.panel.cancelled("cancelled (fetch aborted, POST cancel)");
     }
 
     detach() {
@@ -696,6 +709,8 @@
     }
   });
   cancelButton.addEventListener("click", cancelAll);
+  // Leaving the page: stop the generations (closing a connection would leave them running for the grace).
+  window.addEventListener("pagehide", cancelAll);
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && !cancelButton.disabled) cancelAll();
   });

@@ -27,11 +27,13 @@ from string import Template
 
 import httpx
 
-from .procs import free_port
+from lab.links import PROFILES  # the lab's folder beside the package (a source checkout)
 
-__all__ = ["Lab", "Proxy", "PROXIES", "GATEWAYS", "LAB_DIR", "VARIABLES", "render", "find_tool", "measure", "run"]
+from .procs import ROOT, find_tool, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["Lab", "Proxy", "PROXIES", "GATEWAYS", "LAB_DIR", "VARIABLES", "render", "find_tool", "measure", "run",
+           "self_signed"]
+
 LAB_DIR = ROOT / "lab"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 VARIABLES = ("LISTEN", "UPSTREAM", "UPSTREAM_B", "READ_TIMEOUT", "RUN_DIR")
@@ -45,6 +47,7 @@ class Proxy:
     upstreams: tuple[str, ...]  # gateway names
     offset: int  # port = base + offset
     note: str
+    tls: bool = False  # https, with a self-signed certificate made at start
 
 
 # name: (port offset, environment). "gateway-bare" is the gateway with its
@@ -70,13 +73,23 @@ PROXIES: tuple[Proxy, ...] = (
           "HAProxy http mode as set up by most: SSE/NDJSON held ~200 ms in bursts; silent ones cut by timeout server"),
     Proxy("haproxy-tuned", "haproxy", "haproxy/tuned.cfg", ("gateway",), 6,
           "HAProxy with option http-no-delay: every transport streams"),
+    Proxy("nginx-h2", "nginx", "nginx/h2.conf", ("gateway",), 7,
+          "nginx terminating TLS, HTTP/2 to the browser: every EventSource of a page on one connection", tls=True),
+    Proxy("nginx-tls", "nginx", "nginx/tls.conf", ("gateway",), 8,
+          "the same TLS path on HTTP/1.1 only: 6 connections per origin in a browser", tls=True),
+    Proxy("nginx-gzip", "nginx", "nginx/gzip.conf", ("gateway",), 9,
+          "tuned nginx with gzip on for text/event-stream and application/x-ndjson"),
+    Proxy("nginx-strict", "nginx", "nginx/strict.conf", ("gateway",), 14,
+          "a strict proxy: WebSocket upgrades refused (403); SSE and NDJSON stream"),
+    Proxy("haproxy-idle", "haproxy", "haproxy/idle.cfg", ("gateway",), 15,
+          "a load balancer with one idle timeout (the read timeout) for every transport, WebSocket included"),
+    Proxy("haproxy-ws-cut", "haproxy", "haproxy/ws-cut.cfg", ("gateway",), 16,
+          "the WebSocket upgrade passes, then the tunnel is cut after 10 ms of quiet"),
+) + tuple(
+    # Network profiles (lab/links.py): a relay giving the direct gateway a phone's link.
+    Proxy(name, "relay", name, ("gateway",), 20 + i, f"network profile: {p.describe()}")
+    for i, (name, p) in enumerate(PROFILES.items())
 )
-
-
-def find_tool(name: str) -> str | None:
-    """nginx, haproxy and redis-server live in /usr/sbin on Debian, often off a user's PATH."""
-    return shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
 
 
 def render(config: str, **values: str) -> str:
@@ -133,8 +146,9 @@ class Lab:
     def _port(self, offset: int) -> int:
         return free_port(self.host) if self.port == 0 else self.port + offset
 
-    def _spawn(self, name: str, argv: list[str], port: int, health: str | None, stage: int, **kw) -> str:
-        url = f"http://{self.host}:{port}"
+    def _spawn(self, name: str, argv: list[str], port: int, health: str | None, stage: int,
+               scheme: str = "http", **kw) -> str:
+        url = f"{scheme}://{self.host}:{port}"
         # A session of its own: Ctrl-C reaches the lab, which stops the children in order.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
         self._children.append(_Child(name, proc, url, health, stage))
@@ -148,7 +162,7 @@ class Lab:
             raise ValueError(f"unknown lab paths {sorted(unknown)}; known: {[p.name for p in PROXIES]}")
         proxies = []
         for p in wanted:
-            if find_tool(p.tool) is None:
+            if p.tool != "relay" and find_tool(p.tool) is None:
                 self.skipped[p.name] = f"{p.tool} is not installed"
             else:
                 proxies.append(p)
@@ -195,9 +209,17 @@ class Lab:
                 ports[name], "/healthz", 1, cwd=ROOT, env=gw_env)
         for p in proxies:
             port = self._port(p.offset)
+            upstreams = [f"{self.host}:{ports[g]}" for g in p.upstreams]
+            if p.tool == "relay":
+                argv = [sys.executable, "-m", "lab.links", p.config, "--listen", f"{self.host}:{port}",
+                        "--upstream", upstreams[0]]
+                self.urls[p.name] = self._spawn(p.name, argv, port, "/healthz", 0, cwd=ROOT, env=env,
+                                                stdout=subprocess.DEVNULL)
+                continue
             run_dir = tmp / p.name
             run_dir.mkdir()
-            upstreams = [f"{self.host}:{ports[g]}" for g in p.upstreams]
+            if p.tls:
+                self_signed(run_dir, self.host)
             text = render(p.config, LISTEN=f"{self.host}:{port}", UPSTREAM=upstreams[0],
                           UPSTREAM_B=upstreams[-1], READ_TIMEOUT=self.read_timeout, RUN_DIR=str(run_dir))
             conf = run_dir / Path(p.config).name
@@ -205,7 +227,7 @@ class Lab:
             tool = find_tool(p.tool)
             argv = ([tool, "-p", str(run_dir), "-c", str(conf), "-e", "stderr"] if p.tool == "nginx"
                     else [tool, "-db", "-f", str(conf)])
-            self.urls[p.name] = self._spawn(p.name, argv, port, "/healthz", 0)
+            self.urls[p.name] = self._spawn(p.name, argv, port, "/healthz", 0, "https" if p.tls else "http")
         self._wait(timeout)
 
     def _wait(self, timeout: float) -> None:
@@ -254,6 +276,17 @@ class Lab:
         return "\n".join(f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows)
 
 
+def self_signed(directory: Path, host: str = "127.0.0.1") -> None:
+    """cert.pem and key.pem in `directory`: a certificate for localhost and `host`, valid two days."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is not installed: the TLS paths need it to make their certificate")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"),
+                    "-subj", "/CN=localhost", "-addext", f"subjectAltName=DNS:localhost,IP:{host}"],
+                   check=True, capture_output=True)
+
+
 def _ready(child: _Child) -> bool:
     host, port = child.url.rsplit("//", 1)[1].rsplit(":", 1)
     if child.health is None:
@@ -263,7 +296,7 @@ def _ready(child: _Child) -> bool:
         except OSError:
             return False
     try:
-        return httpx.get(child.url + child.health, timeout=1.0).status_code == 200
+        return httpx.get(child.url + child.health, timeout=1.0, verify=False).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -1,0 +1,188 @@
+"""lab/links.py: the profile relay delays, throttles, stalls, resets and goes silent as its profile says,
+on real sockets, and the gateway's streams cross it intact."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import pytest
+
+from gateway.client import Client
+from lab.links import PROFILES, Profile, Relay
+
+from .support import run
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _upstream(handler):
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _echo(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _round_trip(port: int) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"x")
+        await writer.drain()
+        t = time.monotonic()
+        writer.write(b"ping")
+        await reader.readexactly(1)
+        await reader.readexactly(4)
+        return time.monotonic() - t
+    finally:
+        writer.close()
+
+
+def test_latency_is_one_rtt_per_round_trip():
+    async def main():
+        server, port = await _upstream(_echo)
+        async with server, Relay(Profile("t", rtt_ms=200), ("127.0.0.1", port)) as relay:
+            direct = await _round_trip(port)
+            relayed = await _round_trip(relay.port)
+        assert direct < 0.1
+        assert 0.19 <= relayed < 0.6, relayed  # 200 ms RTT, a wide margin above for a busy machine
+
+    run(main())
+
+
+def test_bandwidth_paces_a_download_at_the_profile_rate():
+    size = 200_000  # at 780 kbit/s: 2.05 s
+
+    async def send(reader, writer):
+        writer.write(b"y" * size)
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server, port = await _upstream(send)
+        async with server, Relay(PROFILES["3g"], ("127.0.0.1", port)) as relay:
+            t = time.monotonic()
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            got = await reader.read(-1)  # to EOF: the upstream's FIN passes through after the data
+            took = time.monotonic() - t
+            writer.close()
+        assert len(got) == size
+        assert 1.9 < took < 5.0, took  # 2.05 s of link time + 0.3 s RTT
+
+    run(main())
+
+
+async def _ticks(port: int, seconds: float) -> list[float]:
+    """Arrival times of the bytes an upstream sends every 50 ms."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    times = []
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                data = await asyncio.wait_for(reader.read(100), end - time.monotonic())
+            except TimeoutError:
+                break
+            if not data:
+                break
+            times.extend([time.monotonic()] * len(data))
+    finally:
+        writer.close()
+    return times
+
+
+async def _ticker(reader, writer):
+    try:
+        for _ in range(100):
+            writer.write(b".")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+def test_stall_holds_bytes_then_releases_them_together():
+    async def main():
+        server, port = await _upstream(_ticker)
+        profile = Profile("t", stall_every_s=1.0, stall_s=0.6)
+        async with server, Relay(profile, ("127.0.0.1", port)) as relay:
+            times = await _ticks(relay.port, 1.9)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        longest = max(gaps)
+        at = times[gaps.index(longest)] - times[0]
+        assert 0.5 < longest < 1.0, longest  # the 0.6 s stall (not the 50 ms ticks)
+        assert 0.8 < at < 1.3, at  # starting a second into the connection
+        burst = sum(1 for t in times if abs(t - times[gaps.index(longest) + 1]) < 0.01)
+        assert burst >= 8  # what queued in the stall arrives at once
+
+    run(main())
+
+
+def test_train_resets_the_connection_on_schedule():
+    async def main():
+        server, port = await _upstream(_ticker)
+        async with server, Relay(Profile("t", reset_every_s=0.5), ("127.0.0.1", port)) as relay:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            t = time.monotonic()
+            with pytest.raises(ConnectionResetError):
+                while await reader.read(100):
+                    pass
+            took = time.monotonic() - t
+            writer.close()
+            assert relay.stats.resets == 1
+        assert 0.4 < took < 1.5, took
+
+    run(main())
+
+
+def test_half_open_goes_silent_without_fin_or_rst_and_a_new_connection_works():
+    async def main():
+        server, port = await _upstream(_echo)
+        profile = replace(PROFILES["half-open"], rtt_ms=0, dead_after_s=0.5, hold_s=10)
+        async with server, Relay(profile, ("127.0.0.1", port)) as relay:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(b"a")
+            assert await asyncio.wait_for(reader.readexactly(1), 2) == b"a"
+            await asyncio.sleep(0.7)
+            writer.write(b"b")  # the kernel takes it: no RST comes back
+            await writer.drain()
+            with pytest.raises(TimeoutError):  # no echo, no EOF, no reset: silence
+                await asyncio.wait_for(reader.read(1), 1.5)
+            assert not reader.at_eof()
+            assert await _round_trip(relay.port) < 0.5  # a new connection works
+            assert relay.stats.half_open == 1
+            writer.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
+def test_gateway_stream_crosses_a_3g_link_intact(gw, transport):
+    """The exact token sequence on every transport; the first token no sooner than one RTT after asking."""
+    sim = {"ttft_ms": 20, "itl_ms": 5, "jitter": 0}
+
+    async def main():
+        host, port = gw.url.rsplit("//", 1)[1].split(":")
+        async with Relay("3g", (host, int(port))) as relay:
+            async with Client(relay.url) as c:
+                slow = await c.stream(transport, "hi", max_tokens=30, seed=7, sim=sim)
+        async with Client(gw.url) as c:
+            fast = await c.stream(transport, "hi", max_tokens=30, seed=7, sim=sim)
+        return slow, fast
+
+    slow, fast = run(main())
+    assert slow.done is not None and not slow.cut
+    assert [t.text for t in slow.tokens] == [t.text for t in fast.tokens]
+    assert slow.ttft >= 0.3  # at least one 300 ms round trip (TCP and the request) before the first token
+    assert fast.ttft < slow.ttft
