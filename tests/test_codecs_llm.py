@@ -95,3 +95,25 @@ def test_messages_frames():
     assert [b.event for b in failed] == ["error"]
     assert orjson.loads(failed[0].data)["error"] == {"type": "overloaded_error", "message": "broke",
                                                       "code": "model_error"}
+
+
+@pytest.mark.parametrize("end", ["done", "error"])
+def test_event_decoder_inverts_the_encoder(end):
+    """Responses bytes back to the gateway's events: the same seqs, text and ending as the log."""
+    import hashlib
+
+    from gateway.codecs.responses import EventDecoder
+    from gateway.events import Done, Error, Meta, Token
+
+    log = log_of(TEXTS, end)
+    data = ResponsesEncoder("s1", "m", 1).frames(log, 0, len(log)) + b": hb\n\n"
+    decoder = EventDecoder()
+    events = [e for i in range(len(data)) for e in decoder.feed(data[i:i + 1])]
+    assert events[0] == Meta("s1", "m", 1)
+    assert events[1:1 + len(TEXTS)] == [Token(i + 1, t) for i, t in enumerate(TEXTS)]
+    final = events[1 + len(TEXTS)]
+    if end == "done":
+        assert final == Done(len(TEXTS) + 1, "stop", len(TEXTS), hashlib.sha256("".join(TEXTS).encode()).hexdigest())
+    else:
+        assert final == Error(len(TEXTS) + 1, "model_error", "broke", True)
+    assert events[-1].type == "heartbeat"

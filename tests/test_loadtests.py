@@ -185,8 +185,8 @@ def test_throughput_ramp_climbs_to_the_ceiling(gw, tmp_path):
 
 def test_mixed_runs_every_transport(gw, tmp_path):
     out = run_locust(tmp_path, gw.url, "--scenario", "mixed", "--max-tokens", "20", "--ttft-ms", "50",
-                     "--itl-ms", "10", users=11, seconds=5)
-    for transport in (*STREAMING, "complete"):
+                     "--itl-ms", "10", users=13, seconds=5)
+    for transport in (*STREAMING, "responses", "complete"):
         assert count(out["stats"], transport, "stream") > 0, transport
     assert not out["failures"], out["failures"]
 

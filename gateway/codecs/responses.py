@@ -14,28 +14,31 @@ format is a cursor of every other:
     error (seq t)   response.failed (the partial text in its output; status         t + 3
                     `cancelled` after a cancel)
 
-`Cursor.after(starting_after)` maps a client's `starting_after` back to the log (the event to resume
+`Cursor.of(starting_after)` maps a client's `starting_after` back to the log (the event to resume
 after, and how many of the next event's Responses events the client already has). `ResponsesEncoder`
 writes the server side; `Decoder` reads any Responses stream (an upstream such as vLLM, or this
-gateway) into plain events, and `UpstreamDecoder` into a sink.
+gateway) into plain events, `ResponsesDecoder` into a sink, and `EventDecoder` this gateway's
+Responses stream back into the gateway's events (the inverse mapping, for clients that resume by seq).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..events import HEARTBEAT, Done, Error, Event, Meta, Token
 from ..log import KIND, EventLog
-from .sse import Message, Parser
+from .sse import Comment, Message, Parser
 from .upstream import UpstreamDecoder
 
 if TYPE_CHECKING:
     from ..sources.base import Sink
 
 __all__ = ["OFFSET", "Cursor", "ResponsesEncoder", "response_object", "status_of", "Decoder", "ResponseEvent",
-           "ResponsesDecoder", "RESPONSE_PREFIX", "ITEM_PREFIX", "TERMINAL"]
+           "ResponsesDecoder", "EventDecoder", "RESPONSE_PREFIX", "ITEM_PREFIX", "TERMINAL"]
 
 OFFSET = 3  # a token's sequence_number is its seq + OFFSET
 RESPONSE_PREFIX, ITEM_PREFIX = "resp_", "msg_"
@@ -222,6 +225,49 @@ class Decoder:
                 kind = obj.get("type")
                 out.append(ResponseEvent(kind if isinstance(kind, str) else message.event,
                                          seq if type(seq) is int else None, obj))
+        return out
+
+
+class EventDecoder:
+    """This gateway's Responses stream as the gateway's events (docs/wire-contract.md, read backwards).
+
+    `response.created` is `meta`, a delta with sequence_number N is the token of seq N - 3, the terminal
+    event is `done` (its `sha256` is that of the text `response.output_text.done` carried, so a client
+    comparing it with its own deltas sees a lost or doubled delta) or `error`; comments are heartbeats;
+    the other lifecycle events carry nothing new and are dropped.
+    """
+
+    def __init__(self) -> None:
+        self.parser = Parser()
+        self.last_token = 0
+        self.sha256 = ""
+
+    def feed(self, data: bytes) -> list[Event]:
+        out: list[Event] = []
+        for message in self.parser.feed(data):
+            if type(message) is Comment:
+                out.append(HEARTBEAT)
+                continue
+            obj = orjson.loads(message.data)
+            kind = obj.get("type")
+            if kind == "response.output_text.delta":
+                self.last_token = obj["sequence_number"] - OFFSET
+                out.append(Token(self.last_token, obj["delta"]))
+            elif kind == "response.output_text.done":
+                self.sha256 = hashlib.sha256(obj["text"].encode()).hexdigest()
+            elif kind == "response.created":
+                response = obj["response"]
+                out.append(Meta(response["id"].removeprefix(RESPONSE_PREFIX), response["model"],
+                                response["created_at"]))
+            elif kind in ("response.completed", "response.incomplete"):
+                response = obj["response"]
+                seq = obj["sequence_number"] - OFFSET - 3  # the closing events are t + 3 ... t + 6
+                out.append(Done(seq, "length" if kind == "response.incomplete" else "stop",
+                                response["usage"]["output_tokens"], self.sha256))
+            elif kind == "response.failed":
+                error = obj["response"].get("error") or {}
+                out.append(Error(obj["sequence_number"] - OFFSET, str(error.get("code") or "failed"),
+                                 str(error.get("message") or ""), bool(error.get("retryable"))))
         return out
 
 
