@@ -293,7 +293,8 @@ def test_connections_per_process_503():
                 held = [await client.send(client.build_request("POST", "/v1/sse", json={"max_tokens": 100,
                                                                                           "sim": LONG}), stream=True)
                         for _ in range(3)]
-                refused = await client.get("/healthz")
+                refused = await client.get("/v1/streams/none")
+                health = await client.get("/healthz")  # exempt: a full replica still answers its balancer
                 with pytest.raises(websockets.InvalidStatus) as info:
                     async with connect(gw.ws_url + "/v1/ws"):
                         pass
@@ -301,10 +302,11 @@ def test_connections_per_process_503():
                     await r.aclose()
                 await asyncio.sleep(0.3)
                 again = await client.get("/healthz")
-                return refused, info.value.response, again
+                return refused, health, info.value.response, again
 
-        refused, ws_refused, again = run(go())
+        refused, health, ws_refused, again = run(go())
         assert is_problem(refused, 503)["code"] == "too_many_connections"
+        assert health.status_code == 200 and health.json()["active_streams"] == 3
         assert int(refused.headers["retry-after"]) >= 1
         assert ws_refused.status_code == 503
         assert again.status_code == 200

@@ -14,7 +14,9 @@ Stalls need no timer here: the registry's sweep ends a silent stream with
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -133,7 +135,7 @@ class Relay:
                                   code="upstream_not_streaming")
         return PreStreamError(
             upstream_status(status), f"upstream {self.name} refused ({status}): {detail}",
-            retry_after=float(retry) if retry and retry.isdigit() else None, code=f"upstream_{status}",
+            retry_after=retry_after_s(retry), code=f"upstream_{status}",
         )
 
     async def _read(self, response: httpx.Response, decoder: Decoder, sink: Sink) -> None:
@@ -145,6 +147,10 @@ class Relay:
                         # After the end, keep reading to the end of the body (it is due at once) so
                         # the connection goes back to the pool: a new TLS handshake would cost TTFT.
                         decoder.feed(chunk)
+                        if decoder.pending > MAX_LINE_BYTES:  # no line end in sight: do not buffer it all
+                            sink.fail("upstream_bad_data",
+                                      f"upstream {self.name} sent a line over {MAX_LINE_BYTES} bytes")
+                            return
                 except httpx.HTTPError as exc:
                     failure = exc
                 finally:
@@ -176,6 +182,28 @@ class Relay:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+MAX_LINE_BYTES = 1_048_576  # an upstream line (SSE block, NDJSON line) held back at most this long
+MAX_RETRY_AFTER_S = 3600.0  # an upstream's Retry-After passed on to clients is bounded by this
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """An upstream's Retry-After (RFC 9110 10.2.3) in seconds, bounded: delay-seconds (ASCII digits)
+    or an HTTP-date; anything else is ignored (None)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value[:12]) if len(value) <= 12 else MAX_RETRY_AFTER_S, MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:  # HTTP-dates are GMT; a date without a zone is not one
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, delay), MAX_RETRY_AFTER_S)
 
 
 def _error_message(raw: bytes) -> str:
