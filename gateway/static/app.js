@@ -788,6 +788,13 @@
           panel.client = next;
           return next.start(this.body);
         }
+        if (panel.streamId === null && opened) {
+          // Cut before even `meta` came (a busy server, a proxy that cuts at once): start again.
+          if (++panel.tries > MAX_TRIES) return panel.end("cut", "cut", reason, `cut before the stream started: ${reason}`);
+          await backoff(panel);
+          if (!panel.ended && this.live) this.open(first);
+          return;
+        }
         if (!panel.cut(reason)) return;
         await backoff(panel);
         if (!panel.ended && this.live) this.open({ type: "resume", stream_id: panel.streamId, after: panel.lastSeq });
