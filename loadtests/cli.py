@@ -11,6 +11,7 @@ COMMANDS = {
     "lab": "the gateway behind real nginx and HAProxy, on loopback ports",
     "probe": "check a deployment path: reachability, TTFT, buffering, idle gaps, resume",
     "compare": "run the transport comparison and write a report folder",
+    "networks": "measure the network profiles and hard paths: the report's mobile, strict-proxy, tabs and dead-connection rows",
 }
 
 
@@ -32,6 +33,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     p.add_argument("--tokens", type=int, default=40, help="tokens per test stream")
     p.add_argument("--itl-ms", type=float, default=50.0, help="gap between tokens as sent")
     compare.add_parser(sub)
+    sub.add_parser("networks", help=COMMANDS["networks"], add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["networks"]:
+        from .networks import main as networks
+
+        return networks(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "compare":
         return compare.main(args)

@@ -13,6 +13,8 @@ User classes (pick on the command line, in the UI with --class-picker, or by tag
     SsePostUser (tag sse_post)  POST /v1/sse (fetch style)
     NdjsonUser  (tag ndjson)    POST /v1/ndjson
     WsUser      (tag ws)        WS /v1/ws, `start` message
+    AutoUser    (tag auto)      WebSocket, falling back to SSE over fetch, then NDJSON, where the path refuses
+                                or kills one (gateway/fallback.py); Type `auto`
     ResponsesUser (tag responses) POST /v1/responses (stream, background: OpenAI's Responses API)
     CompleteUser (tag complete) POST /v1/complete, the non-streamed baseline
     Resume after a cut as gateway/client.py does: SSE `Last-Event-ID`, NDJSON `?after=`, WS `resume`;
@@ -32,6 +34,7 @@ Name = the metric, times in ms:
                  "error: <code>" (in-band error event), "cut: <why>" (ended without a terminal event,
                  not resumable), "gap: ...", "duplicate: ...", "text: ..." (not the expected text or sha256)
     gap          a failure per missing seq range; duplicate: a failure per seq delivered twice
+    fallback A->B  (AutoUser) one per switch of transport: the time from the request start to the switch
     stream_slow, stream_stalled   the slow-reader scenario's slow and non-reading users (their own rows,
                  so they do not mix with the normal readers' ttft and inter_token)
 
@@ -305,6 +308,8 @@ class StreamUser(GatewayUser):
         self.refused(failure)
 
     def finish(self, body: dict, run: Run, failure: str | None, at_end: float) -> None:
+        for old, new, at in run.fallbacks:  # the time from the start to giving up on a transport
+            self.fire(f"fallback {old}->{new}", at - run.started)
         for _ in range(run.gaps):
             self.fire("gap", 0, failure="gap: events missing (a seq was skipped)")
         for _ in range(run.duplicates):
@@ -364,6 +369,17 @@ class WsUser(StreamUser):
     @tag("ws")
     @task
     def ws(self) -> None:
+        self.one_stream()
+
+
+class AutoUser(StreamUser):
+    """WebSocket, falling back to SSE over fetch, then NDJSON where the path refuses or kills one."""
+    transport = "auto"
+    weight = 1
+
+    @tag("auto")
+    @task
+    def auto(self) -> None:
         self.one_stream()
 
 

@@ -186,3 +186,56 @@ def test_gateway_stream_crosses_a_3g_link_intact(gw, transport):
     assert [t.text for t in slow.tokens] == [t.text for t in fast.tokens]
     assert slow.ttft >= 0.3  # at least one 300 ms round trip (TCP and the request) before the first token
     assert fast.ttft < slow.ttft
+
+
+def test_break_all_silences_open_connections_and_new_ones_work():
+    async def main():
+        server, port = await _upstream(_echo)
+        async with server, Relay(Profile("t", hold_s=10), ("127.0.0.1", port)) as relay:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(b"a")
+            assert await asyncio.wait_for(reader.readexactly(1), 2) == b"a"
+            assert relay.break_all() == 1
+            await asyncio.sleep(0.1)
+            writer.write(b"b")
+            await writer.drain()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.read(1), 1.0)
+            assert await _round_trip(relay.port) < 0.5
+            assert relay.stats.half_open == 1
+            writer.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
+def test_python_client_notices_a_silent_connection_by_its_read_timeout_and_resumes(gw, transport):
+    """No FIN, no RST: only the read timeout tells. (On WebSocket a polite close would wait 10 s more for a
+    closing handshake that cannot come.)"""
+    from gateway.client import StreamResult
+    from gateway.sources.simulated import expected_text
+
+    async def main():
+        host, port = gw.url.rsplit("//", 1)[1].split(":")
+        async with Relay(Profile("t", hold_s=30), (host, int(port))) as relay:
+            async with Client(relay.url, read_timeout=1.5) as c:
+                r = StreamResult()
+
+                async def read():
+                    async for _ in c.events(transport, "dead", max_tokens=60, seed=0, result=r,
+                                            sim={"ttft_ms": 50, "itl_ms": 40, "jitter": 0}):
+                        pass
+
+                task = asyncio.create_task(read())
+                while len(r.tokens) < 5:
+                    await asyncio.sleep(0.02)
+                relay.break_all()
+                broke = time.perf_counter()
+                await asyncio.wait_for(task, 30)
+        return r, broke
+
+    r, broke = asyncio.run(main())
+    assert r.text == expected_text("dead", 0, 60) and r.done is not None
+    assert (r.gaps, r.duplicates) == (0, 0)
+    noticed = r.cuts[0] - broke
+    assert 1.0 < noticed < 4.0, noticed  # the 1.5 s read timeout (heartbeats every 0.3 s keep it from firing)
