@@ -93,6 +93,21 @@ MUTANTS = [
            "if True or len(self.base_urls) == 1",
            ("tests/test_replicas.py::test_the_client_retries_a_503_at_the_next_base_url",),
            "the client gives up on a 503 instead of trying the next base URL"),
+    Mutant("lag-cut-misnamed", "gateway/registry.py", 'self._cut_slow(sub, "slow_lag")', 'self._cut_slow(sub, "slow_send")',
+           ("tests/test_slow_readers.py",), "a reader too far behind is cut with the send timeout's reason"),
+    Mutant("no-lag-cut", "gateway/registry.py", "elif size - sub.lag_base > max_lag:", "elif False:",
+           ("tests/test_slow_readers.py",), "MAX_LAG_BYTES is never applied"),
+    Mutant("deflate-ignored", "gateway/cli.py", "ws_per_message_deflate=settings.ws_per_message_deflate,",
+           "ws_per_message_deflate=False,",
+           ("tests/test_streams.py::test_per_message_deflate_on_the_real_gateway",),
+           "GATEWAY_WS_PER_MESSAGE_DEFLATE does not reach the server"),
+    Mutant("direct-ws-with-deflate", "gateway/transports/direct.py", "if conn.extensions:", "if False:",
+           ("tests/test_direct.py",), "the direct WebSocket writer is used although a compression was negotiated"),
+    Mutant("sse-drain-503", "gateway/app.py",
+           "if ctx.draining:\n            # EventSource gives up on a 503", "if False:\n            # EventSource gives up on a 503",
+           ("tests/test_drain.py::test_attach_during_a_drain_tells_each_transport_to_go_elsewhere",
+            "tests/test_lab.py::test_eventsource_in_chromium_follows_a_drain_to_the_other_replica"),
+           "an SSE attach on a draining replica is refused with 503 (EventSource would give up)"),
 ]
 
 
