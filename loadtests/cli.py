@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     p.add_argument("--idle", type=float, default=20.0, help="idle gap to survive, in seconds (0: skip)")
     p.add_argument("--tokens", type=int, default=40, help="tokens per test stream")
     p.add_argument("--itl-ms", type=float, default=50.0, help="gap between tokens as sent")
+    p.add_argument("--profile", help="probe through a network profile (lab/links.py): good-4g, 3g, flaky-wifi, "
+                                     "train, half-open")
     compare.add_parser(sub)
     sub.add_parser("networks", help=COMMANDS["networks"], add_help=False)
     if argv is None:
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
                    args.idle if args.measure else None)
     from .probe import main as probe
 
-    return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms)
+    return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms,
+                 profile=args.profile)
 
 
 if __name__ == "__main__":

@@ -239,3 +239,19 @@ def test_python_client_notices_a_silent_connection_by_its_read_timeout_and_resum
     assert (r.gaps, r.duplicates) == (0, 0)
     noticed = r.cuts[0] - broke
     assert 1.0 < noticed < 4.0, noticed  # the 1.5 s read timeout (heartbeats every 0.3 s keep it from firing)
+
+
+def test_probe_through_a_profile_reports_the_link(gw):
+    """`probe --profile 3g`: the same checks through the 3G link: reachable, spaced, resumable, later."""
+    from loadtests.probe import probe, probe_through
+
+    async def main():
+        return (await probe_through(gw.url, "3g", idle_s=0, tokens=10),
+                await probe(gw.url, idle_s=0, tokens=10))
+
+    slow, direct = asyncio.run(main())
+    assert slow["profile"] == "3g" and slow["url"] == gw.url
+    for t in ("sse", "ndjson", "ws"):
+        s, d = slow["transports"][t], direct["transports"][t]
+        assert s["ok"] and s["arrival"]["spaced"], (t, s)
+        assert s["ttft_overhead_s"] >= 0.3 > d["ttft_overhead_s"], t  # a 300 ms round trip at least
