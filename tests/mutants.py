@@ -75,6 +75,24 @@ MUTANTS = [
            ("tests/test_loadtests.py::test_throughput_ramp_stops_at_the_limit",
             "tests/test_loadtests.py::test_throughput_ramp_climbs_to_the_ceiling"),
            "the throughput ramp applies its inter-token limit 10x too strict"),
+    Mutant("outage-not-ridden", "gateway/store/redis.py", "if now - self.down_since < self.settings.redis_outage_s:",
+           "if False:",
+           ("tests/test_replicas.py::test_a_redis_outage_shorter_than_the_limit_is_ridden_out_and_the_backlog_written",),
+           "the first Redis failure ends in-flight streams (no outage allowance)"),
+    Mutant("backlog-forgotten", "gateway/store/redis.py",
+           "for sid, stream in batch.items():\n                    self._dirty.setdefault(sid, stream)\n"
+           "                self._trouble(",
+           "for sid, stream in batch.items():\n                    if sid in self.owned:\n"
+           "                        self.owned[sid].flushed = len(stream.log)\n                self._trouble(",
+           ("tests/test_replicas.py::test_a_redis_outage_shorter_than_the_limit_is_ridden_out_and_the_backlog_written",),
+           "events made during a Redis outage are never written (the failed batch counts as written)"),
+    Mutant("drain-no-1012", "gateway/codecs/ws.py", "CLOSE_RESTART = 1012", "CLOSE_RESTART = 1001",
+           ("tests/test_replicas.py::test_sigterm_drains_clients_to_another_replica",),
+           "a draining replica closes WebSockets with 1001 instead of 1012"),
+    Mutant("client-no-503-retry", "gateway/client.py", "if exc.status != 503 or len(self.base_urls) == 1",
+           "if True or len(self.base_urls) == 1",
+           ("tests/test_replicas.py::test_the_client_retries_a_503_at_the_next_base_url",),
+           "the client gives up on a 503 instead of trying the next base URL"),
 ]
 
 
