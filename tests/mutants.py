@@ -112,6 +112,9 @@ MUTANTS = [
            ("tests/test_drain.py::test_attach_during_a_drain_tells_each_transport_to_go_elsewhere",
             "tests/test_lab.py::test_eventsource_in_chromium_follows_a_drain_to_the_other_replica"),
            "an SSE attach on a draining replica is refused with 503 (EventSource would give up)"),
+    Mutant("best-flipped", "loadtests/compare/rules.py", "def _best(cands: dict[str, float], lower: bool = True)",
+           "def _best(cands: dict[str, float], lower: bool = False)",
+           ("tests/test_compare_rules.py",), "the comparison crowns the worst figure"),
 ]
 
 
