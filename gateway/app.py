@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +35,7 @@ from .sources.base import PreStreamError
 from .store import make_store
 from .stream import Stream, set_write_window
 from .transports import DropConnection, EventStream, WSSession
+from .workers import fleet_metrics
 
 __all__ = ["create_app", "Context"]
 
@@ -230,7 +232,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def create_stream(body: StreamRequest, request: Request) -> JSONResponse:
         stream = await ctx.create(body, False, request.scope.get(KEY))
         out = links(stream)
-        return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}"})
+        return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}",
+                                                           "X-Gateway-Worker": str(os.getpid())})
 
     @app.get("/v1/streams/{stream_id}", responses=openapi.STATUS)
     async def stream_status(stream_id: str, request: Request) -> dict:
@@ -335,12 +338,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> JSONResponse:
         # 503 while draining, so a load balancer stops sending clients here.
         body = {"status": "draining" if ctx.draining else "ok", "active_streams": ctx.stats.active_streams,
-                "kept_streams": len(ctx.store.local())}
+                "kept_streams": len(ctx.store.local()), "pid": os.getpid(), "worker": settings.worker}
         return JSONResponse(body, status_code=503 if ctx.draining else 200)
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS)
-    async def metrics() -> Response:
-        return Response(generate_latest(ctx.stats.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(worker: Annotated[Literal["self", "all"], Query()] = "all") -> Response:
+        if settings.worker is None or len(settings.worker_ports) < 2 or worker == "self":
+            body = generate_latest(ctx.stats.registry)
+        else:  # `serve --workers`: every worker's figures, labelled (gateway/workers.py)
+            body = await fleet_metrics(ctx.stats.registry, settings.worker, settings.worker_ports)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app
 

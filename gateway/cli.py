@@ -9,7 +9,12 @@ import sys
 __all__ = ["main", "serve"]
 
 
-def serve(host: str | None = None, port: int | None = None) -> None:
+def serve(host: str | None = None, port: int | None = None, workers: int | None = None,
+          fds: str | None = None) -> int:
+    """One server process; with `workers` other than 1, a supervisor of that many (gateway/workers.py)."""
+    import os
+    import socket
+
     import uvicorn
 
     from .app import create_app
@@ -17,6 +22,14 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     from .settings import get_settings
 
     settings = get_settings()
+    if fds is None:
+        from . import workers as pool
+
+        n = workers if workers is not None else settings.workers
+        if n == 0:
+            n = (os.cpu_count() or 1) if settings.stream_store == "redis" else 1
+        if n != 1:
+            return pool.run(n, host or settings.host, port or settings.port, [])
     app = create_app(settings)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
@@ -35,7 +48,13 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    DrainingServer(config, app.state.ctx).run()
+    server = DrainingServer(config, app.state.ctx)
+    if fds is None:
+        server.run()
+    else:  # a worker: the supervisor's sockets (the shared port, then its private one)
+        server.stop_accepting = True
+        server.run(sockets=[socket.socket(fileno=int(fd)) for fd in fds.split(",")])
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the gateway (simulated model by default)")
     p.add_argument("--host", help="bind address (default 127.0.0.1, or GATEWAY_HOST)")
     p.add_argument("--port", type=int, help="port (default 8000, or GATEWAY_PORT)")
+    p.add_argument("--workers", type=int, help="processes on the one port (default: one per core with the "
+                   "Redis store, else 1; GATEWAY_WORKERS); more than 1 needs GATEWAY_STREAM_STORE=redis")
+    p.add_argument("--fds", help=argparse.SUPPRESS)  # a worker's sockets, from the supervisor
     p = sub.add_parser("lab", help="the gateway behind real nginx and HAProxy, on loopback ports")
     p.add_argument("--port", type=int, default=8000, help="base port: gateway here, proxies above it (0: free ports)")
     p.add_argument("--only", help="comma-separated proxy paths to start (default: all installed)")
@@ -60,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.host, args.port)
+        return serve(args.host, args.port, args.workers, args.fds)
     elif args.command == "compare":
         return compare.main(args)
     elif args.command == "lab":

@@ -21,7 +21,7 @@ import uvicorn
 if TYPE_CHECKING:
     from .app import Context
 
-__all__ = ["drain", "DrainingServer"]
+__all__ = ["drain", "DrainingServer", "stop_listening"]
 
 log = logging.getLogger("gateway")
 
@@ -52,6 +52,22 @@ async def drain(ctx: Context) -> None:
     await store.flush(5.0)
 
 
+def stop_listening(server: uvicorn.Server) -> bool:
+    """Close the server's listening sockets, keeping its connections: True if it could.
+
+    uvicorn keeps its asyncio servers in `servers` (set in `startup`, closed in `shutdown`);
+    `asyncio.Server.close` stops listening and leaves accepted connections alone. Without that
+    attribute (another uvicorn) the worker keeps accepting and refuses with 503 while it drains.
+    """
+    servers = getattr(server, "servers", None)
+    if not servers:
+        log.warning("draining: cannot stop listening (no uvicorn `servers`); new connections get 503")
+        return False
+    for listener in servers:
+        listener.close()
+    return True
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, with `drain` between the first SIGTERM/SIGINT and the shutdown."""
 
@@ -60,6 +76,10 @@ class DrainingServer(uvicorn.Server):
         self.ctx = ctx
         self.drain_requested = False
         self.drain_task: asyncio.Task | None = None
+        # A worker of `serve --workers` (gateway/workers.py): stop accepting when the drain starts, so
+        # new and reconnecting clients go to the siblings on the same port. Alone, keep accepting
+        # and answer 503 (a load balancer in front reads /healthz).
+        self.stop_accepting = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain_requested or sig not in (signal.SIGTERM, signal.SIGINT):
@@ -71,6 +91,8 @@ class DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_requested and self.drain_task is None:
+            if self.stop_accepting:
+                stop_listening(self)
             self.drain_task = asyncio.get_running_loop().create_task(drain(self.ctx))
         if self.drain_task is not None and self.drain_task.done() and not self.should_exit:
             if self.drain_task.exception() is not None:

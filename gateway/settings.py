@@ -28,6 +28,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # `serve --workers` (gateway/workers.py): processes on the one port; 0: one per core with the
+    # Redis store, 1 with the memory store (whose streams one process cannot share).
+    workers: int = Field(0, ge=0, le=1024)
+    # Set by the supervisor in each worker: its index, and every worker's private loopback port.
+    worker: int | None = None
+    worker_ports: list[int] = []
 
     # Liveness: heartbeats on idle connections, an inactivity timeout on the
     # source, and never a limit on total duration.

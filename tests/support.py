@@ -66,7 +66,8 @@ class Gateway:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", **(env or {})}
+        # One process unless a test asks for workers (the Redis store's default is one per core).
+        full_env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_WORKERS": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
             cwd=ROOT, env=full_env,
