@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from .auth import Auth
+from .api import messages, responses
+from .auth import Auth, install_redaction
 from .chat import add_openai_routes
 from .clock import Clock
 from .codecs import sse
@@ -101,11 +102,6 @@ class Context:
 
     async def create(self, request: StreamRequest, one_shot: bool, key: str | None = None) -> Stream:
         self.check_request(request)
-        limit = self.settings.streams_per_key
-        if limit and self.registry.running.get(key, 0) >= limit:
-            self.stats.refused["streams"] += 1
-            raise Problem(429, "Too many streams", f"this key has {limit} streams generating already",
-                          retry_after=1, code="too_many_streams")
         return await self.registry.create(request, one_shot=one_shot, owner_key=key)
 
     async def run_to_end(self, stream: Stream, request: Request) -> None:
@@ -147,13 +143,11 @@ class _QuietDrops(logging.Filter):
 def _parse_after(value: str | None, name: str) -> int:
     if value is None or value == "":
         return -1
-    try:
-        after = int(value)
-    except ValueError:
-        raise Problem(400, "Bad resume point", f"{name} must be an integer, got {value[:40]!r}") from None
-    if after < -1:
-        raise Problem(400, "Bad resume point", f"{name} must be >= -1")
-    return after
+    if value == "-1":
+        return -1
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):  # int() would take "1_0", " 7", "٣"
+        raise Problem(400, "Bad resume point", f"{name} must be a seq (ASCII digits) or -1, got {value[:40]!r}")
+    return int(value)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -163,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        install_redaction()  # attach tokens ride in query strings, which servers log
         configure_journal(settings)
         set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()
@@ -331,15 +326,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        code=stream.error_code, partial_text=stream.text(), tokens=stream.tokens)
 
     add_openai_routes(app, ctx)
+    app.include_router(responses.router)
+    app.include_router(messages.router)
 
     add_page(app)
 
     @app.get("/healthz", responses=openapi.OPEN)
     async def healthz() -> JSONResponse:
-        # 503 while draining, so a load balancer stops sending clients here.
-        body = {"status": "draining" if ctx.draining else "ok", "active_streams": ctx.stats.active_streams,
+        # 503 while draining or while the store cannot take new streams, so a load balancer
+        # sends clients elsewhere.
+        status = "draining" if ctx.draining else "ok" if ctx.store.ready else "store_unavailable"
+        body = {"status": status, "active_streams": ctx.stats.active_streams,
                 "kept_streams": len(ctx.store.local()), "pid": os.getpid(), "worker": settings.worker}
-        return JSONResponse(body, status_code=503 if ctx.draining else 200)
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS)
     async def metrics(worker: Annotated[Literal["self", "all"], Query()] = "all") -> Response:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 from .problems import Problem
 from .settings import Settings
 
-__all__ = ["Auth", "Unauthorized"]
+__all__ = ["Auth", "Unauthorized", "RedactTokens", "redact", "install_redaction", "check_expiry"]
 
 
 class Unauthorized(Problem):
@@ -30,6 +32,48 @@ class Unauthorized(Problem):
         response = super().response()
         response.headers["WWW-Authenticate"] = 'Bearer realm="gateway"'
         return response
+
+
+def check_expiry(expires: float) -> None:
+    """Raise once an attach token's time is up (checked on every use, not only at connect)."""
+    if expires < time.time():
+        raise Unauthorized("attach token expired: ask GET /v1/streams/{id} for a new one")
+
+
+_TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    """Attach tokens out of a URL or log line (`?token=<redacted>`)."""
+    return _TOKEN_IN_URL.sub(r"\1<redacted>", text) if "token=" in text else text
+
+
+class RedactTokens(logging.Filter):
+    """A logging filter for the servers' access and WebSocket lines, which carry the query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            try:
+                message = record.getMessage()
+            except Exception:
+                return True
+            if "token=" in message:
+                record.msg, record.args = redact(message), None
+        elif isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = redact(record.msg)
+        return True
+
+
+# The loggers whose lines carry request targets, by server.
+REQUEST_LOGGERS = ("uvicorn.error", "uvicorn.access", "hypercorn.error", "hypercorn.access",
+                   "granian.access", "_granian")
+
+
+def install_redaction() -> None:
+    for name in REQUEST_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
 
 
 def _entries(settings: Settings) -> list[str]:
@@ -61,6 +105,11 @@ class Auth:
         self.enabled = bool(keys)
         if self.enabled and "*" in settings.allowed_origins:
             raise ValueError("allowed_origins must list origins, not '*', when API keys are set")
+        if self.enabled and settings.stream_store != "memory" and not settings.token_secret:
+            raise ValueError(
+                "GATEWAY_TOKEN_SECRET is required with API keys and a shared stream store: replicas must "
+                "share it, or an attach token from one is refused by the others (set the same random "
+                "value, e.g. `openssl rand -hex 32`, on every replica)")
         self.ttl = settings.attach_token_ttl_s
         self._secret = (settings.token_secret or secrets.token_hex(32)).encode()
 
@@ -89,20 +138,21 @@ class Auth:
         payload = f"{expires}.{key_id or ''}"
         return f"{_b64(payload.encode())}.{self._sign(stream_id, payload)}"
 
-    def check_token(self, token: str, stream_id: str) -> str | None:
-        """The key id a token was issued to, for this stream only; raises Unauthorized."""
+    def check_token(self, token: str, stream_id: str) -> tuple[str | None, float]:
+        """(the key id a token was issued to, its expiry time) for this stream only; raises Unauthorized."""
         head, _, mac = token.partition(".")
         try:
             payload = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)).decode()
-            expires, _, key_id = payload.partition(".")
-            expired = int(expires) < time.time()
+            expires_s, _, key_id = payload.partition(".")
+            if not (expires_s.isascii() and expires_s.isdigit()):
+                raise ValueError(expires_s)
+            expires = int(expires_s)
         except ValueError:
             raise Unauthorized("malformed attach token") from None
         if not hmac.compare_digest(mac.encode(), self._sign(stream_id, payload).encode()):
             raise Unauthorized("invalid attach token")
-        if expired:
-            raise Unauthorized("attach token expired: ask GET /v1/streams/{id} for a new one")
-        return key_id or None
+        check_expiry(expires)
+        return key_id or None, expires
 
     def _sign(self, stream_id: str, payload: str) -> str:
         return _b64(hmac.new(self._secret, f"{stream_id}.{payload}".encode(), hashlib.sha256).digest()[:20])

@@ -1,9 +1,10 @@
-"""Command line: `python -m gateway serve` (more subcommands join as the lab grows)."""
+"""Command line: `python -m gateway serve`; `lab`, `probe` and `compare` forward to the tools (loadtests/)."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import sys
 
 __all__ = ["main", "serve"]
@@ -16,30 +17,41 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     import socket
 
     import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     from .app import create_app
     from .drain import DrainingServer
+    from .gate import Gate, gated
     from .settings import get_settings
 
-    settings = get_settings()
-    if fds is None:
-        from . import workers as pool
+    try:
+        settings = get_settings()
+        if fds is None:
+            from . import workers as pool
 
-        n = workers if workers is not None else settings.workers
-        if n == 0:
-            n = (os.cpu_count() or 1) if settings.stream_store == "redis" else 1
-        if n != 1:
-            return pool.run(n, host or settings.host, port or settings.port, [])
-    app = create_app(settings)
+            n = workers if workers is not None else settings.workers
+            if n == 0:
+                n = (os.cpu_count() or 1) if settings.stream_store == "redis" else 1
+            if n != 1:
+                return pool.run(n, host or settings.host, port or settings.port, [])
+        app = create_app(settings)
+    except ValueError as exc:  # a setting that cannot work: say which, without a traceback
+        sys.exit(f"gateway: {exc}")
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                         "propagate": False}
+    # uvicorn has no header timeout or header size limit under httptools: the gate adds them in
+    # front of its parser (uvicorn's `http` option takes a protocol class); h11's own limit as well.
+    gate = Gate(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections,
+                settings.max_pending_connections, app.state.ctx.stats.refused)
     config = uvicorn.Config(
         app,
         host=host or settings.host,
         port=port or settings.port,
         loop="uvloop",
-        http="httptools",
+        http=gated(HttpToolsProtocol, gate),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_s,
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_message_bytes,
         ws_per_message_deflate=settings.ws_per_message_deflate,
@@ -51,13 +63,30 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     server = DrainingServer(config, app.state.ctx)
     if fds is None:
         server.run()
-    else:  # a worker: the supervisor's sockets (the shared port, then its private one)
+    else:  # a worker: its own socket on the shared port, and its private one from the supervisor
+        from .workers import listen
+
         server.stop_accepting = True
-        server.run(sockets=[socket.socket(fileno=int(fd)) for fd in fds.split(",")])
+        server.run(sockets=[listen(config.host, config.port), socket.socket(fileno=int(fds))])
     return 0
 
 
+# Tools that live beside the server package (loadtests/, installed with the lab extra): the server never
+# imports them; these names forward to `python -m loadtests`.
+TOOLS = ("lab", "probe", "compare")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        try:
+            tools = importlib.import_module("loadtests.cli")
+        except ModuleNotFoundError as exc:
+            print(f"error: `{argv[0]}` is one of the tools (loadtests/), not importable here ({exc}); "
+                  "run it from a clone with the lab extra: uv run --locked --extra lab python -m gateway "
+                  f"{argv[0]}", file=sys.stderr)
+            return 2
+        return tools.main(argv, prog="python -m gateway")
     parser = argparse.ArgumentParser(prog="gateway", description="Stream model output over SSE, WebSocket and NDJSON.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the gateway (simulated model by default)")
@@ -66,34 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="processes on the one port (default: one per core with the "
                    "Redis store, else 1; GATEWAY_WORKERS); more than 1 needs GATEWAY_STREAM_STORE=redis")
     p.add_argument("--fds", help=argparse.SUPPRESS)  # a worker's sockets, from the supervisor
-    p = sub.add_parser("lab", help="the gateway behind real nginx and HAProxy, on loopback ports")
-    p.add_argument("--port", type=int, default=8000, help="base port: gateway here, proxies above it (0: free ports)")
-    p.add_argument("--only", help="comma-separated proxy paths to start (default: all installed)")
-    p.add_argument("--read-timeout", default="60s", help="the proxies' read timeout (default 60s)")
-    p.add_argument("--measure", action="store_true", help="probe every path, print a table, and stop")
-    p.add_argument("--idle", type=float, default=0.0, help="with --measure: idle gap to check, in seconds")
-    p = sub.add_parser("probe", help="check a deployment path: reachability, TTFT, buffering, idle gaps, resume")
-    p.add_argument("url", help="base URL of a gateway, directly or through proxies")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--idle", type=float, default=20.0, help="idle gap to survive, in seconds (0: skip)")
-    p.add_argument("--tokens", type=int, default=40, help="tokens per test stream")
-    p.add_argument("--itl-ms", type=float, default=50.0, help="gap between tokens as sent")
-    from . import compare
-    compare.add_parser(sub)
+    for name in TOOLS:
+        sub.add_parser(name, help=f"a tool in loadtests/: python -m gateway {name} --help")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.host, args.port, args.workers, args.fds)
-    elif args.command == "compare":
-        return compare.main(args)
-    elif args.command == "lab":
-        from .lab import run
-
-        return run(args.port, tuple(args.only.split(",")) if args.only else None, args.read_timeout,
-                   args.idle if args.measure else None)
-    elif args.command == "probe":
-        from .probe import main as probe
-
-        return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms)
     return 0
 
 

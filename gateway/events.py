@@ -116,6 +116,8 @@ def from_obj(obj: object) -> Event:
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise DecodeError(f"{kind}.{name} has the wrong type")
         args[name] = value
+    if cls is Heartbeat:
+        return HEARTBEAT  # one instance: codecs and readers test `event is HEARTBEAT`
     return cls(**args)
 
 

@@ -19,12 +19,15 @@ from .problems import Problem
 if TYPE_CHECKING:
     from .app import Context
 
-__all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ABORT", "DEFER", "ATTACH_KINDS"]
+__all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ATTACH", "ABORT", "DEFER", "ATTACH_KINDS"]
 
 KEY = "gateway.key"  # scope entry: the caller's key id (None with auth off)
+# scope entry on a connection let in by an attach token: (the one stream it may read, the token's expiry)
+ATTACH = "gateway.attach"
 ABORT = "gateway.abort"  # scope entry: drops the connection at once, buffered bytes and all
 DEFER = "gateway.defer"  # scope entry: what to run once every layer inside the edge has returned
 ATTACH_KINDS = ("sse", "ndjson", "ws")
+_EXEMPT = frozenset(("/healthz", "/metrics"))  # a full replica still answers its load balancer and monitoring
 
 
 async def refuse(exc: Problem, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,7 +45,7 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
-        if self.limit and self.open >= self.limit:
+        if self.limit and self.open >= self.limit and scope["path"] not in _EXEMPT:
             self.ctx.stats.refused["connections"] += 1
             return await refuse(Problem(503, "Too many connections", f"this process serves at most {self.limit}",
                                         retry_after=1, code="too_many_connections"), scope, receive, send)
@@ -137,7 +140,10 @@ class Guard:
             if header is None:
                 token = _token(scope)
                 if token is not None:
-                    return auth.check_token(token, scope["path"].split("/")[3])
+                    stream_id = scope["path"].split("/")[3]
+                    key_id, expires = auth.check_token(token, stream_id)
+                    scope[ATTACH] = (stream_id, expires)  # this connection may read that stream only
+                    return key_id
             return auth.key_id(header)
         except Problem:
             self.ctx.stats.refused["unauthorized"] += 1

@@ -9,7 +9,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["Stats", "TransportStats", "TRANSPORTS"]
 
-TRANSPORTS = ("sse", "ndjson", "ws", "chat")  # chat: POST /v1/chat/completions streamed
+# chat: POST /v1/chat/completions streamed; responses: /v1/responses; messages: POST /v1/messages streamed
+TRANSPORTS = ("sse", "ndjson", "ws", "chat", "responses", "messages")
 
 
 class TransportStats:

@@ -21,13 +21,20 @@ from .sources.base import Source
 from .sources.relay import build_sources
 from .sources.simulated import SimulatedModel
 from .store.base import StreamStore
-from .stream import Stream, Subscriber
+from .problems import Problem
+from .stream import FAILED, Stream, Subscriber
 
 __all__ = ["Registry", "UnknownModel"]
 
 
 class UnknownModel(LookupError):
     pass
+
+
+def _too_many(stats: Stats, limit: int) -> Problem:
+    stats.refused["streams"] += 1
+    return Problem(429, "Too many streams", f"this key has {limit} streams generating already",
+                   retry_after=1, code="too_many_streams")
 
 
 class Registry:
@@ -62,8 +69,15 @@ class Registry:
             raise UnknownModel(name) from None
 
     async def create(self, request: StreamRequest, *, one_shot: bool, owner_key: str | None = None) -> Stream:
-        """Start generating; raises PreStreamError or UnknownModel before any stream exists."""
+        """Start generating; raises Problem, PreStreamError or UnknownModel before any stream exists.
+
+        The stream is counted (per key and in the gauge) before the first await: concurrent creates
+        see each other, so `streams_per_key` holds; a shared store also holds it across replicas.
+        """
         name, source = self.source(request.model)
+        limit = self.settings.streams_per_key
+        if limit and self.running.get(owner_key, 0) >= limit:
+            raise _too_many(self.stats, limit)
         stream = Stream(
             secrets.token_urlsafe(18),  # 144 random bits: ids are unguessable
             name,
@@ -74,17 +88,44 @@ class Registry:
             owner_key=owner_key,
         )
         stream.leave_cancels = one_shot and self.settings.disconnect == "cancel"
-        stream.generation = await source.start(request, stream)
-        try:
-            await self.store.add(stream)
-        except BaseException:
-            stream.generation.cancel()
-            raise
-        self.stats.streams_created += 1
         self.stats.active_streams += 1
         self.running[owner_key] += 1
+        try:
+            if limit and not await self.store.reserve(stream, limit):
+                raise _too_many(self.stats, limit)
+            stream.generation = await source.start(request, stream)
+            await self.store.add(stream)
+        except BaseException:
+            self._discard(stream)
+            raise
+        self.stats.streams_created += 1
         self.journal.created(stream, request)
         return stream
+
+    def _discard(self, stream: Stream) -> None:
+        """A create that failed: stop what started and take back what was counted, exactly once."""
+        gen = stream.generation
+        if gen is not None:
+            gen.cancel()
+        if stream.ended_at is None:  # not ended yet: end it silently (no journal line, no error count)
+            stream.status = FAILED
+            stream.generation = None
+            stream.ended_at = self.clock.now()
+            self._uncount(stream)
+        else:  # it ended during the awaits and was uncounted then: it was never created
+            if stream.status == "done":
+                self.stats.finished -= 1
+            else:
+                self.stats.errors[stream.error_code or "error"] -= 1
+        self.store.release(stream)
+
+    def _uncount(self, stream: Stream) -> None:
+        self.stats.active_streams -= 1
+        left = self.running[stream.owner_key] - 1
+        if left > 0:
+            self.running[stream.owner_key] = left
+        else:
+            del self.running[stream.owner_key]
 
     def _on_event(self, stream: Stream, what: str, sub: Subscriber | None = None) -> None:
         stats = self.stats
@@ -92,17 +133,12 @@ class Registry:
             stats.ttft.observe(self.clock.now() - stream.started)
         elif what == "ended":
             stream.ended_at = self.clock.now()
-            stats.active_streams -= 1
+            self._uncount(stream)
             stats.wasted_tokens += stream.wasted
             if stream.status == "done":
                 stats.finished += 1
             else:
                 stats.errors[stream.error_code or "error"] += 1
-            left = self.running[stream.owner_key] - 1
-            if left:
-                self.running[stream.owner_key] = left
-            else:
-                del self.running[stream.owner_key]
             self.journal.ended(stream, stream.ended_at)
         elif what == "attached":
             self.journal.attached(stream, sub)
@@ -152,7 +188,7 @@ class Registry:
                 gen.cancel()
                 stream.fail("upstream_timeout", f"no output from the model for {idle:g} s", True)
                 continue
-            if not stream.subs and stream.detached_since is not None and now - stream.detached_since >= grace:
+            if not stream.subs and not stream.keep and stream.detached_since is not None and now - stream.detached_since >= grace:
                 stream.cancel("detached")
         self.store.sweep(now)
         if now >= self.reclaim_at:  # cycles freed, heap pages returned (gateway/memory.py)

@@ -1,11 +1,12 @@
 """`serve --workers N`: N gateway processes on one port, supervised by this one.
 
-Each worker is an ordinary `gateway serve` process (uvicorn, its own event loop, its own drain) that is
-handed two listening sockets by file descriptor (uvicorn's public `Server.run(sockets=...)`):
+Each worker is an ordinary `gateway serve` process (uvicorn, its own event loop, its own drain) that
+serves two listening sockets (uvicorn's public `Server.run(sockets=...)`):
 
-- its own SO_REUSEPORT socket on the public port: the kernel spreads new connections over the
-  workers' sockets (a hash of the 4-tuple), and a draining worker closes its socket so new
-  connections, reconnecting clients included, go to the others;
+- its own SO_REUSEPORT socket on the public port, bound by the worker once its app is built: the
+  kernel spreads new connections over the workers' sockets (a hash of the 4-tuple), never to a
+  worker still starting, and a draining worker closes its socket so new connections, reconnecting
+  clients included, go to the others;
 - a private loopback socket (an ephemeral port, kept by this supervisor across restarts): siblings
   read each other's /metrics through it, so one scrape of the public port shows every worker.
 
@@ -14,7 +15,8 @@ stream created on one worker is attached, resumed and cancelled through any othe
 dies loses no stream another can serve. `workers > 1` without the Redis store is refused at start.
 
 SIGTERM/SIGINT here drains every worker (each ends as `gateway/drain.py` says) and waits for them; a
-worker that dies on its own is restarted (at most once a second), with a fresh public socket.
+worker that dies on its own after it was ready is restarted (at most once a second); one that dies
+before it was ever ready stops the supervisor with its exit status.
 """
 
 from __future__ import annotations
@@ -46,15 +48,18 @@ def check(workers: int, store: str) -> str | None:
     return None
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening socket on (host, port) that joins the port's SO_REUSEPORT group."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _reuseport(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A worker's listening socket on (host, port), in the port's SO_REUSEPORT group."""
+    sock = _reuseport(host)
     sock.bind((host, port))
     sock.listen(backlog)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -64,7 +69,19 @@ class _Worker:
     private: socket.socket
     proc: subprocess.Popen | None = None
     started: float = 0.0
+    ready: bool = False  # answered /healthz on its private port since it last started
     restarts: int = field(default=0)
+
+
+def _answers(port: int) -> bool:
+    """Whether a worker answers GET /healthz on its private port (any status: it is up)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.settimeout(0.5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
+            return sock.recv(16).startswith(b"HTTP/1.1 ")
+    except OSError:
+        return False
 
 
 def _die_with_parent() -> None:
@@ -82,9 +99,12 @@ def run(workers: int, host: str, port: int, argv: list[str]) -> int:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr)
         return 2
-    # The first socket fixes the port (port 0: an ephemeral one); each worker then binds its own.
-    first = listen(host, port)
-    port = first.getsockname()[1]
+    # A bound socket that never listens fixes the port (port 0: an ephemeral one) for as long as this
+    # supervisor lives; each worker binds and listens on its own once its app is built, so the
+    # kernel never routes a connection to a worker still starting.
+    reserve = _reuseport(host)
+    reserve.bind((host, port))
+    port = reserve.getsockname()[1]
     pool = []
     for i in range(workers):
         private = socket.socket()
@@ -95,17 +115,16 @@ def run(workers: int, host: str, port: int, argv: list[str]) -> int:
     peers = json.dumps([w.private.getsockname()[1] for w in pool])
     stopping = False
 
-    def start(w: _Worker, public: socket.socket | None = None) -> None:
-        public = public or listen(host, port)
+    def start(w: _Worker) -> None:
         env = {**os.environ, WORKER_ENV: str(w.index), PEERS_ENV: peers}
-        fds = (public.fileno(), w.private.fileno())
+        fd = w.private.fileno()
         # Its own process group: a terminal's Ctrl-C reaches this supervisor only, which forwards one
         # signal (two would skip the drain); and it gets SIGTERM if this supervisor dies.
-        w.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--fds", "%d,%d" % fds, *argv],
-                                  env=env, pass_fds=fds, process_group=0, preexec_fn=_die_with_parent)
+        w.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--host", host, "--port", str(port),
+                                   "--fds", str(fd), *argv],
+                                  env=env, pass_fds=(fd,), process_group=0, preexec_fn=_die_with_parent)
         w.started = time.monotonic()
-        # The worker has its copy: ours must go, or the kernel keeps routing connections to it.
-        public.close()
+        w.ready = False
 
     def on_signal(sig: int, frame: object) -> None:
         nonlocal stopping
@@ -119,13 +138,26 @@ def run(workers: int, host: str, port: int, argv: list[str]) -> int:
     print(f"gateway: {workers} workers on http://{host}:{port} (private ports {peers})", file=sys.stderr, flush=True)
     try:
         for w in pool:
-            start(w, first if w.index == 0 else None)
+            start(w)
         while not stopping:
             time.sleep(0.2)
             for w in pool:
-                if stopping or w.proc is None or w.proc.poll() is None:
+                if stopping or w.proc is None:
+                    continue
+                if w.proc.poll() is None:
+                    w.ready = w.ready or _answers(w.private.getsockname()[1])
                     continue
                 code = w.proc.returncode
+                if not w.ready:
+                    # It never came up (a setting that cannot work, Redis refused...): restarting would
+                    # only repeat that. Stop the others and exit with its status.
+                    print(f"gateway: worker {w.index} exited with {code} before it was ready; stopping",
+                          file=sys.stderr, flush=True)
+                    on_signal(signal.SIGTERM, None)
+                    for other in pool:
+                        if other.proc is not None:
+                            other.proc.wait()
+                    return code or 1
                 wait = 1.0 - (time.monotonic() - w.started)
                 print(f"gateway: worker {w.index} (pid {w.proc.pid}) exited with {code}; restarting",
                       file=sys.stderr, flush=True)
@@ -142,6 +174,7 @@ def run(workers: int, host: str, port: int, argv: list[str]) -> int:
                 w.proc.kill()
                 w.proc.wait()
             w.private.close()
+        reserve.close()
     return 0
 
 

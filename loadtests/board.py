@@ -37,7 +37,8 @@ COLUMNS = (
     ("ttft_p50", "TTFT p50 ms"), ("ttft_p95", "TTFT p95 ms"), ("ttft_p99", "TTFT p99 ms"),
     ("itl_p50", "Inter-token p50 ms"), ("itl_p99", "Inter-token p99 ms"),
     ("reconnects", "Reconnects"), ("reconnect_p99", "Reconnect p99 ms"),
-    ("gaps", "Gaps"), ("duplicates", "Duplicates"), ("cuts", "Cut streams"), ("note", "Note"),
+    ("gaps", "Gaps"), ("duplicates", "Duplicates"), ("cuts", "Cut streams"),
+    ("refused", "Refused (backed off)"), ("window", "Percentiles over"), ("note", "Note"),
 )
 
 
@@ -83,7 +84,7 @@ class Board:
     """Counters of one process, and (on a master or a local runner) the merged view."""
 
     def __init__(self, lag_warn_ms: float = 10.0, cpu_warn: float = 85.0) -> None:
-        self.pending: dict[str, list[int]] = {}  # transport -> [tokens, bytes] not yet reported
+        self.pending: dict[str, list[int]] = {}  # transport -> [tokens, bytes, refused] not yet reported
         self.active: dict[str, int] = {}  # open streams in this process
         self.totals: dict[str, list[int]] = {}  # merged [tokens, bytes]
         self.workers: dict[str, dict[str, Any]] = {}  # worker id -> last {active, cpu, lag_ms}
@@ -110,10 +111,15 @@ class Board:
         self.active[transport] -= 1
         self.count(transport, tokens, nbytes)
 
-    def count(self, transport: str, tokens: int, nbytes: int) -> None:
-        row = self.pending.setdefault(transport, [0, 0])
+    def count(self, transport: str, tokens: int, nbytes: int, refused: int = 0) -> None:
+        row = self.pending.setdefault(transport, [0, 0, 0])
         row[0] += tokens
         row[1] += nbytes
+        row[2] += refused
+
+    def refused(self, transport: str) -> None:
+        """A stream refused before it started (its user now backs off)."""
+        self.count(transport, 0, 0, 1)
 
     def report(self, cpu: float) -> dict[str, Any]:
         """This process's part since the last report (a worker sends it to the master)."""
@@ -136,10 +142,10 @@ class Board:
     # -- where figures are shown (local runner or master) ---------------------
 
     def merge(self, worker: str, part: dict[str, Any]) -> None:
-        for transport, (tokens, nbytes) in part["counts"].items():
-            row = self.totals.setdefault(transport, [0, 0])
-            row[0] += tokens
-            row[1] += nbytes
+        for transport, counts in part["counts"].items():
+            row = self.totals.setdefault(transport, [0, 0, 0])
+            for i, n in enumerate(counts):
+                row[i] += n
         self.workers[worker] = {k: part[k] for k in ("active", "cpu", "lag_ms", "lag_ms_p99")}
 
     def sample(self, stats) -> None:
@@ -172,7 +178,7 @@ class Board:
                         return None
                 return calculate_response_time_percentile(times, n, p)
 
-            tokens, nbytes = self.totals.get(transport, (0, 0))
+            tokens, nbytes, refused = self.totals.get(transport, (0, 0, 0))
             rate = None
             if past is not None and elapsed:
                 rate = round((tokens - past[1]["tokens"].get(transport, 0)) / elapsed, 1)
@@ -193,6 +199,8 @@ class Board:
                 "gaps": entry["gap"].num_failures if entry["gap"] else 0,
                 "duplicates": entry["duplicate"].num_failures if entry["duplicate"] else 0,
                 "cuts": sum(e.occurrences for e in errors if e.name == "stream" and "cut:" in str(e.error)),
+                "refused": refused,
+                "window": f"last {WINDOW_S:g} s" if past is not None else "whole run",
                 "note": "",
             })
         return rows

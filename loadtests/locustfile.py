@@ -13,21 +13,28 @@ User classes (pick on the command line, in the UI with --class-picker, or by tag
     SsePostUser (tag sse_post)  POST /v1/sse (fetch style)
     NdjsonUser  (tag ndjson)    POST /v1/ndjson
     WsUser      (tag ws)        WS /v1/ws, `start` message
+    AutoUser    (tag auto)      WebSocket, falling back to SSE over fetch, then NDJSON, where the path refuses
+                                or kills one (gateway/fallback.py); Type `auto`
+    ResponsesUser (tag responses) POST /v1/responses (stream, background: OpenAI's Responses API)
     CompleteUser (tag complete) POST /v1/complete, the non-streamed baseline
-    Resume after a cut as gateway/client.py does: SSE `Last-Event-ID`, NDJSON `?after=`, WS `resume`.
+    Resume after a cut as gateway/client.py does: SSE `Last-Event-ID`, NDJSON `?after=`, WS `resume`;
+    Responses: GET /v1/responses/{id}?stream=true&starting_after=<seq + 3>.
 
-Stats rows (CSV `PREFIX_stats.csv`): Type = the transport (sse_get, sse_post, ndjson, ws, complete),
+Stats rows (CSV `PREFIX_stats.csv`): Type = the transport (sse_get, sse_post, ndjson, ws, responses, complete),
 Name = the metric, times in ms:
     ttft         request start (for sse_get: before POST /v1/streams) to the first token's arrival;
                  for `complete`, the whole response (the first token is seen with the last)
     inter_token  EVERY gap between consecutive token arrivals of a stream (one sample per gap, not a
                  per-stream p99), except the gap across a reconnect, which is `reconnect`
-    reconnect    from noticing a cut to the next event after resuming
+    reconnect    resume as a user sees it: from the last token before a cut to the next new token after
+                 resuming, the client's own wait included (EventSource: the server's `retry:`; fetch and
+                 WebSocket: gateway/backoff.py, as the page and the Python client)
     stream       the whole stream, one per stream; Average Content Size = bytes received. A failure
                  (see failures CSV) with one of these messages: "refused: HTTP <status> <title>",
                  "error: <code>" (in-band error event), "cut: <why>" (ended without a terminal event,
                  not resumable), "gap: ...", "duplicate: ...", "text: ..." (not the expected text or sha256)
     gap          a failure per missing seq range; duplicate: a failure per seq delivered twice
+    fallback A->B  (AutoUser) one per switch of transport: the time from the request start to the switch
     stream_slow, stream_stalled   the slow-reader scenario's slow and non-reading users (their own rows,
                  so they do not mix with the normal readers' ttft and inter_token)
 
@@ -47,12 +54,21 @@ Command-line arguments (all shown in the web UI form unless noted):
     --target URL, or a lab path name (nginx-tuned, haproxy, ...: see loadtests/targets.py) on the lab
              whose gateway is --host (default: --host itself)      --prompt-bytes N (64)
     --max-tokens N (128)   --ttft-ms MS (300)   --itl-ms MS (25)   --jitter F (0.3)   --seed N (-1: random)
-    --drop-rate F (0; reconnection: 1 when 0)             --slow-share F (0; slow: 0.3 when 0)
+    --drop-rate F (0; reconnection: 1 when 0 and --client-drop-rate is 0)  share of streams the gateway cuts
+    --client-drop-rate F (0)  share of streams whose user closes its own socket mid-stream, then resumes
+    --slow-share F (0; slow: 0.3 when 0)
     --slow-read-bps N (2000)   --stall-s S (10)
     --ramp-step N (5)   --ramp-every S (10)   --itl-limit-ms MS (250)   --error-limit F (0.01)
     --lag-warn-ms MS (10, p90 over 10 s)
     --timings-out PATH (not in the UI) every ttft/inter_token/reconnect/stream sample as JSON lines
                        {"t": transport, "m": metric, "ms": value} (from workers: PATH.<pid>)
+    --streams-out PATH (not in the UI) one JSON line per stream, exact (vLLM benchmark_serving's terms):
+                       {"t", "reader", "ok", "failure", "ttft_ms", "e2e_ms", "tokens", "tpot_ms",
+                        "itl_ms": [every gap between tokens], "chunk_ms": [every gap between reads that
+                        brought tokens], "resume_ms": [...], "cuts", "client_cuts", "bytes"}
+
+A stream refused before it starts (an HTTP 4xx/5xx, an upgrade denied) makes its user back off
+(gateway/backoff.py, doubling to 2 s, with jitter) before the next one; the Transports tab counts them.
 
 Scenarios (one shape class, ScenarioShape, reads --scenario; -u is the user count, or the ramp's ceiling):
     steady        -u users of the chosen classes
@@ -61,8 +77,8 @@ Scenarios (one shape class, ScenarioShape, reads --scenario; -u is the user coun
     reconnection  the gateway cuts each stream (--drop-rate) after a random token; users resume and must
                   end with the exact expected text: any gap, duplicate or text failure shows
     proxy         steady load against --target (a proxy's URL or a lab path name); run once per path
-    mixed         all five classes (or those named or tagged) at once, by their weights (3 sse_post, 3 ws,
-                  2 sse_get, 2 ndjson, 1 complete), all started at once
+    mixed         all six classes (or those named or tagged) at once, by their weights (3 sse_post, 3 ws,
+                  2 sse_get, 2 ndjson, 2 responses, 1 complete), all started at once
     slow          a share of each transport's users (--slow-share), spread evenly, in turn read at
                   --slow-read-bps or stop reading for --stall-s (then leave)
 """
@@ -94,6 +110,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gateway import backoff  # noqa: E402
 from gateway.events import Done, Error, Token  # noqa: E402
 from gateway.sources.simulated import corpus_tokens, expected_text  # noqa: E402
 from loadtests import targets  # noqa: E402
@@ -128,6 +145,7 @@ def _arguments(parser) -> None:
     arg("--jitter", 0.3, "relative spread of the simulated gaps")
     arg("--seed", -1, "the same seed (and prompt) for every stream; -1: a random seed per stream")
     arg("--drop-rate", 0.0, "share of streams the gateway cuts at a random token (reconnection: 1 when 0)")
+    arg("--client-drop-rate", 0.0, "share of streams whose user closes its own socket at a random token")
     arg("--slow-share", 0.0, "share of slow or non-reading users (slow scenario: 0.3 when 0)")
     arg("--slow-read-bps", 2000, "how fast a slow reader reads, bytes per second")
     arg("--stall-s", 10.0, "how long a non-reading user holds its stream before leaving")
@@ -137,6 +155,7 @@ def _arguments(parser) -> None:
     arg("--error-limit", 0.01, "throughput: stop when a step's failed-stream ratio passes this")
     arg("--lag-warn-ms", 10.0, "warn when the load generator's event loop runs this late (p90 over 10 s)")
     arg("--timings-out", "", "write every timing sample to this JSON-lines file", include_in_web_ui=False)
+    arg("--streams-out", "", "write one JSON line per stream (exact samples)", include_in_web_ui=False)
 
 
 def knobs(environment) -> Any:
@@ -150,7 +169,17 @@ def target_url(environment) -> str:
 
 def drop_rate(options) -> float:
     rate = options.drop_rate
-    return rate if rate > 0 or options.scenario != "reconnection" else 1.0
+    if rate > 0 or options.scenario != "reconnection" or getattr(options, "client_drop_rate", 0) > 0:
+        return rate
+    return 1.0
+
+
+def client_cut(options) -> int | None:
+    """The token seq after which this stream's user closes its own socket, or None."""
+    n = options.max_tokens
+    if n > 1 and random.random() < getattr(options, "client_drop_rate", 0.0):
+        return random.randrange(1, n)
+    return None
 
 
 def slow_share(options) -> float:
@@ -200,6 +229,16 @@ class GatewayUser(User):
         self.session = requests.Session()
         self.base_url = target_url(self.environment)
         self.reader = pick_reader(self.transport, slow_share(knobs(self.environment)))
+        self.refusals = 0  # in a row: each waits longer (a refused upgrade must not become a flood)
+
+    def refused(self, failure: str | None) -> None:
+        """Back off after a refused stream (exponential, capped, jittered); reset on success."""
+        if failure is None or not failure.startswith(("refused:", "cut: no response")):
+            self.refusals = 0
+            return
+        self.refusals += 1
+        board.refused(self.transport)
+        gevent.sleep(backoff.delay(self.refusals))
 
     def on_stop(self) -> None:
         self.session.close()
@@ -224,37 +263,53 @@ class StreamUser(GatewayUser):
         body = make_request(options)
         run = Run()
         normal = self.reader == "normal"
-        previous = None
-        seen_token = False
+        previous = None  # the last token's arrival on this connection
+        last_token = None  # the last token's arrival on any connection
         resumed = 0
         failure = None
+        itl: list[float] = []
+        chunks: list[float] = []
+        resumes: list[float] = []
+        last_chunk = None
         board.opened(self.transport)
         try:
-            for event, at in self.client.events(self.transport, body, run):
-                if len(run.cuts) > resumed:  # the first event after a resume
+            for event, at in self.client.events(self.transport, body, run, cut_after=client_cut(options)):
+                if type(event) is not Token:
+                    continue
+                if len(run.cuts) > resumed:  # the first new token after a resume: the stall a user saw
                     resumed = len(run.cuts)
-                    self.fire("reconnect", at - run.cuts[-1])
-                    previous = None
-                if type(event) is Token:
-                    if normal:
-                        if not seen_token:
-                            self.fire("ttft", at - run.started)
-                        elif previous is not None:
-                            self.fire("inter_token", at - previous)
-                    seen_token = True
-                    previous = at
-                    if self.reader == "stalled":
-                        gevent.sleep(options.stall_s)  # hold the stream without reading, then leave
-                        break
+                    stall = at - (last_token if last_token is not None else run.started)
+                    resumes.append(stall)
+                    self.fire("reconnect", stall)
+                    previous = last_chunk = None
+                if normal:
+                    if last_token is None:
+                        self.fire("ttft", at - run.started)
+                    elif previous is not None:
+                        itl.append(at - previous)
+                        self.fire("inter_token", at - previous)
+                if at != last_chunk:
+                    if last_chunk is not None:
+                        chunks.append(at - last_chunk)
+                    last_chunk = at
+                previous = last_token = at
+                if self.reader == "stalled":
+                    gevent.sleep(options.stall_s)  # hold the stream without reading, then leave
+                    break
         except GatewayError as exc:
             failure = f"refused: HTTP {exc.status} {exc.problem.get('title', '')}".strip()
         except Exception as exc:  # a bug or a malformed stream: count it, keep the user alive
             failure = f"client: {type(exc).__name__}: {exc}"[:200]
         finally:
             board.closed(self.transport, len(run.tokens), run.bytes)
-        self.finish(body, run, failure, at_end=time.perf_counter())
+        failure = self.finish(body, run, failure, at_end=time.perf_counter())
+        if normal and _streams_out:
+            record(self.transport, run, failure, itl, chunks, resumes)
+        self.refused(failure)
 
     def finish(self, body: dict, run: Run, failure: str | None, at_end: float) -> None:
+        for old, new, at in run.fallbacks:  # the time from the start to giving up on a transport
+            self.fire(f"fallback {old}->{new}", at - run.started)
         for _ in range(run.gaps):
             self.fire("gap", 0, failure="gap: events missing (a seq was skipped)")
         for _ in range(run.duplicates):
@@ -274,6 +329,7 @@ class StreamUser(GatewayUser):
             elif isinstance(terminal, Done):
                 failure = check_text(body, run.text, terminal.sha256)
         self.fire(name, at_end - run.started, run.bytes, failure)
+        return failure
 
 
 class SseGetUser(StreamUser):
@@ -316,6 +372,17 @@ class WsUser(StreamUser):
         self.one_stream()
 
 
+class AutoUser(StreamUser):
+    """WebSocket, falling back to SSE over fetch, then NDJSON where the path refuses or kills one."""
+    transport = "auto"
+    weight = 1
+
+    @tag("auto")
+    @task
+    def auto(self) -> None:
+        self.one_stream()
+
+
 class CompleteUser(GatewayUser):
     """The non-streamed baseline: the first token is seen only with the whole answer."""
     transport = "complete"
@@ -343,9 +410,21 @@ class CompleteUser(GatewayUser):
         if failure is None:
             self.fire("ttft", elapsed)
         self.fire("stream", elapsed, nbytes, failure)
+        self.refused(failure)
 
 
-STREAMING = [SseGetUser, SsePostUser, NdjsonUser, WsUser]
+class ResponsesUser(StreamUser):
+    """OpenAI's Responses API: a streamed background response, resumed with `starting_after` (seq + 3)."""
+    transport = "responses"
+    weight = 2
+
+    @tag("responses")
+    @task
+    def responses(self) -> None:
+        self.one_stream()
+
+
+STREAMING = [SseGetUser, SsePostUser, NdjsonUser, WsUser, ResponsesUser]
 MIXED = [*STREAMING, CompleteUser]
 
 
@@ -357,6 +436,22 @@ def _tagged(user_class, options) -> bool:
     tags, exclude = set(options.tags or ()), set(options.exclude_tags or ())
     have = set().union(*(getattr(t, "locust_tag_set", set()) for t in user_class.tasks))
     return bool(user_class.tasks) and (not tags or bool(have & tags)) and not have & exclude
+
+
+# Users when the form or the command line gave none (the web UI sends 0 once a shape class is picked).
+SHAPE_DEFAULT_USERS = {"throughput": 50, "mixed": 13}
+SHAPE_DEFAULT = 10
+
+
+def shape_default_users(options, environment) -> int:
+    """The shape's own default, said once in the log and kept in the Transports tab's scenario."""
+    n = SHAPE_DEFAULT_USERS.get(options.scenario, SHAPE_DEFAULT)
+    if "users_default" not in board.scenario:
+        board.scenario["users_default"] = (f"{n} users: the shape's default for {options.scenario} "
+                                           "(no user count was given)")
+        log.warning("ScenarioShape: no user count given (0); using the %s scenario's default of %d users",
+                    options.scenario, n)
+    return n
 
 
 class ScenarioShape(LoadTestShape):
@@ -375,7 +470,7 @@ class ScenarioShape(LoadTestShape):
         options = knobs(environment)
         if options.run_time and self.get_run_time() >= options.run_time:
             return None  # Locust applies --run-time to a shape only after the shape ends
-        users = max(1, options.num_users or 1)
+        users = options.num_users or shape_default_users(options, environment)
         rate = options.spawn_rate or users
         # Classes named on the command line or picked in the UI, and tagged if --tags is given.
         chosen = [c for c in environment.user_classes if _tagged(c, options)] or None
@@ -460,14 +555,17 @@ def answer(environment) -> dict[str, Any]:
 
 
 def tab_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tab's table: the transports, then a row on the load generator's health."""
+    """The tab's table: the load generator's health first (in view), then the transports: the last
+    10 s while a run goes on, the whole run once it stopped (the `Percentiles over` column says which)."""
     g = result["generator"]
     health = (f"{g['processes']} process(es), CPU {g['cpu_percent']}%, "
               f"loop late {g['lag_ms_p90']} ms p90 / {g['lag_ms_p99']} ms p99")
     if g["saturated"]:
         health = "SATURATED (timings include its delay): " + health
     blank = {key: None for key, _ in COLUMNS}
-    return result["transports"] + [{**blank, "transport": "load generator", "note": health}]
+    running = result["state"] in ("spawning", "running")
+    rows = result["transports"] if running else result["totals"]
+    return [{**blank, "transport": "load generator", "note": health}] + rows
 
 
 def _tick(environment) -> None:
@@ -503,6 +601,8 @@ def _init(environment, **_kw) -> None:
             lambda client_id, data: "transports" in data and board.merge(client_id, data["transports"]))
     if options is not None and options.timings_out:
         _record_timings(environment, options.timings_out)
+    if options is not None and getattr(options, "streams_out", ""):
+        _open_streams_out(environment, options.streams_out)
     if environment.web_ui is not None:
         _extend_web_ui(environment)
 
@@ -535,6 +635,36 @@ def _extend_web_ui(environment) -> None:
             data["extended_stats"] = [{"key": "transports", "data": tab_rows(answer(environment))}]
             response.set_data(json.dumps(data))
         return response
+
+
+_streams_out: list = []  # the open --streams-out file, if any
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def record(transport: str, run: Run, failure: str | None, itl: list[float], chunks: list[float],
+           resumes: list[float]) -> None:
+    """One stream's exact samples, as vLLM's benchmark_serving defines them (per request: TTFT, TPOT =
+    (E2E - TTFT) / (tokens - 1), E2E; every inter-token gap; here also every inter-chunk gap)."""
+    tokens = len(run.tokens)
+    ttft = run.ttft
+    end = run.arrivals[-1] - run.started if run.arrivals else None
+    out = {"t": transport, "ok": failure is None, "failure": failure, "tokens": tokens,
+           "ttft_ms": None if ttft is None else _ms(ttft), "e2e_ms": None if end is None else _ms(end),
+           "tpot_ms": _ms((end - ttft) / (tokens - 1)) if tokens > 1 and end is not None else None,
+           "itl_ms": [_ms(x) for x in itl], "chunk_ms": [_ms(x) for x in chunks],
+           "resume_ms": [_ms(x) for x in resumes], "cuts": len(run.cuts), "client_cuts": run.client_cuts,
+           "bytes": run.bytes}
+    _streams_out[0].write(json.dumps(out, separators=(",", ":")) + "\n")
+
+
+def _open_streams_out(environment, path: str) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        path = f"{path}.{os.getpid()}"
+    _streams_out[:] = [open(path, "w", buffering=1 << 16)]
+    environment.events.quitting.add_listener(lambda **_kw: _streams_out[0].close())
 
 
 def _record_timings(environment, path: str) -> None:

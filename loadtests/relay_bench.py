@@ -18,7 +18,7 @@ import psutil
 
 from gateway.client import Client
 from gateway.sources.simulated import expected_text
-from tests.support import gateway
+from loadtests.procs import GatewayProcess as gateway
 
 
 def pct(values: list[float], q: float) -> float:

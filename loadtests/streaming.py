@@ -17,7 +17,12 @@ same resume rules and the same codecs:
   socket is closed whichever way the stream ends, a Locust stop included.
 
 `StreamClient.events()` yields (event, arrival) until the terminal event and
-resumes by itself after a cut; the `Run` it fills says what happened.
+resumes by itself after a cut; the `Run` it fills says what happened. It
+reconnects as the browser clients do: sse_get as an EventSource (waits the
+server's `retry:`, sends Last-Event-ID, stops on a non-200 answer, 204
+included), the others after gateway/backoff.py's delay (the page's and the
+Python client's). With `cut_after`, the client itself closes its socket once
+that token came (a phone losing signal), then resumes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import http.client
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -38,23 +43,32 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from gateway.client import GatewayError, StreamResult, _check
+from gateway import backoff
+from gateway.client import GatewayError, PathRefused, StreamResult, _check
 from gateway.codecs import ndjson, sse, ws
-from gateway.events import Done, Error, Event
+from gateway.codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
+from gateway.events import Done, Error, Event, Meta, Token
+from gateway.fallback import Fallback
 
-__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body"]
+__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body", "responses_body"]
 
-# sse_get attaches by id, as EventSource does; the others create and stream in one request.
-TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+# sse_get attaches by id, as EventSource does; the others create and stream in one request. responses:
+# OpenAI's Responses API (a background response, resumed with starting_after = seq + 3).
+# "auto": WebSocket, falling back to SSE over fetch, then NDJSON (gateway.fallback), as the page does.
+TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws", "responses", "auto")
+AUTO = ("ws", "sse_post", "ndjson")
+# Chromium's EventSource reconnection time when the server sends no `retry:`.
+EVENTSOURCE_DEFAULT_RETRY_MS = 3000
 _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
         WebSocketException, OSError, TimeoutError)
 
 
 @dataclass
 class Run(StreamResult):
-    """A StreamResult plus when each cut was noticed (perf_counter), for the time to resume."""
-    cuts: list[float] = field(default_factory=list)
+    """A StreamResult plus why the last connection failed."""
     cause: str | None = None  # the last I/O error, if a connection failed
+    client_cuts: int = 0  # connections the client closed itself (`cut_after`)
+    waited: float = 0.0  # seconds spent waiting before reconnects (retry or backoff)
 
 
 class StreamClient:
@@ -69,6 +83,9 @@ class StreamClient:
         self.max_resumes = max_resumes
         # A slow reader: bytes per second it consumes (0: as fast as they come).
         self.read_bps = 0.0
+        # EventSource's reconnection time: the server's last `retry:`, else Chromium's default.
+        self.retry_ms = EVENTSOURCE_DEFAULT_RETRY_MS
+        self._abrupt = False  # the next close is the client's own cut: no goodbye
 
     def close(self) -> None:
         self.session.close()
@@ -79,33 +96,65 @@ class StreamClient:
         _check(r.status_code, r.content)
         return r.json()["id"]
 
-    def events(self, transport: str, body: dict[str, Any], run: Run) -> Iterator[tuple[Event, float]]:
+    def events(self, transport: str, body: dict[str, Any], run: Run,
+               cut_after: int | None = None) -> Iterator[tuple[Event, float]]:
         """Yield (event, arrival) until the terminal event, resuming after cuts.
 
         `run.started` is set before the first request (for sse_get, before the
         stream is created), so time to first token is what a user would see.
-        Raises GatewayError if the gateway refuses before streaming.
+        Raises GatewayError if the gateway refuses before streaming (and, for
+        sse_get, if a reconnect is answered with anything but 200: EventSource
+        gives up then). `cut_after`: close the socket once token seq `cut_after`
+        came, then resume.
         """
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; one of {TRANSPORTS}")
+        fallback = Fallback.of(AUTO if transport == "auto" else transport)
         run.started = time.perf_counter()
         if transport == "sse_get":
             run.stream_id = self.create(body)
         while True:
+            progressed = False
+            run.transport = fallback.transport
+            opened = time.perf_counter()
+            connection = self._connect(fallback.transport, body, run.stream_id, run.last_seq, run)
             try:
-                for event, at in self._connect(transport, body, run.stream_id, run.last_seq, run):
+                for event, at in connection:
                     if not run.take(event, at):  # a heartbeat or a duplicate
                         continue
+                    progressed = progressed or type(event) is not Meta
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return
+                    if cut_after is not None and type(event) is Token and event.seq >= cut_after:
+                        cut_after = None
+                        run.client_cuts += 1
+                        self._abrupt = True
+                        break
+            except PathRefused:
+                if not fallback.refused():
+                    raise
+                run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
+                continue  # at once: nothing was streaming
             except _CUT as exc:
                 run.cause = f"{type(exc).__name__}: {exc}"[:200]
+            finally:
+                connection.close()
+                self._abrupt = False
             # Cut: no terminal event. Resume after the last seq seen, as gateway.client does.
             run.cuts.append(time.perf_counter())
-            if run.stream_id is None or run.reconnects >= self.max_resumes:
+            switched = fallback.ended(progressed, time.perf_counter() - opened)
+            if switched:
+                run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
+            # With transports to fall back on, a connection cut before the stream's id arrived starts again.
+            unknown = run.stream_id is None and (run.events or len(fallback.order) == 1)
+            if unknown or run.reconnects >= self.max_resumes:
                 return
             run.reconnects += 1
+            wait = (0.0 if switched else self.retry_ms / 1000 if transport == "sse_get"
+                    else backoff.delay(run.reconnects))
+            run.waited += wait
+            time.sleep(wait)  # gevent's, under Locust
 
     # -- one connection -------------------------------------------------------
 
@@ -113,24 +162,34 @@ class StreamClient:
                  run: Run) -> Iterator[tuple[Event, float]]:
         if transport == "ws":
             return self._ws(body, stream_id, after, run)
+        if transport == "responses":
+            decoder = EventDecoder()
+            if stream_id is None:
+                return self._http("POST", "/v1/responses", decoder, run, json=responses_body(body))
+            return self._http("GET", f"/v1/responses/{RESPONSE_PREFIX}{stream_id}", decoder, run,
+                              params={"stream": "true", "starting_after": after + OFFSET})
         decoder = ndjson.Decoder() if transport == "ndjson" else sse.Decoder()
         fmt = "ndjson" if transport == "ndjson" else "sse"
         if stream_id is None:
             return self._http("POST", f"/v1/{fmt}", decoder, run, json=body)
         if fmt == "sse":
             headers = {"Last-Event-ID": str(after)} if after >= 0 else {}
-            return self._http("GET", f"/v1/streams/{stream_id}/sse", decoder, run, headers=headers)
+            return self._http("GET", f"/v1/streams/{stream_id}/sse", decoder, run, headers=headers,
+                              eventsource=transport == "sse_get")
         params = {"after": after} if after >= 0 else {}
         return self._http("GET", f"/v1/streams/{stream_id}/ndjson", decoder, run, params=params)
 
-    def _http(self, method: str, path: str, decoder: sse.Decoder | ndjson.Decoder, run: Run,
-              **kw: Any) -> Iterator[tuple[Event, float]]:
+    def _http(self, method: str, path: str, decoder: sse.Decoder | ndjson.Decoder | EventDecoder, run: Run,
+              eventsource: bool = False, **kw: Any) -> Iterator[tuple[Event, float]]:
         r = self.session.request(method, self.base_url + path, stream=True,
                                  timeout=(10, self.read_timeout), **kw)
         ended = False
         try:
             if r.status_code >= 400:
                 _check(r.status_code, r.content)
+            if eventsource and r.status_code != 200:
+                # An EventSource fails for good on any answer but 200 (204 is how a server says stop).
+                raise GatewayError(r.status_code, {"title": f"EventSource stops on HTTP {r.status_code}"})
             raw = r.raw
             slow = self.read_bps
             size = 256 if slow else 65536
@@ -152,6 +211,8 @@ class StreamClient:
                 if slow:
                     time.sleep(len(chunk) / slow)
         finally:
+            if eventsource and decoder.retry is not None:
+                self.retry_ms = decoder.retry
             if ended:
                 r.raw.release_conn()
             else:
@@ -175,7 +236,7 @@ class StreamClient:
                 if slow:
                     time.sleep(len(message) / slow)
         finally:
-            conn.close()
+            conn.close(abrupt=self._abrupt)
 
 
 class WsConnection:
@@ -203,7 +264,10 @@ class WsConnection:
             self._read()
         exc = self.protocol.handshake_exc
         if isinstance(exc, InvalidStatus):  # the upgrade was refused (or a proxy did not pass it on)
-            _check(exc.response.status_code, exc.response.body or b"")
+            try:
+                _check(exc.response.status_code, exc.response.body or b"")
+            except GatewayError as refused:
+                raise PathRefused(refused.status, refused.problem) from exc
         if exc is not None:
             raise exc
 
@@ -217,11 +281,12 @@ class WsConnection:
             self._read()
         return self.messages.pop(0)
 
-    def close(self) -> None:
+    def close(self, abrupt: bool = False) -> None:
+        """Close with a close frame, or (`abrupt`) just drop the socket, as a lost network does."""
         if self.sock is None:
             return
         try:
-            if self.protocol.state is State.OPEN:
+            if self.protocol.state is State.OPEN and not abrupt:
                 self.protocol.send_close(1000)
                 self._flush()
         except OSError:
@@ -263,6 +328,12 @@ def post_complete(session: requests.Session, base_url: str, body: dict[str, Any]
     r = session.post(base_url.rstrip("/") + "/v1/complete", json=body, timeout=(10, timeout))
     _check(r.status_code, r.content)
     return orjson.loads(r.content), len(r.content)
+
+
+def responses_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A stream request as a streamed background Responses request (seed and sim as extensions)."""
+    return {"model": body.get("model", "sim"), "input": body["prompt"], "max_output_tokens": body["max_tokens"],
+            "stream": True, "background": True, "seed": body["seed"], "sim": body["sim"]}
 
 
 def request_body(prompt_bytes: int, max_tokens: int, seed: int, **sim: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ __all__ = ["resolve", "lab_paths"]
 
 def lab_paths() -> dict[str, int]:
     """Lab path name -> port offset from the lab's gateway."""
-    from gateway.lab import PROXIES
+    from loadtests.lab import PROXIES
 
     return {"gateway": 0, **{p.name: p.offset for p in PROXIES}}
 

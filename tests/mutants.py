@@ -46,6 +46,35 @@ MUTANTS = [
     Mutant("skip-one", "gateway/stream.py", "Subscriber(after + 1,", "Subscriber(after + 2 if after >= 0 else 0,",
            ("tests/test_streams.py::test_resume_on_another_transport",),
            "a resume skips the first event after the resume point (a gap)"),
+    Mutant("direct-http-late", "gateway/transports/direct.py",
+           "if flow.write_paused or cycle.disconnected or cycle.response_complete:",
+           "if flow.write_paused or cycle.disconnected:",
+           ("tests/test_direct.py",), "the HTTP direct writer writes after the response completed"),
+    Mutant("direct-ws-after-close", "gateway/transports/direct.py", "proto.disconnected or proto.close_sent or",
+           "proto.disconnected or", ("tests/test_direct.py",), "the WebSocket direct writer writes after the close"),
+    Mutant("seed-ignored", "gateway/sources/simulated.py", 'f"{seed}\\0{max_tokens}\\0{prompt}"',
+           'f"0\\0{max_tokens}\\0{prompt}"',
+           ("tests/test_golden.py", "tests/test_streams.py::test_seed_and_prompt_change_the_text"),
+           "the simulated model ignores the seed"),
+    Mutant("corpus-split", "gateway/sources/simulated.py", "_MAX_PIECE = 6", "_MAX_PIECE = 7",
+           ("tests/test_golden.py",), "the simulated model splits words into other tokens"),
+    Mutant("relay-no-reuse", "gateway/sources/relay.py", "max_keepalive_connections=32",
+           "max_keepalive_connections=0",
+           ("tests/test_relay.py::test_finished_upstream_connections_are_reused",),
+           "the relay opens a new upstream connection per stream"),
+    Mutant("page-no-heartbeats", "gateway/static/app.js", "this.heartbeats++;", "",
+           ("tests/test_page.py::test_mid_stream_failure_keeps_partial_text_with_error_mark",),
+           "the page stops counting heartbeats"),
+    Mutant("ramp-limit-x10", "loadtests/locustfile.py", "itl_p99 > options.itl_limit_ms",
+           "itl_p99 > options.itl_limit_ms * 10",
+           ("tests/test_loadtests.py::test_throughput_ramp_stops_at_the_limit",
+            "tests/test_loadtests.py::test_throughput_ramp_climbs_to_the_ceiling"),
+           "the throughput ramp applies its inter-token limit 10x too loose"),
+    Mutant("ramp-limit-div10", "loadtests/locustfile.py", "itl_p99 > options.itl_limit_ms",
+           "itl_p99 > options.itl_limit_ms / 10",
+           ("tests/test_loadtests.py::test_throughput_ramp_stops_at_the_limit",
+            "tests/test_loadtests.py::test_throughput_ramp_climbs_to_the_ceiling"),
+           "the throughput ramp applies its inter-token limit 10x too strict"),
 ]
 
 
@@ -100,8 +129,10 @@ def main() -> int:
         verdict, failed, took = run(m, args.timeout)
         missed += verdict == "MISSED"
         print(f"{m.name:24} {verdict:10} {took:5.0f} s  {m.why}", flush=True)
-        for name in failed:
+        for name in failed[:4]:
             print(f"{'':26}{name}")
+        if len(failed) > 4:
+            print(f"{'':26}... and {len(failed) - 4} more")
     return 1 if missed else 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.compare.report import fmt
+from loadtests.compare.report import fmt
 
 from .support import ROOT, require, require_module
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.compare.rules import recommend
+from loadtests.compare.rules import recommend
 
 
 def cell(transport, users, ttft_p95, itl_p99, kind="load", path="direct", reconnect_p95=None, gaps=0,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.lab import GATEWAYS, LAB_DIR, PROXIES, VARIABLES
+from loadtests.lab import GATEWAYS, LAB_DIR, PROXIES, VARIABLES
 
 from .support import ROOT, free_port, require
 

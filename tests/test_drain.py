@@ -13,7 +13,7 @@ import pytest
 from gateway.sources.simulated import expected_text
 
 from . import wire
-from .support import Gateway
+from .support import Gateway, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
@@ -38,7 +38,7 @@ def test_sigterm_finishes_short_streams_and_ends_long_ones():
             await asyncio.to_thread(gw.proc.wait, 20)
             return results, refused, time.monotonic() - sigterm_at
 
-        (short, long_), refused, took = asyncio.run(go())
+        (short, long_), refused, took = run(go())
         wire.assert_exact(short.events, 0, 41)
         assert short.text == expected_text("s", 1, 40) and short.terminal["type"] == "done"
         assert long_.terminal["code"] == "shutdown" and long_.terminal["retryable"]

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from gateway.lab import Lab
+from loadtests.lab import Lab
 from loadtests import fidelity, procs, targets
 
 from .support import ROOT, free_port, gateway, require, wait_http
@@ -108,11 +108,41 @@ def test_reconnection_ends_with_the_exact_text(gw, tmp_path):
     assert not count(stats, "complete", "stream")  # --exclude-tags complete
 
 
-def test_a_refused_stream_is_a_failure_with_its_status(gw, tmp_path):
+def test_a_refused_stream_is_a_failure_with_its_status_and_its_user_backs_off(gw, tmp_path):
     out = run_locust(tmp_path, gw.url, "--max-tokens", "5", "--ttft-ms", "10", "--itl-ms", "5",
-                     "--drop-rate", "1", "--target", gw.url + "/nowhere", "SsePostUser", users=2, seconds=3)
+                     "--drop-rate", "1", "--target", gw.url + "/nowhere", "SsePostUser", "WsUser",
+                     users=2, seconds=3)
     assert {f["Name"] for f in out["failures"]} == {"stream"}
-    assert all("refused: HTTP 404" in f["Error"] for f in out["failures"]), out["failures"]
+    # No route there: 404 for HTTP, 403 for the WebSocket upgrade (Starlette's answer).
+    statuses = {f["Method"]: f["Error"] for f in out["failures"]}
+    assert "refused: HTTP 404" in statuses["sse_post"] and "refused: HTTP 403" in statuses["ws"], statuses
+    # Backed off (doubling from 75-150 ms to at most 2 s): a handful each in 3 s, not thousands.
+    refused = {t: int(count(out["stats"], t, "stream")) for t in ("sse_post", "ws")}
+    assert all(2 <= n <= 8 for n in refused.values()), refused
+    rows = totals(out)
+    assert {t: rows[t]["refused"] for t in refused} == refused
+
+
+def test_client_side_drops_resume_with_the_exact_text(gw, tmp_path):
+    # Each user closes its own socket at a random token (one-shots included: the gateway keeps
+    # generating for the grace), waits as its browser counterpart would, and resumes.
+    out = run_locust(tmp_path, gw.url, "--scenario", "reconnection", "--client-drop-rate", "1",
+                     "--max-tokens", "30", "--ttft-ms", "50", "--itl-ms", "15", "--exclude-tags", "complete",
+                     "--streams-out", str(tmp_path / "streams.jsonl"), users=8, seconds=8)
+    assert not out["failures"], out["failures"]
+    assert out["transports"]["scenario"]["drop_rate"] == 0  # no server-injected cut
+    records = [json.loads(line) for line in (tmp_path / "streams.jsonl").read_text().splitlines()]
+    for transport in STREAMING:
+        mine = [r for r in records if r["t"] == transport and r["ok"]]
+        assert len(mine) >= 2, transport
+        for r in mine:
+            assert r["client_cuts"] == 1 and len(r["resume_ms"]) == 1 and r["tokens"] == 30, r
+            # The stall a user sees includes its own wait: EventSource the server's retry (1 s),
+            # the others the shared backoff's first step (75-150 ms).
+            low, high = (1000, 2500) if transport == "sse_get" else (75, 1500)
+            assert low <= r["resume_ms"][0] <= high, (transport, r["resume_ms"])
+            assert len(r["itl_ms"]) == 28  # 29 gaps, less the one across the cut
+            assert r["e2e_ms"] > r["ttft_ms"] > 0 and r["tpot_ms"] > 0
 
 
 def test_users_stopped_mid_stream_let_locust_exit(gw, tmp_path):
@@ -128,30 +158,35 @@ def test_users_stopped_mid_stream_let_locust_exit(gw, tmp_path):
     assert not out["failures"], out["failures"]
 
 
+# The two ramp tests bracket the inter-token limit around the model's own 50 ms gap (no jitter): just below
+# it the ramp stops after its first step, at 4x it climbs to the ceiling. A limit applied 10x too strict or
+# too loose (or in seconds) fails one of them; a noisy machine adds a few ms, far from either bound.
+RAMP = ("--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2", "--max-tokens", "20",
+        "--ttft-ms", "20", "--itl-ms", "50", "--jitter", "0")
+
+
 def test_throughput_ramp_stops_at_the_limit(gw, tmp_path):
-    out = run_locust(tmp_path, gw.url, "--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2",
-                     "--itl-limit-ms", "1", "--max-tokens", "40", "--ttft-ms", "20", "--itl-ms", "20",
-                     "SsePostUser", users=20, seconds=30)
+    out = run_locust(tmp_path, gw.url, *RAMP, "--itl-limit-ms", "40", "SsePostUser", users=20, seconds=30)
     scenario = out["transports"]["scenario"]
     assert scenario["ramp"]["stopped_at_users"] == 2
     assert scenario["ramp"]["reason"].startswith("inter-token p99")
-    assert scenario["steps"][0]["itl_p99_ms"] > 1
+    assert 40 < scenario["steps"][0]["itl_p99_ms"] < 160  # the model's 50 ms, plus what a busy box adds
+    assert scenario["ramp"]["last_good_users"] is None
 
 
 def test_throughput_ramp_climbs_to_the_ceiling(gw, tmp_path):
-    out = run_locust(tmp_path, gw.url, "--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2",
-                     "--itl-limit-ms", "1000", "--max-tokens", "20", "--ttft-ms", "20", "--itl-ms", "20",
-                     "WsUser", users=6, seconds=30)
+    out = run_locust(tmp_path, gw.url, *RAMP, "--itl-limit-ms", "200", "WsUser", users=6, seconds=30)
     scenario = out["transports"]["scenario"]
     assert [s["users"] for s in scenario["steps"]] == [2, 4, 6]
+    assert all(40 < s["itl_p99_ms"] <= 200 for s in scenario["steps"]), scenario["steps"]
     assert scenario["ramp"]["reason"].startswith("reached the ceiling")
     assert scenario["ramp"]["last_good_users"] == 6
 
 
 def test_mixed_runs_every_transport(gw, tmp_path):
     out = run_locust(tmp_path, gw.url, "--scenario", "mixed", "--max-tokens", "20", "--ttft-ms", "50",
-                     "--itl-ms", "10", users=11, seconds=5)
-    for transport in (*STREAMING, "complete"):
+                     "--itl-ms", "10", users=13, seconds=5)
+    for transport in (*STREAMING, "responses", "complete"):
         assert count(out["stats"], transport, "stream") > 0, transport
     assert not out["failures"], out["failures"]
 
@@ -253,30 +288,37 @@ def test_tab_endpoint_on_a_master_with_two_workers(gw, tmp_path):
 def test_users_timings_agree_with_the_asyncio_client(gw):
     """Medians of the users' samples against gateway.client's, measured at the same time.
 
-    Inter-token gaps agree within 1 ms. Time to first token includes each client's own cost of sending
+    Inter-token gaps agree within 2 ms. Time to first token includes each client's own cost of sending
     a request, and that cost is what CPU contention inflates: on this shared 2-core machine, gateway.client
     (httpx, more Python per request) answered up to ~9 ms later than the users with two busy processes
     beside it, ~1 ms when calm. So the users' TTFT must lie between the model's own schedule (which no
-    honest measurement can beat) and the independent client's figure (+3 ms): never below the floor,
+    honest measurement can beat) and the independent client's figure (+5 ms): never below the floor,
     never later than the independent measurement, never far above the schedule.
     """
+    def kept_schedule(r: dict, who: str) -> bool:
+        value = r.get(who)
+        if value is None:
+            return False
+        return value <= r["schedule_ms"] + 25 if r["metric"] == "ttft" else abs(value - r["schedule_ms"]) <= 2.0
+
     for _attempt in range(3):
         _, rows = fidelity.compare(gw.url, list(STREAMING), seconds=8, tolerance_ms=1.0)
         print(json.dumps(rows, indent=1))
-        # A valid measurement needs a server that kept the model's schedule, as the independent client
-        # saw it. When the shared machine starves the gateway (tokens 50 ms late, then bunched), both
-        # clients see that, and no comparison at 1 ms means anything: measure again, at most 3 times.
-        if all(r.get("client_ms") is not None and (
-                r["client_ms"] <= r["schedule_ms"] + 15 if r["metric"] == "ttft"
-                else abs(r["client_ms"] - r["schedule_ms"]) <= 1.5) for r in rows):
+        # A valid measurement needs a server that kept the model's schedule. When the shared machine starves
+        # the gateway or either client (tokens late, then bunched), no comparison at a few ms means anything:
+        # measure again, at most 3 times, whichever side strayed.
+        if all(kept_schedule(r, "client_ms") and kept_schedule(r, "locust_ms") for r in rows):
             break
     assert all(r["locust_n"] >= 20 and r["client_n"] >= 20 for r in rows), rows
     for r in rows:
         if r["metric"] == "ttft":
-            assert r["schedule_ms"] - 0.5 <= r["locust_ms"] <= min(r["client_ms"] + 3.0, r["schedule_ms"] + 15), r
+            # Never before the schedule; never much later than the independent client or the schedule.
+            assert r["schedule_ms"] - 0.5 <= r["locust_ms"] <= min(r["client_ms"] + 5.0, r["schedule_ms"] + 25), r
         else:
-            assert abs(r["diff_ms"]) <= 1.0, r
-            assert abs(r["locust_ms"] - r["schedule_ms"]) <= 1.5, r
+            # Within 2 ms (13% of the 15 ms gap) of each other and of the schedule: bunched reads (a gap of ~0
+            # then one of ~tokens x 15 ms) or a clock per read instead of per event are far outside.
+            assert abs(r["diff_ms"]) <= 2.0, r
+            assert abs(r["locust_ms"] - r["schedule_ms"]) <= 2.0, r
 
 
 LAG_PROBE = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gateway.client import StreamResult
 from gateway.codecs import ndjson
 from gateway.events import Meta, Token
-from gateway.probe import arrival, report_table
+from loadtests.probe import arrival, report_table
 
 TTFT, ITL = 0.2, 0.05
 

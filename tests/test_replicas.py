@@ -19,7 +19,7 @@ from gateway.codecs import ws
 from gateway.sources.simulated import expected_text
 
 from . import wire
-from .support import Gateway, RedisServer
+from .support import Gateway, RedisServer, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -35,9 +35,6 @@ FAST = {
 }
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
 
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def start(redis: RedisServer, n: int) -> list[Gateway]:

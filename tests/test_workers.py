@@ -14,11 +14,11 @@ import httpx
 import psutil
 import pytest
 
-from gateway.procs import free_port
+
 from gateway.sources.simulated import expected_text
 
 from . import wire
-from .support import ROOT, Gateway, RedisServer
+from .support import ROOT, Gateway, RedisServer, free_port
 
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
 ENV = {
@@ -148,14 +148,15 @@ def test_sigterm_drains_one_worker_its_clients_resume_on_the_other(two):
                 os.kill(creator, signal.SIGTERM)
 
         first = await wire.read(f"http://127.0.0.1:{workers[creator]}", "sse", stream_id=sid, on_event=term)
-        # While it drains (generating for seconds yet), new connections on the port all reach the other.
+        # While it drains (generating for seconds yet), no new connection on the port reaches it.
         during = [await asyncio.to_thread(lambda: httpx.get(gw.url + "/healthz", timeout=10).json())
                   for _ in range(20)]
         rest = await wire.follow(gw.url, "sse", sid, after=wire.last_seq([first]))
         return first, during, rest
 
     first, during, rest = asyncio.run(go())
-    assert {h["pid"] for h in during} == {other}, during
+    # (the other, or the drained worker's successor once it has exited: never the draining one)
+    assert creator not in {h["pid"] for h in during} and all(h["status"] == "ok" for h in during), during
     assert first.ended == "reconnect", first.events[-3:]
     assert {int(r.headers["x-gateway-worker"]) for r in rest if r.headers} == {other}
     events = first.events + wire.joined(rest)

@@ -13,6 +13,7 @@ _TOMBSTONES = 100_000
 
 class MemoryStore:
     shared = False
+    ready = True
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
@@ -27,6 +28,12 @@ class MemoryStore:
 
     async def add(self, stream: Stream) -> None:
         self.streams[stream.id] = stream
+
+    async def reserve(self, stream: Stream, limit: int) -> bool:
+        return True  # one process: the registry's own count is the whole count
+
+    def release(self, stream: Stream) -> None:
+        pass
 
     async def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)

@@ -35,7 +35,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..journal import Journal
@@ -52,13 +52,15 @@ __all__ = ["RedisStore", "Mirror"]
 
 log = logging.getLogger("gateway.store")
 
-_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis cannot serve us: unreachable, or refusing writes (at `maxmemory` with noeviction, a read-only replica).
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError, ReadOnlyError)
 _META, _TOKEN, _ERROR, _DONE = KIND["meta"], KIND["token"], KIND["error"], KIND["done"]
 _KEEP_S = 5.0  # local copies nobody reads are dropped after this; Redis still has them
 _TOMBSTONE_S = 86_400  # the meta hash outlives the log by this much: 410 rather than 404
 _BLOCK_MS = 2_000  # the reader's XREAD returns at least this often (new mirrors also interrupt it)
 _BATCH = 4096  # events per flush round trip
 _CUT_MSG = "the stream store (Redis) is unreachable"
+_LOST_MSG = "the stream store (Redis) lost this stream's events (restarted without persistence)"
 # How long a resume past a mirror's end waits for the event its client saw elsewhere (the generator's
 # flusher may not have written it yet): a point still past the end after this is refused (409).
 _CATCH_UP_S = 2.0
@@ -68,7 +70,8 @@ _CATCH_UP_S = 2.0
 # arguments per stream, not two per event). A stream's events go in only if its log ends at first-1;
 # entries already there and equal to ours are a retried round trip and are skipped. Per stream it
 # returns the new length, -1 if the log is gone (expired, or Redis lost its data), or -2 - top if
-# someone else appended (a replica that took the generator for lost).
+# someone else appended (a replica that took the generator for lost). A round from seq 0 writes a log
+# that is gone afresh (the generator restores what Redis lost).
 _APPEND = b"""
 local out = {}
 for s = 1, #KEYS do
@@ -84,7 +87,9 @@ for s = 1, #KEYS do
   local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
   local skip = 0
   if #last == 0 then
-    out[s], skip = -1, -1
+    if first ~= 0 then
+      out[s], skip = -1, -1
+    end
   else
     local top = tonumber(string.sub(last[1][1], 3))
     if top ~= first - 1 then
@@ -106,6 +111,21 @@ end
 return out
 """
 _APPEND_SHA = hashlib.sha1(_APPEND).hexdigest()
+
+# STREAMS_PER_KEY across replicas: a sorted set per key of its generating streams, scored by when their
+# reservation lapses (Redis's clock). One script drops lapsed ones, checks the count and adds, atomically;
+# the owner's tick renews its streams (limit 0: renew without a check), their end removes them.
+_RESERVE = b"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[1] ~= '0' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
 _DIGITS = bytes.maketrans(bytes(range(10)), b"0123456789")  # log kinds as the digits Redis stores
 
 
@@ -123,6 +143,10 @@ def _lease_key(rid: str) -> str:
 
 def _ctl_channel(rid: str) -> str:
     return f"gw:ctl:{rid}"
+
+
+def _running_key(key_id: str | None) -> str:
+    return f"gw:running:{key_id or ''}"
 
 
 class Mirror(Stream):
@@ -188,13 +212,14 @@ class Mirror(Stream):
 class _Owned:
     """A stream generated here, and how much of it Redis has."""
 
-    __slots__ = ("stream", "flushed", "refreshed_at", "lost")
+    __slots__ = ("stream", "flushed", "refreshed_at", "lost", "restored")
 
     def __init__(self, stream: Stream, now: float) -> None:
         self.stream = stream
         self.flushed = 1  # meta is written by `add`
         self.refreshed_at = now
         self.lost = False  # Redis no longer has it (or someone else ended it): stop writing
+        self.restored = False  # Redis lost it once and this replica wrote it back (once only)
 
 
 class RedisStore:
@@ -225,9 +250,10 @@ class RedisStore:
         self.down_since: float | None = None
         self.reads = self.events_read = self.events_written = self.flushes = 0
         self.redis: Redis | None = None
+        self.reserved: dict[str, str | None] = {}  # stream id -> key id, held in gw:running:<key>
         stats.registry.register(_Metrics(self))
 
-    # Key layout; a cluster store (gateway/store/cluster.py) puts streams in a few shared slots.
+    # Key layout; the cluster store (gateway/store/cluster.py) puts streams in a few shared slots.
     def _log_key(self, stream_id: str) -> str:
         return _log_key(stream_id)
 
@@ -264,6 +290,7 @@ class RedisStore:
         self.redis = self._client("pool", self.settings.redis_pool_size, 2.0)
         self.reader = self._client("reader", 1, _BLOCK_MS / 1000 + 3.0)
         self.ctl = self._client("ctl", 1, None)
+        self._reserve = self.redis.register_script(_RESERVE)
         try:
             await self.redis.script_load(_APPEND)
             await self.redis.set(_lease_key(self.rid), b"1", px=self.lease_ms)
@@ -287,6 +314,11 @@ class RedisStore:
             for client in (self.redis, self.reader, self.ctl):
                 await client.aclose()
 
+    @property
+    def ready(self) -> bool:
+        """False while Redis cannot take writes (unreachable, or full): new streams would fail here."""
+        return self.down_since is None
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._spawned.add(task)
@@ -298,9 +330,7 @@ class RedisStore:
         sid = stream.id
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._meta_key(sid), mapping={"owner": self.rid, "status": "running",
-                                                   "created": repr(stream.created), "model": stream.model,
-                                                   "key": stream.owner_key or ""})
+                pipe.hset(self._meta_key(sid), mapping=_meta_fields(self.rid, stream))
                 pipe.execute_command("XADD", self._log_key(sid), "MAXLEN", "~", self.maxlen, "1-0",
                                      "k", _META, "j", stream.log.json(0))
                 pipe.pexpire(self._log_key(sid), self.live_ttl_ms)
@@ -314,6 +344,26 @@ class RedisStore:
         stream.on_append = self._touch
         if len(stream.log) > 1:  # tokens may have come while the meta was written
             self._touch(stream)
+
+    async def reserve(self, stream: Stream, limit: int) -> bool:
+        try:
+            ok = await self._reserve([_running_key(stream.owner_key)], [limit, stream.id, self.lease_ms])
+        except _DOWN as exc:
+            self._failing("reserve", exc)
+            raise StoreUnavailable() from None
+        if ok:
+            self.reserved[stream.id] = stream.owner_key
+        return bool(ok)
+
+    def release(self, stream: Stream) -> None:
+        if stream.id in self.reserved:
+            self.spawn(self._release(stream.id, self.reserved.pop(stream.id)))
+
+    async def _release(self, stream_id: str, key_id: str | None) -> None:
+        try:
+            await self.redis.zrem(_running_key(key_id), stream_id)
+        except _DOWN:
+            pass  # it lapses with its reservation
 
     async def get(self, stream_id: str) -> Stream | None:
         rec = self.owned.get(stream_id)
@@ -342,7 +392,6 @@ class RedisStore:
         except _DOWN as exc:
             self._failing("catch up", exc)
             raise StoreUnavailable() from None
-        self._ok()
         if entries and stream.running:  # feed skips what the reader delivered meanwhile
             self.events_read += len(entries)
             stream.feed(entries, self.clock.now())
@@ -422,6 +471,9 @@ class RedisStore:
     # -- reading: mirrors and the one reader ---------------------------------
 
     async def _load(self, stream_id: str) -> Mirror | None:
+        down = self.down_since
+        if down is not None and self.clock.now() - down >= self.settings.redis_outage_s:
+            raise StoreUnavailable()  # what Redis says may be stale (a generator that cannot write)
         try:
             # Loads queue here rather than for the pool, whose wait ends in an error: a burst of
             # attaches must not starve the flusher and the lease, nor look like an outage.
@@ -433,7 +485,6 @@ class RedisStore:
         except _DOWN as exc:
             self._failing("load", exc)
             raise StoreUnavailable() from None
-        self._ok()
         if not meta or not entries or entries[0][0] != b"1-0" or b"owner" not in meta:
             return None
         mirror = self.mirrors.get(stream_id)  # a concurrent load may have won
@@ -488,8 +539,7 @@ class RedisStore:
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
                 continue
-            backoff = 0.05
-            self._ok()
+            backoff = 0.05  # (reads succeeding do not end an outage: writes may still fail, `_ok`)
             self.reads += 1
             now = self.clock.now()
             for key, entries in reply or ():
@@ -528,8 +578,9 @@ class RedisStore:
 
     async def _write(self, batch: dict[str, Stream]) -> None:
         now = self.clock.now()
-        # One append call per group (`_group`: one for all streams here; per slot in a cluster).
+        # One append call per group (`_group`: one for every stream here; one per slot in a cluster).
         groups: dict[Any, tuple[list, list[str], list[Any]]] = {}  # group -> plan, keys, args
+        after: list[tuple[str, bool]] = []  # streams whose keys' TTLs to set: id, ended
         count = 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid, stream in batch.items():
@@ -549,18 +600,25 @@ class RedisStore:
                 plan.append((rec, start, end))
                 count += end - start
                 ended = not stream.running
-                if ended or now - rec.refreshed_at > self.ttl_ms / 2000:
+                if start == 0:  # Redis lost it: the meta goes back with the log
+                    pipe.hset(self._meta_key(sid), mapping=_meta_fields(self.rid, stream))
+                if ended or start == 0 or now - rec.refreshed_at > self.ttl_ms / 2000:
                     rec.refreshed_at = now
-                    ttl = self.ttl_ms if ended else self.live_ttl_ms
-                    pipe.pexpire(self._log_key(sid), ttl)
-                    pipe.pexpire(self._meta_key(sid), ttl + _TOMBSTONE_S * 1000)
+                    after.append((sid, ended))
                     if ended:
                         pipe.hset(self._meta_key(sid), mapping=_end_fields(stream))
+                        if sid in self.reserved:
+                            pipe.zrem(_running_key(self.reserved.pop(sid)), sid)
             if not groups:
                 return
+            at = len(pipe)
             for _, keys, args in groups.values():
                 pipe.evalsha(_APPEND_SHA, len(keys), *keys, *args)
-            replies = (await pipe.execute(raise_on_error=False))[-len(groups):]
+            for sid, ended in after:  # after the append, which may create the log
+                ttl = self.ttl_ms if ended else self.live_ttl_ms
+                pipe.pexpire(self._log_key(sid), ttl)
+                pipe.pexpire(self._meta_key(sid), ttl + _TOMBSTONE_S * 1000)
+            replies = (await pipe.execute(raise_on_error=False))[at:at + len(groups)]
         self.flushes += 1
         failed = None  # a group not written (a cluster node down); the others count as written
         for (plan, _, _), results in zip(groups.values(), replies):
@@ -576,6 +634,8 @@ class RedisStore:
                 failed = results
                 continue
             for (rec, start, end), result in zip(plan, results):
+                if isinstance(result, Exception):
+                    raise result
                 if result == end:
                     rec.flushed = end
                     self.events_written += end - start
@@ -585,11 +645,27 @@ class RedisStore:
             raise RedisConnectionError(str(failed))
 
     def _lost(self, rec: _Owned, result: int) -> None:
-        rec.lost = True
         stream = rec.stream
         if result == -1:
-            log.warning("stream %s is gone from Redis (expired or Redis lost its data)", stream.id)
+            if rec.restored:
+                rec.lost = True
+                log.warning("stream %s is gone from Redis again: no longer stored", stream.id)
+                return
+            # Redis lost it (a restart without persistence): this replica holds every event. End the
+            # stream with `store_lost` (the generation cannot go on unstored: readers elsewhere would
+            # wait for events that never come) and write it all back, so every replica's readers get
+            # the partial text and the same end.
+            log.warning("stream %s is gone from Redis (Redis lost its data): writing it back, ended", stream.id)
+            rec.restored = True
+            rec.flushed = 0
+            if stream.running:
+                gen = stream.generation
+                if gen is not None:
+                    gen.cancel()
+                stream.fail("store_lost", _LOST_MSG, True)
+            self._touch(stream)
             return
+        rec.lost = True
         # Another replica ended it (it took this replica for dead): stop generating.
         log.warning("stream %s was ended by another replica at seq %d", stream.id, -2 - result)
         if stream.running:
@@ -678,16 +754,32 @@ class RedisStore:
                         if mirror.running and mirror.subs:
                             pipe.publish(_ctl_channel(mirror.owner), f"reading {mirror.id}")
                     await pipe.execute()
+                if self.reserved:  # renew this replica's reservations (streams per key)
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for sid, key_id in self.reserved.items():
+                            await self._reserve([_running_key(key_id)], [0, sid, self.lease_ms], client=pipe)
+                        await pipe.execute()
                 self._ok()
-                for mirror in list(self.mirrors.values()):
-                    if mirror.running and now - mirror.last_at >= idle and now - mirror.checked_at >= self.tick_s:
-                        mirror.checked_at = now
-                        await self._end_remote(
-                            mirror.id, "generator_lost",
-                            f"the replica generating this stream is gone and no output came for {idle:g} s",
-                            True, owner=mirror.owner)
             except Exception as exc:
                 self._trouble("tick", exc)
+            for mirror in list(self.mirrors.values()):
+                if mirror.running and now - mirror.last_at >= idle and now - mirror.checked_at >= self.tick_s:
+                    mirror.checked_at = now
+                    try:
+                        await self._check_silent(mirror, idle)
+                    except Exception as exc:
+                        # Nothing came for the idle timeout and Redis cannot say why: end this copy.
+                        self._trouble("tick", exc)
+                        mirror.cut("store_unavailable", _CUT_MSG)
+
+    async def _check_silent(self, mirror: Mirror, idle: float) -> None:
+        """A followed stream went quiet for `idle`: its log is gone (Redis lost it), or its generator is."""
+        if not await self.redis.exists(mirror.key):
+            mirror.cut("store_lost", _LOST_MSG)
+            return
+        await self._end_remote(mirror.id, "generator_lost",
+                               f"the replica generating this stream is gone and no output came for {idle:g} s",
+                               True, owner=mirror.owner)
 
     def _ok(self) -> None:
         if self.down_since is not None:
@@ -719,6 +811,11 @@ class RedisStore:
                 stream.fail("store_unavailable", _CUT_MSG, True)
         for mirror in list(self.mirrors.values()):
             mirror.cut("store_unavailable", _CUT_MSG)
+
+
+def _meta_fields(rid: str, stream: Stream) -> dict[str, Any]:
+    return {"owner": rid, "status": "running", "created": repr(stream.created), "model": stream.model,
+            "key": stream.owner_key or ""}
 
 
 def _end_fields(stream: Stream) -> dict[str, Any]:

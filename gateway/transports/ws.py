@@ -15,7 +15,8 @@ from starlette.websockets import WebSocket
 
 from ..codecs import ws as codec
 from ..events import Reconnect
-from ..guard import ABORT, KEY
+from ..auth import check_expiry
+from ..guard import ABORT, ATTACH, KEY
 from ..limits import Bucket
 from ..models import StreamRequest
 from ..problems import Problem
@@ -57,6 +58,8 @@ class WSSession:
         self.failed: BaseException | None = None
         self.write: Writer | None = None  # the push path's write without `send` (direct.py), once open
         self.key = websocket.scope.get(KEY)
+        # Let in by an attach token: that one stream, while the token lasts; no new streams.
+        self.attach_only: tuple[str, float] | None = websocket.scope.get(ATTACH)
         rate = ctx.settings.ws_messages_per_s
         self.bucket = Bucket(rate, 2 * rate, ctx.clock.now()) if rate else None
 
@@ -108,11 +111,28 @@ class WSSession:
                     await self.ws.send_text(error_text("no_stream", "no stream is running on this socket"))
             elif self._busy():
                 await self.ws.send_text(error_text("busy", "a stream is running: cancel it first"))
+            elif (refusal := self._token_refusal(control)) is not None:
+                await self.ws.send_text(error_text("unauthorized", refusal))
             elif isinstance(control, codec.Start):
                 if not await self._start(control.request):
                     return False
             else:
                 await self._resume(control)
+
+    def _token_refusal(self, control: codec.Start | codec.Resume) -> str | None:
+        """Why an attach-token socket may not do this (None: it may)."""
+        if self.attach_only is None:
+            return None
+        stream_id, expires = self.attach_only
+        if isinstance(control, codec.Start):
+            return "an attach token reads its stream only: start streams with the API key"
+        if control.stream_id != stream_id:
+            return "an attach token reads its own stream only"
+        try:
+            check_expiry(expires)
+        except Problem as exc:
+            return exc.detail
+        return None
 
     def _busy(self) -> bool:
         return self.pump is not None and not self.pump.done()

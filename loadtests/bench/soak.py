@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.client import TRANSPORTS, Client  # noqa: E402
 from gateway.sources.simulated import expected_text  # noqa: E402
-from tests.support import Gateway  # noqa: E402
+from loadtests.procs import GatewayProcess as Gateway  # noqa: E402
 
 
 def metric(text: str, name: str) -> float:

@@ -16,19 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from gateway.procs import free_port
+from ..procs import ROOT, free_port, stop, wait_port
 
 from .peers import PEERS
 
 __all__ = ["main", "run_one", "table"]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # What the benchmark sets on the gateway: quiet logs; ended streams kept 2 s
 # instead of 300 s (resume still works), so RSS growth measures open streams.
@@ -55,29 +52,6 @@ def _prioritize(nice: int) -> None:
     os.nice(nice)
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def server_command(server: str, port: int) -> tuple[list[str], dict[str, str]]:
     if server.startswith("gateway"):
         # "gateway w40": the gateway with a 40 ms write window (each connection writes once per window).
@@ -98,7 +72,7 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
                             preexec_fn=lambda: _prioritize(nice))
     try:
         os.sched_setaffinity(proc.pid, server_core)
-        _wait_port(port, proc)
+        wait_port(port, proc)
         time.sleep(0.5)  # let start-up settle before the idle RSS is read
         load = [sys.executable, "-m", "loadtests.bench.load", "--port", str(port), "--transport", transport,
                 "--n", str(n), "--server-pid", str(proc.pid), "--tokens", str(args.tokens),
@@ -116,7 +90,7 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
             raise RuntimeError(f"load client failed ({client.returncode})")
         row = json.loads(out.strip().splitlines()[-1])
     finally:
-        _stop(proc)
+        stop(proc, 10)
     row["server"] = server
     return row
 

@@ -26,7 +26,7 @@ import psutil
 
 from gateway.codecs import ndjson
 from gateway.events import Done, Token
-from tests.support import Gateway, RedisServer
+from ..procs import GatewayProcess as Gateway, RedisServer
 
 
 def cpu(pids: list[int]) -> list[float]:

@@ -11,7 +11,7 @@ import asyncio
 import statistics
 import time
 
-from ..client import Client
+from gateway.client import Client
 
 __all__ = ["baseline"]
 

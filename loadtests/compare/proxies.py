@@ -1,17 +1,16 @@
 """Deployment paths for the matrix: the gateway directly, or through the proxy lab's proxies.
 
-The lab (`gateway/lab.py`, `lab/`) starts nginx and HAProxy in front of
+The lab (`loadtests/lab.py`, `lab/`) starts nginx and HAProxy in front of
 gateway processes of its own; a path that cannot start (its tool is missing,
-or the lab is not in this checkout) is skipped with a note in the report.
+or the lab's configurations are not in this checkout) is skipped with a note in the report.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from contextlib import ExitStack
 
-from .procs import GatewayProcess, GatewayView
+from .. import lab as lab_mod
+from ..procs import GatewayProcess, GatewayView
 
 __all__ = ["start_paths"]
 
@@ -24,10 +23,6 @@ def start_paths(paths: list[str], gw: GatewayProcess,
     wanted = [p for p in paths if p != "direct"]
     if not wanted:
         return targets, behind, []
-    if importlib.util.find_spec("gateway.lab") is None:
-        return targets, behind, [f"Proxy paths skipped ({', '.join(wanted)}): the proxy lab (`python -m gateway "
-                                 "lab`, its nginx and HAProxy configurations) is not in this checkout."]
-    lab_mod = importlib.import_module("gateway.lab")
     known = {p.name: p for p in lab_mod.PROXIES}
     notes = [f"Proxy path {name} skipped: not a lab path (known: {', '.join(known)})."
              for name in wanted if name not in known]

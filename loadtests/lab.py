@@ -29,12 +29,11 @@ import httpx
 
 from lab.links import PROFILES  # the lab's folder beside the package (a source checkout)
 
-from .procs import free_port
+from .procs import ROOT, find_tool, free_port
 
 __all__ = ["Lab", "Proxy", "PROXIES", "GATEWAYS", "LAB_DIR", "VARIABLES", "render", "find_tool", "measure", "run",
            "self_signed"]
 
-ROOT = Path(__file__).resolve().parent.parent
 LAB_DIR = ROOT / "lab"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 VARIABLES = ("LISTEN", "UPSTREAM", "UPSTREAM_B", "READ_TIMEOUT", "RUN_DIR")
@@ -91,12 +90,6 @@ PROXIES: tuple[Proxy, ...] = (
     Proxy(name, "relay", name, ("gateway",), 20 + i, f"network profile: {p.describe()}")
     for i, (name, p) in enumerate(PROFILES.items())
 )
-
-
-def find_tool(name: str) -> str | None:
-    """nginx, haproxy and redis-server live in /usr/sbin on Debian, often off a user's PATH."""
-    return shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
 
 
 def render(config: str, **values: str) -> str:

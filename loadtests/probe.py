@@ -29,9 +29,9 @@ from typing import Any
 import httpx
 import websockets
 
-from .client import TRANSPORTS, Client, GatewayError, StreamResult, Transport
-from .codecs import ndjson, sse, ws
-from .events import Event, Token
+from gateway.client import TRANSPORTS, Client, GatewayError, StreamResult, Transport
+from gateway.codecs import ndjson, sse, ws
+from gateway.events import Event, Token
 
 __all__ = ["probe", "arrival", "report_table", "main"]
 

@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from ..procs import ROOT, GatewayProcess
 from . import loadgen
 from .baseline import baseline
 from .cost import memory_per_connection, wire_cost
 from .matrix import Matrix
-from .procs import ROOT, GatewayProcess
 from .progress import Progress
 from .proxies import start_paths
 
@@ -70,7 +70,7 @@ def _git() -> str | None:
 
 def conditions() -> dict:
     """Versions, machine and settings: what a reader needs to weigh the numbers."""
-    from ..settings import Settings
+    from gateway.settings import Settings
 
     versions = {"python": platform.python_version()}
     for dist in ("llm-stream-gateway", "locust", "uvicorn", "fastapi", "starlette", "websockets", "httpx",
@@ -101,7 +101,7 @@ def _estimates(matrix: Matrix, paths: list[str]) -> list[tuple[str, float]]:
              ("baseline: complete vs stream", matrix.ttft_ms / 1000 + max(matrix.baseline_lengths) * matrix.itl_ms / 1000 + 1.5),
              ("bytes on the wire", len(matrix.transports) * (matrix.max_tokens * min(matrix.itl_ms, 10) / 1000 + 0.6))]
     steps += [(cell.label(), cell.duration_s + 2.5) for cell in matrix.cells() if cell.path in paths]
-    steps += [("memory per connection", len(matrix.transports) * (3.5 + matrix.memory_connections / 80)),
+    steps += [("memory per connection", len(matrix.transports) * (10.0 + max(2.0, matrix.memory_connections / 400))),
               ("report", 4.0)]
     return steps
 
@@ -143,7 +143,7 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
                                                      progress.draw))
         results["gateway_rss_end_bytes"] = gw.stat().rss
     progress.step()
-    results["memory"] = memory_per_connection(matrix.transports, matrix.memory_connections, log=raw / "gateway.log")
+    results["memory"] = memory_per_connection(matrix.transports, matrix.memory_connections)
     progress.step()
     results["conditions"]["loadavg_end"] = list(os.getloadavg())
     results["conditions"]["duration_s"] = round(time.monotonic() - started, 1)

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..procs import ROOT, GatewayView, ProcStat, proc_stat, stop
 from .cost import client_transport
 from .matrix import Cell, Matrix
-from .procs import ROOT, GatewayView, ProcStat, proc_stat, stop
 
 __all__ = ["LOCUSTFILE", "METRICS", "run_cell", "locust_args", "read_locust_json", "percentile",
            "SATURATED_CPU"]
@@ -106,7 +106,7 @@ def _delta(before: dict, after: dict, name: str) -> float:
 
 def gateway_delta(before: dict, after: dict, transport: str) -> dict:
     """What the gateway counted for one transport during a cell."""
-    key = f"{{transport={transport}}}"
+    key = f'{{transport="{transport}"}}'
     errors = sum(after[k] - before.get(k, 0.0) for k in after if k.startswith("gateway_stream_errors_total"))
     events = _delta(before, after, f"gateway_events_sent_total{key}")
     created = _delta(before, after, "gateway_streams_created_total")

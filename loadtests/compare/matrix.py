@@ -9,7 +9,7 @@ __all__ = ["Matrix", "Cell", "PRESETS", "PATHS", "TRANSPORTS", "from_args"]
 
 # Transports as the Locust users name them (request_type, loadtests/locustfile.py).
 TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
-# Deployment paths: "direct" to the gateway, the others are the proxy lab's paths (gateway/lab.py).
+# Deployment paths: "direct" to the gateway, the others are the proxy lab's paths (loadtests/lab.py).
 PATHS = ("direct", "nginx-defaults", "nginx-accel", "nginx-tuned", "haproxy", "haproxy-tuned")
 
 

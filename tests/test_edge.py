@@ -1,0 +1,360 @@
+"""Issue 18 against a real gateway process: attach-token scope, the connection edge (slow and huge
+headers, idle connections, the accept cap), bad input that must not cost the connection, and the
+low-severity limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from gateway.codecs import ws as wsc
+from loadtests.procs import free_port, stop
+
+from .support import ROOT, run, wait_http
+
+KEY = "secret-edge-0123456789"
+OTHER = "secret-other-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SLOW = {"ttft_ms": 10, "itl_ms": 50, "jitter": 0}
+
+
+class Proc:
+    """A gateway process whose stderr (its log) the test reads."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log = log
+        full = {**os.environ, "GATEWAY_LOG_LEVEL": "info", **env}
+        self._err = open(log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+                                     cwd=ROOT, env=full, stderr=self._err)
+        try:
+            wait_http(self.url + "/healthz", self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self._err.close()
+
+
+@contextmanager
+def proc(tmp_path: Path, **env: str):
+    p = Proc(env, tmp_path / f"gw-{time.monotonic_ns()}.log")
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+KEYS_ON = {"GATEWAY_API_KEYS": f"edge={KEY},other={OTHER}", "GATEWAY_ATTACH_TOKEN_TTL_S": "2"}
+
+
+def test_an_attach_token_socket_reaches_only_its_stream_and_is_never_logged(tmp_path):
+    with proc(tmp_path, **KEYS_ON) as gw:
+        own = httpx.post(gw.url + "/v1/streams", json={"max_tokens": 400, "sim": SLOW}, headers=AUTH).json()
+        other = httpx.post(gw.url + "/v1/streams", json={"max_tokens": 400, "sim": SLOW}, headers=AUTH).json()
+        token = own["token"]
+
+        async def go():
+            async with connect(gw.ws_url + own["ws"]) as sock:
+                first = wsc.decode(await sock.recv())
+                replies = []
+                for message in (wsc.cancel(), wsc.start(max_tokens=3), wsc.resume(other["id"])):
+                    await sock.send(message)
+                    while True:  # skip the cancelled stream's events
+                        event = wsc.decode(await sock.recv())
+                        if event.type == "error" and event.seq == -1 or event.type == "error" and \
+                                event.code == "cancelled":
+                            break
+                    replies.append(event)
+                await asyncio.sleep(2.2)  # the token's time is up: its own stream is refused too
+                await sock.send(wsc.resume(own["id"], 5))
+                replies.append(wsc.decode(await sock.recv()))
+                return first, replies
+
+        first, replies = run(go())
+        assert first.type == "meta" and first.stream_id == own["id"]
+        assert replies[0].code == "cancelled"  # its own stream: yes
+        assert [r.code for r in replies[1:]] == ["unauthorized"] * 3
+        assert "expired" in replies[3].message
+        # The other stream is untouched and no stream was started with the token.
+        status = httpx.get(f"{gw.url}/v1/streams/{other['id']}", headers=AUTH).json()
+        assert status["status"] == "running" and status["clients"] == 0
+        time.sleep(0.3)
+        log = gw.text()
+        assert "WebSocket /v1/streams/" in log, log[-2000:]  # uvicorn logged the socket...
+        assert token not in log and token.split(".")[1] not in log  # ...without the token
+        assert "token=<redacted>" in log
+
+
+def test_shared_store_with_keys_refuses_to_start_without_a_shared_token_secret():
+    env = {**os.environ, "GATEWAY_STREAM_STORE": "redis", "GATEWAY_API_KEYS": f"edge={KEY}",
+           "GATEWAY_TOKEN_SECRET": "", "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    r = subprocess.run([sys.executable, "-m", "gateway", "serve", "--port", str(free_port())], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "GATEWAY_TOKEN_SECRET is required" in r.stderr and "Traceback" not in r.stderr
+    assert "GATEWAY_TOKEN_SECRET" in (ROOT / "compose.yaml").read_text()
+
+
+# -- the connection edge ------------------------------------------------------------------------
+
+EDGE = {"GATEWAY_MAX_CONNECTIONS": "20", "GATEWAY_MAX_PENDING_CONNECTIONS": "50", "GATEWAY_HEADER_TIMEOUT_S": "2",
+        "GATEWAY_MAX_HEADER_BYTES": "16384", "GATEWAY_LOG_LEVEL": "warning"}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def closed(sock: socket.socket, timeout: float) -> bytes | None:
+    """What the server sent before closing, or None if it is still open after `timeout`."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_slow_headers_are_evicted_and_timed_out_while_real_clients_are_served(tmp_path):
+    with proc(tmp_path, **EDGE) as gw:
+        slow = []
+        for _ in range(300):  # 300 half-sent heads against 20 + 50 places
+            s = socket.create_connection(("127.0.0.1", gw.port))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            slow.append(s)
+        with httpx.Client(timeout=10) as http:
+            ok = [http.get(gw.url + "/healthz").status_code for _ in range(10)]
+            r = http.post(gw.url + "/v1/ndjson", json={"max_tokens": 5, "sim": {"ttft_ms": 1, "itl_ms": 1}})
+        assert ok == [200] * 10
+        assert r.status_code == 200 and r.text.splitlines()[-1].startswith('{"type":"done"')
+        t0 = time.monotonic()
+        replies = [closed(s, 15) for s in slow]
+        assert all(reply is not None for reply in replies), "a half-sent head was held past the header timeout"
+        assert time.monotonic() - t0 < 12
+        assert sum(reply.startswith(b"HTTP/1.1 408") for reply in replies) >= 40  # the last ones: out of time
+        for s in slow:
+            s.close()
+        refused = httpx.get(gw.url + "/metrics").text
+        assert 'gateway_refused_total{reason="slow_headers"}' in refused
+        assert 'gateway_refused_total{reason="header_timeout"}' in refused
+
+
+def test_a_slow_second_request_on_a_keep_alive_connection_is_timed_out(tmp_path):
+    with proc(tmp_path, **EDGE) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            body = b'{"max_tokens": 2, "sim": {"ttft_ms": 1, "itl_ms": 1}}'
+            # A chunked body first: the gate must find where the next request starts.
+            s.sendall(b"POST /v1/complete HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            s.settimeout(10)
+            first = s.recv(65536)
+            while b"\r\n\r\n" not in first or len(first.split(b"\r\n\r\n", 1)[1]) < int(
+                    first.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+                first += s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200") and b'"finish_reason":"stop"' in first, first
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ...and never the blank line
+            t0 = time.monotonic()
+            reply = closed(s, 10)
+            assert reply is not None and reply.startswith(b"HTTP/1.1 408")
+            assert 1.5 < time.monotonic() - t0 < 8
+
+
+def test_huge_headers_get_431_with_memory_bounded(tmp_path):
+    with proc(tmp_path, **EDGE) as gw:
+        before = rss_mb(gw.proc.pid)
+        replies = []
+        for _ in range(20):  # 20 x a 10 MB header line, sent until the server closes
+            with socket.create_connection(("127.0.0.1", gw.port)) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+                chunk = b"a" * 65536
+                try:
+                    for _ in range(160):
+                        s.sendall(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                replies.append(closed(s, 10))
+        after = rss_mb(gw.proc.pid)
+        assert sum(1 for r in replies if r and r.startswith(b"HTTP/1.1 431")) >= 15, [r[:40] for r in replies if r]
+        assert after - before < 30, f"RSS {before:.0f} -> {after:.0f} MB"
+        assert httpx.get(gw.url + "/healthz").status_code == 200
+
+
+# -- bad input that must cost neither the request's connection nor a 500 --------------------------
+
+
+def test_a_lone_surrogate_is_422_and_the_connection_stays(tmp_path):
+    with proc(tmp_path, GATEWAY_LOG_LEVEL="warning") as gw:
+        bodies = [b'{"prompt": "a\\ud800b", "max_tokens": 2}',
+                  b'{"messages": [{"role": "user", "content": "\\udfff"}], "max_tokens": 2}']
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.settimeout(10)
+            reader = s.makefile("rb")
+            for path in ("/v1/streams", "/v1/sse", "/v1/ndjson", "/v1/complete"):
+                for body in bodies:
+                    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+                    status, headers, payload = read_response(reader)
+                    assert status == 422, (path, payload)
+                    assert headers[b"content-type"] == b"application/problem+json"
+                    assert b"surrogate" in payload
+            # The same keep-alive connection still serves a good request.
+            good = b'{"max_tokens": 2, "sim": {"ttft_ms": 1, "itl_ms": 1}}'
+            s.sendall(b"POST /v1/complete HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(good), good))
+            status, _, payload = read_response(reader)
+            assert status == 200 and json.loads(payload)["finish_reason"] == "stop"
+
+        async def ws():
+            async with connect(gw.ws_url + "/v1/ws") as sock:
+                await sock.send('{"type": "start", "prompt": "\\ud800"}')
+                return wsc.decode(await sock.recv())
+
+        refused = asyncio.run(ws())
+        assert refused.type == "error" and refused.code in ("bad_message", "invalid_request")  # (the codec refuses it)
+
+
+def read_response(reader) -> tuple[int, dict[bytes, bytes], bytes]:
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers.get(b"content-length", b"0")))
+
+
+@pytest.mark.parametrize("value", ["abc", "-3", "1_0", " 7", "\u0663", "1e3", "99999999999999999999999"])
+def test_resume_points_are_plain_ascii_digits(gw, value):
+    sid = httpx.post(gw.url + "/v1/streams", json={"max_tokens": 30, "sim": {"ttft_ms": 1, "itl_ms": 1}}).json()["id"]
+    responses = [httpx.get(f"{gw.url}/v1/streams/{sid}/ndjson", params={"after": value})]
+    if value == value.strip():  # (a header value's surrounding whitespace is not part of it, RFC 9110)
+        raw = value.encode()
+        responses.append(httpx.get(f"{gw.url}/v1/streams/{sid}/sse", headers={"Last-Event-ID": raw}))
+    for r in responses:
+        assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", (value, r.text)
+    assert httpx.get(f"{gw.url}/v1/streams/{sid}/ndjson", params={"after": "10"}).status_code == 200
+
+
+class BadUpstream:
+    """A small OpenAI-compatible upstream of the test's own that misbehaves by model name."""
+
+    RETRY = {"sup": "\u00b2", "nines": "9" * 400, "date": "Sun, 06 Nov 2044 08:49:37 GMT", "words": "soon",
+             "seconds": "7"}
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        retry = self.RETRY
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                model = body["model"]
+                if model in retry:
+                    payload = b'{"error": {"message": "busy"}}'
+                    self.send_response(503)
+                    self.send_header("Retry-After", retry[model].encode().decode("latin-1"))
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                # "long": an SSE line that never ends (8 MB and counting).
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    self._chunk(b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n')
+                    self._chunk(b"data: ")
+                    for _ in range(128):
+                        self._chunk(b"x" * 65536)
+                    time.sleep(5)
+                except OSError:
+                    pass
+                self.close_connection = True
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def relayed(tmp_path_factory):
+    upstream = BadUpstream()
+    models = {name: {"kind": "openai", "base_url": upstream.url} for name in [*BadUpstream.RETRY, "long"]}
+    with proc(tmp_path_factory.mktemp("relay"), GATEWAY_MODELS=json.dumps(models), GATEWAY_LOG_LEVEL="warning") as gw:
+        yield gw
+    upstream.close()
+
+
+@pytest.mark.parametrize("model", list(BadUpstream.RETRY))
+def test_an_upstream_retry_after_is_parsed_as_rfc_9110_and_bounded(relayed, model):
+    expected = {"sup": None, "nines": "3600", "date": "3600", "words": None, "seconds": "7"}[model]
+    body = {"model": model, "max_tokens": 3}
+    with httpx.Client(base_url=relayed.url, timeout=20) as http:
+        for path in ("/v1/streams", "/v1/sse", "/v1/ndjson", "/v1/complete"):
+            r = http.post(path, json=body)
+            assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", (path, r.text)
+            assert r.headers.get("retry-after") == expected, (path, r.headers.get("retry-after"))
+
+    async def ws():
+        async with connect(relayed.ws_url + "/v1/ws") as sock:
+            await sock.send(wsc.start(model=model, max_tokens=3))
+            refused = wsc.decode(await sock.recv())
+            await sock.send(wsc.start(max_tokens=2, sim={"ttft_ms": 1, "itl_ms": 1}))  # the socket stays usable
+            return refused, [wsc.decode(await sock.recv()).type for _ in range(4)]
+
+    refused, events = asyncio.run(ws())
+    assert refused.type == "error" and refused.code == "upstream_503"
+    assert events == ["meta", "token", "token", "done"]
+
+
+def test_an_upstream_line_without_end_is_capped(relayed):
+    before = rss_mb(relayed.proc.pid)
+    r = httpx.post(relayed.url + "/v1/ndjson", json={"model": "long", "max_tokens": 3}, timeout=20)
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert [e["type"] for e in lines] == ["meta", "token", "error"]
+    assert lines[-1]["code"] == "upstream_bad_data" and "over" in lines[-1]["message"]
+    assert rss_mb(relayed.proc.pid) - before < 20
