@@ -6,7 +6,9 @@ import asyncio
 import gc
 import logging
 import os
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket
@@ -26,7 +28,7 @@ from .journal import configure as configure_journal
 from .limits import Buckets
 from .metrics import Stats
 from .middleware import BodyLimit
-from . import memory, openapi
+from . import drain, memory, openapi
 from .models import StreamRequest
 from .page import add_page
 from .problems import Problem, problem
@@ -55,6 +57,9 @@ class Context:
         self.auth = Auth(settings)
         self.rates = Buckets(settings.rate_per_key) if settings.rate_per_key else None
         self.draining = False  # SIGTERM came: no new streams or clients here (gateway/drain.py)
+        # A worker of `serve --workers`: closes its listening sockets when the drain starts, so new and
+        # reconnecting clients go to its siblings on the same port (set by gateway/cli.py).
+        self.stop_listening: Callable[[], object] | None = None
 
     def refuse_if_draining(self) -> None:
         if self.draining:
@@ -120,16 +125,15 @@ class Context:
 
 
 class _App(FastAPI):
+    """FastAPI behind the edge: the edge sees each connection before every other layer (error
+    handling included), and runs a stream's body once they have all returned (guard.defer)."""
+
+    def __init__(self, ctx: Context, **kw) -> None:
+        super().__init__(**kw)
+        self.edge = Edge(partial(FastAPI.__call__, self), ctx)
+
     async def __call__(self, scope, receive, send) -> None:
-        # The server's own `send`, under every middleware: streams write their
-        # events through it (after the response start went the usual way).
-        scope["gateway.send"] = send
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            # `send` is bound to uvicorn's request cycle, which holds this scope: left here, the
-            # cycle and all it holds (transport, buffers) waited for a full GC (gateway/memory.py).
-            scope.pop("gateway.send", None)
+        await self.edge(scope, receive, send)
 
 
 class _QuietDrops(logging.Filter):
@@ -169,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # (measured: the collector's CPU fell from ~7% to ~4% at 1,000 streams).
         gc.set_threshold(50_000, 20, 100)
         memory.set_mmap_threshold(settings.malloc_mmap_threshold)
+        drain.install(ctx)
         yield
         for stream in ctx.store.local():
             stream.cancel("shutdown")
@@ -176,15 +181,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ctx.store.close()
         await ctx.registry.aclose()
 
-    app = _App(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
+    app = _App(ctx, title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
     openapi.install(app, settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Guard, ctx=ctx)
     if settings.allowed_origins:
         app.add_middleware(cors, ctx=ctx)
-    stack = app.build_middleware_stack
-    app.build_middleware_stack = lambda: Edge(stack(), ctx)  # outermost, so it sees uvicorn's own send
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, ge=0)
     max_header_bytes: int = Field(32_768, ge=1024)
     max_pending_connections: int = Field(1_000, ge=1)
+    # Memory for streams' events (gateway/registry.py): what this process keeps, all keys and per key.
+    # A new stream is admitted against what it may still add (max_tokens x ~64 bytes); over the bound
+    # the oldest ended streams nobody reads are dropped first (a later resume gets 410), then new
+    # streams are refused (503 over_capacity, or 429 for a key over its share). 0 switches one off.
+    max_kept_bytes: int = Field(512 * 1_048_576, ge=0)
+    max_kept_bytes_per_key: int = Field(128 * 1_048_576, ge=0)
     # uvicorn closes a keep-alive connection idle this long between requests.
     keep_alive_s: float = Field(5.0, gt=0)
     clients_per_stream: int = Field(1_000, ge=0)

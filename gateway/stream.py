@@ -162,6 +162,7 @@ class Stream:
         self.keep = False  # generate to the end with no client attached (no detach grace): Responses background
         # A lost connection stops the generation at once (else the grace applies): set by the registry.
         self.leave_cancels = False
+        self.budget = 0  # bytes of events admitted for it (the registry's memory bound)
         self.left_at: int | None = None  # tokens when the last reader left (None: one is attached)
         self.wasted = 0  # tokens generated after the last reader left, for nobody who came back
         self.ended_at: float | None = None

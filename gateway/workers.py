@@ -37,10 +37,12 @@ WORKER_ENV = "GATEWAY_WORKER"  # this worker's index (set by the supervisor)
 PEERS_ENV = "GATEWAY_WORKER_PORTS"  # every worker's private loopback port, by index
 
 
-def check(workers: int, store: str) -> str | None:
-    """Why `workers` cannot run with this store, or None."""
+def check(workers: int, store: str, server: str = "uvicorn") -> str | None:
+    """Why `workers` cannot run with this store and server, or None."""
     if workers < 1:
         return "--workers must be at least 1"
+    if workers > 1 and server != "uvicorn":
+        return f"--workers {workers} runs uvicorn workers; {server} has its own workers option"
     if workers > 1 and store != "redis":
         return (f"--workers {workers} needs the Redis store (GATEWAY_STREAM_STORE=redis, GATEWAY_REDIS_URL): "
                 "each worker is its own process, and a stream created on one must be attachable and "
@@ -91,11 +93,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(workers: int, host: str, port: int, argv: list[str]) -> int:
+def run(workers: int, host: str, port: int, server: str = "uvicorn") -> int:
     """Start `workers` processes on host:port and supervise them until SIGTERM/SIGINT."""
     from .settings import get_settings
 
-    problem = check(workers, get_settings().stream_store)
+    problem = check(workers, get_settings().stream_store, server)
     if problem:
         print(f"gateway: {problem}", file=sys.stderr)
         return 2
@@ -121,7 +123,7 @@ def run(workers: int, host: str, port: int, argv: list[str]) -> int:
         # Its own process group: a terminal's Ctrl-C reaches this supervisor only, which forwards one
         # signal (two would skip the drain); and it gets SIGTERM if this supervisor dies.
         w.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--host", host, "--port", str(port),
-                                   "--fds", str(fd), *argv],
+                                   "--fds", str(fd)],
                                   env=env, pass_fds=(fd,), process_group=0, preexec_fn=_die_with_parent)
         w.started = time.monotonic()
         w.ready = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = ["COMMANDS", "main"]
 
@@ -32,6 +33,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     p.add_argument("--idle", type=float, default=20.0, help="idle gap to survive, in seconds (0: skip)")
     p.add_argument("--tokens", type=int, default=40, help="tokens per test stream")
     p.add_argument("--itl-ms", type=float, default=50.0, help="gap between tokens as sent")
+    p.add_argument("--profile", help="probe through a network profile (lab/links.py): good-4g, 3g, flaky-wifi, "
+                                     "train, half-open")
+    p = sub.add_parser("path", help="run one lab path in the foreground (a container of compose.yaml)")
+    p.add_argument("name", help="a lab path: nginx-tuned, haproxy, 3g, ...")
+    p.add_argument("--listen", default="0.0.0.0:8080", help="host:port the proxy listens on")
+    p.add_argument("--upstream", action="append", required=True, help="host:port behind it (twice for nginx-lb)")
+    p.add_argument("--read-timeout", default="60s", help="the proxy's read timeout (default 60s)")
+    p.add_argument("--run-dir", type=Path, default=Path("/tmp/lab-path"), help="rendered configuration and temp files")
     compare.add_parser(sub)
     sub.add_parser("networks", help=COMMANDS["networks"], add_help=False)
     if argv is None:
@@ -41,6 +50,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
 
         return networks(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "path":
+        from .lab import serve_path
+
+        serve_path(args.name, args.listen, args.upstream, args.read_timeout, args.run_dir)
+        return 1  # not reached: serve_path execs the proxy
     if args.command == "compare":
         return compare.main(args)
     if args.command == "lab":
@@ -50,7 +64,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
                    args.idle if args.measure else None)
     from .probe import main as probe
 
-    return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms)
+    return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms,
+                 profile=args.profile)
 
 
 if __name__ == "__main__":

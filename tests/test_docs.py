@@ -92,6 +92,18 @@ def test_relative_links_resolve():
     assert not broken, broken
 
 
+def test_named_files_exist():
+    """A file the docs name by its path (`gateway/journal.py`, `tests/test_proxies.py::test_x`) exists:
+    a rename or a removal shows up here, with the line to fix."""
+    stale = []
+    for path in documents():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for name in re.findall(r"`((?:gateway|loadtests|lab|tests|docs)/[\w./-]+)(?:::\w+)?`", line):
+                if not (ROOT / name).exists():
+                    stale.append(f"{path.relative_to(ROOT)}:{n}: {name}")
+    assert not stale, "the docs name files that do not exist (renamed or removed?):\n" + "\n".join(stale)
+
+
 @pytest.fixture(scope="module")
 def gw():
     with gateway() as g:

@@ -61,7 +61,10 @@ def wait_workers(gw: Gateway, n: int, exclude: frozenset[int] = frozenset()) -> 
         for child in psutil.Process(gw.proc.pid).children():
             if child.pid in exclude:
                 continue
-            ports = [c.laddr.port for c in child.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+            try:
+                ports = [c.laddr.port for c in child.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+            except psutil.NoSuchProcess:  # a drained worker that just exited
+                continue
             private = [p for p in ports if p != gw.port]
             if gw.port in ports and private:
                 out[child.pid] = private[0]
