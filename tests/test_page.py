@@ -57,10 +57,10 @@ DRAWN_AND_WHOLE = """(panel) => {
 
 
 @pytest.fixture(scope="module")
-def gw():
+def gw(server):
     # A quick EventSource retry; a long grace so a slow resume on a busy machine still finds its stream.
     with gateway({"GATEWAY_SSE_RETRY_MS": "200", "GATEWAY_DETACH_GRACE_S": "30",
-                  "GATEWAY_HEARTBEAT_S": "0.5"}) as g:
+                  "GATEWAY_HEARTBEAT_S": "0.5"}, server=server) as g:
         yield g
 
 
@@ -133,6 +133,7 @@ def test_page_and_vendored_files_are_served(gw):
     assert "://" not in r.text  # no absolute URL anywhere in the page: everything is same-origin
 
 
+@pytest.mark.every_server
 def test_four_panels_end_with_the_same_text_and_sha(page):
     # Accessible: every control has a label, the answer areas are named regions.
     assert page.evaluate("[...document.querySelectorAll('input, textarea')].every(e => e.labels.length > 0)")
@@ -178,6 +179,7 @@ def test_four_panels_end_with_the_same_text_and_sha(page):
     assert {"/v1/streams", "/v1/sse", "/v1/ndjson", "/v1/ws", "/v1/responses"} <= paths
 
 
+@pytest.mark.every_server
 def test_dropped_connection_resumes_without_a_lost_or_repeated_word(page, gw, tmp_path):
     before = gw.metrics()
     start(page, max_tokens=160, seed=5, fault="drop", after=40)
