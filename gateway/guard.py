@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .problems import Problem
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .service import Context
 
 __all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ATTACH", "DEFER", "ATTACH_KINDS"]
 

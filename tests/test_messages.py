@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import anthropic
@@ -10,6 +9,8 @@ import httpx
 import pytest
 
 from gateway.sources.simulated import expected_text
+
+from .support import run
 
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 PROMPT = "anthropic sdk"
@@ -88,7 +89,7 @@ def test_mid_stream_failure_is_an_error_event_the_sdk_raises(gw, mode):
                 for text in s.text_stream:
                     got.append(text)
         else:
-            asyncio.run(run_async())
+            run(run_async())
     assert info.value.status_code == 200  # after the 200: in band
     assert info.value.body["type"] == "error"
     assert info.value.body["error"]["type"] == "overloaded_error"  # retryable
