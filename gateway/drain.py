@@ -19,7 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .service import Context
 
 __all__ = ["drain", "install", "stop_listening"]
 

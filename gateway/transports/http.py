@@ -16,7 +16,7 @@ from ..guard import defer
 from ..stream import RUNNING
 
 if TYPE_CHECKING:
-    from ..app import Context
+    from ..service import Context
     from ..log import EventLog
     from ..stream import Stream, Subscriber
 
@@ -99,7 +99,7 @@ class EventStream(Response):
 
     def frames(self, log: EventLog, start: int, end: int) -> bytes:
         """Log events [start, end) as body bytes (a subclass may map them to another format)."""
-        return log.sse_frames(start, end) if self.fmt == "sse" else log.ndjson(start, end)
+        return sse.frames(log, start, end) if self.fmt == "sse" else ndjson.frames(log, start, end)
 
     def reconnect(self) -> bytes:
         """The last bytes before the server closes to drain: where to resume (a subclass may send none)."""
