@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()
         ctx.registry.start()
+        ctx.admission.start()
         # Everything alive now lives for the process: keep the cyclic GC from rescanning it.
         gc.collect()
         gc.freeze()
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for stream in ctx.store.local():
             stream.cancel("shutdown")
         ctx.clock.stop()
+        ctx.admission.stop()
         await ctx.store.close()
         await ctx.registry.aclose()
 

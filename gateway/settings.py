@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     rate_per_key: float = Field(0.0, ge=0)  # requests per second, with a burst of twice that
     streams_per_key: int = Field(0, ge=0)  # streams generating at once
     max_connections: int = Field(10_000, ge=0)  # requests and WebSockets in flight per process
+    # Admission (gateway/admission.py): past capacity a new stream gets 503 + Retry-After at once.
+    # Streams generating per process, and how late (ms) the event loop may run; 0 switches one off.
+    max_streams: int = Field(0, ge=0)
+    admit_lag_ms: float = Field(0.0, ge=0)
     # The connection gate (gateway/gate.py), in front of the HTTP parser: a request head must come
     # whole within `header_timeout_s` (else 408) and within `max_header_bytes` (else 431); at most
     # `max_pending_connections` connections may be sending heads (the oldest is closed for a new one),
