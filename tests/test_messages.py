@@ -144,3 +144,17 @@ def test_client_leaving_cancels_the_generation(gw):
         time.sleep(0.05)
     assert cancelled() == before + 1
     assert gw.metrics()['gateway_connections{transport="messages"}'] == 0
+
+
+def test_the_sdks_api_key_header_authenticates():
+    """Anthropic's SDK sends `x-api-key`, not `Authorization: Bearer`: with API keys on, it works."""
+    from .conftest import FAST
+    from .support import gateway
+
+    with gateway({**FAST, "GATEWAY_API_KEYS": "team=sk-ant-test-0123456789"}) as g:
+        with anthropic.Anthropic(base_url=g.url, api_key="sk-ant-test-0123456789", max_retries=0) as client:
+            r = client.messages.create(model="sim", max_tokens=5, messages=MESSAGES, extra_body={"sim": FAST_SIM})
+            assert r.content[0].text == expected_text(PROMPT, 0, 5)
+        with anthropic.Anthropic(base_url=g.url, api_key="wrong-key", max_retries=0) as client:
+            with pytest.raises(anthropic.AuthenticationError):
+                client.messages.create(model="sim", max_tokens=5, messages=MESSAGES)

@@ -317,3 +317,17 @@ def test_a_gateway_stream_resumes_as_responses(gw):
     assert rest[0].sequence_number == got[-1].seq + OFFSET + 1
     assert "".join(t.text for t in got) + deltas(rest) == expected_text(PROMPT, 19, n)
     assert rest[-1].type == "response.completed"
+
+
+def test_the_python_client_streams_and_resumes_responses(gw):
+    """gateway.client's one resume loop over the Responses API: a cut (drop_after) resumed with
+    starting_after, the exact text, every seq once."""
+
+    async def main():
+        async with Client(gw.url) as c:
+            return await c.stream("responses", PROMPT, max_tokens=50, seed=20, sim={**FAST_SIM, "drop_after": 17})
+
+    result = asyncio.run(main())
+    assert result.text == expected_text(PROMPT, 20, 50) and result.done is not None
+    assert result.reconnects == 1 and result.gaps == result.duplicates == 0
+    assert [t.seq for t in result.tokens] == list(range(1, 51))
