@@ -130,6 +130,9 @@ class Guard:
             if name == b"authorization":
                 header = value
                 break
+            if name == b"x-api-key" and scope["path"] == "/v1/messages":
+                header = b"Bearer " + value  # how Anthropic's SDKs send the key
+
         try:
             if header is None:
                 token = _token(scope)
