@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,7 @@ from .settings import Settings, get_settings
 from .sources.base import PreStreamError
 from .stream import Stream, set_write_window
 from .transports import DropConnection, EventStream, WSSession
+from .workers import fleet_metrics
 
 __all__ = ["create_app", "Context"]  # Context lives in gateway/service.py
 
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()
         ctx.registry.start()
+        ctx.admission.start()
         # Everything alive now lives for the process: keep the cyclic GC from rescanning it.
         gc.collect()
         gc.freeze()
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for stream in ctx.store.local():
             stream.cancel("shutdown")
         ctx.clock.stop()
+        ctx.admission.stop()
         await ctx.store.close()
         await ctx.registry.aclose()
 
@@ -148,7 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def create_stream(body: StreamRequest, request: Request) -> JSONResponse:
         stream = await ctx.create(body, False, request.scope.get(KEY))
         out = links(stream)
-        return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}"})
+        return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}",
+                                                           "X-Gateway-Worker": str(os.getpid())})
 
     @app.get("/v1/streams/{stream_id}", responses=openapi.STATUS)
     async def stream_status(stream_id: str, request: Request) -> dict:
@@ -257,11 +262,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # sends clients elsewhere.
         status = "draining" if ctx.draining else "ok" if ctx.store.ready else "store_unavailable"
         body = {"status": status, "active_streams": ctx.stats.active_streams,
-                "kept_streams": len(ctx.store.local())}
+                "kept_streams": len(ctx.store.local()), "pid": os.getpid(), "worker": settings.worker}
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS)
-    async def metrics() -> Response:
-        return Response(generate_latest(ctx.stats.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(worker: Annotated[Literal["self", "all"], Query()] = "all") -> Response:
+        if settings.worker is None or len(settings.worker_ports) < 2 or worker == "self":
+            body = generate_latest(ctx.stats.registry)
+        else:  # `serve --workers`: every worker's figures, labelled (gateway/workers.py)
+            body = await fleet_metrics(ctx.stats.registry, settings.worker, settings.worker_ports)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app

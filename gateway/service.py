@@ -9,8 +9,10 @@ web framework.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+from .admission import Admission
 from .auth import Auth
 from .clock import Clock
 from .limits import Buckets
@@ -36,7 +38,11 @@ class Context:
         self.registry = Registry(settings, self.clock, self.stats, self.store)
         self.auth = Auth(settings)
         self.rates = Buckets(settings.rate_per_key) if settings.rate_per_key else None
+        self.admission = Admission(settings, self.stats)
         self.draining = False  # SIGTERM came: no new streams or clients here (gateway/drain.py)
+        # A worker of `serve --workers`: closes its listening sockets when the drain starts, so new and
+        # reconnecting clients go to its siblings on the same port (set by gateway/cli.py).
+        self.stop_listening: Callable[[], object] | None = None
 
     def refuse_if_draining(self) -> None:
         if self.draining:
@@ -84,6 +90,7 @@ class Context:
 
     async def create(self, request: StreamRequest, one_shot: bool, key: str | None = None) -> Stream:
         self.check_request(request)
+        self.admission.check()
         return await self.registry.create(request, one_shot=one_shot, owner_key=key)
 
     async def run_to_end(self, stream: Stream, request: Any) -> None:
