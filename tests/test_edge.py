@@ -236,7 +236,7 @@ def test_a_lone_surrogate_is_422_and_the_connection_stays(tmp_path):
                 await sock.send('{"type": "start", "prompt": "\\ud800"}')
                 return wsc.decode(await sock.recv())
 
-        refused = asyncio.run(ws())
+        refused = run(ws())
         assert refused.type == "error" and refused.code in ("bad_message", "invalid_request")  # (the codec refuses it)
 
 
@@ -346,7 +346,7 @@ def test_an_upstream_retry_after_is_parsed_as_rfc_9110_and_bounded(relayed, mode
             await sock.send(wsc.start(max_tokens=2, sim={"ttft_ms": 1, "itl_ms": 1}))  # the socket stays usable
             return refused, [wsc.decode(await sock.recv()).type for _ in range(4)]
 
-    refused, events = asyncio.run(ws())
+    refused, events = run(ws())
     assert refused.type == "error" and refused.code == "upstream_503"
     assert events == ["meta", "token", "token", "done"]
 
@@ -358,3 +358,53 @@ def test_an_upstream_line_without_end_is_capped(relayed):
     assert [e["type"] for e in lines] == ["meta", "token", "error"]
     assert lines[-1]["code"] == "upstream_bad_data" and "over" in lines[-1]["message"]
     assert rss_mb(relayed.proc.pid) - before < 20
+
+
+# -- amplification: what streams keep is bounded -------------------------------------------------
+
+
+def test_kept_streams_are_bounded_oldest_ended_evicted_first(tmp_path):
+    env = {**KEYS_ON, "GATEWAY_MAX_KEPT_BYTES": "3000000", "GATEWAY_MAX_KEPT_BYTES_PER_KEY": "1500000",
+           "GATEWAY_MAX_TOKENS_LIMIT": "8192", "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_ATTACH_TOKEN_TTL_S": "300"}
+    other = {"Authorization": f"Bearer {OTHER}"}
+    fast = {"ttft_ms": 0, "itl_ms": 0, "jitter": 0}
+    with proc(tmp_path, **env) as gw, httpx.Client(base_url=gw.url, timeout=30) as http:
+        # One after another, each read to its end: the oldest ended ones make room for the new.
+        ids = []
+        for i in range(24):
+            r = http.post("/v1/streams", json={"max_tokens": 2000, "seed": i, "sim": fast}, headers=AUTH)
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+            assert http.get(f"/v1/streams/{ids[-1]}/ndjson", headers=AUTH).text.splitlines()[-1].startswith(
+                '{"type":"done"')
+        first = http.get(f"/v1/streams/{ids[0]}/ndjson", headers=AUTH)
+        assert first.status_code == 410 and first.json()["code"] == "expired"
+        last = http.get(f"/v1/streams/{ids[-1]}/ndjson", headers=AUTH)
+        assert last.status_code == 200 and last.text.count('"type":"token"') == 2000
+        evicted = gw_metric(gw, "gateway_streams_evicted_total")
+        assert evicted >= 5
+
+        # A flood of the largest answers at full speed: admitted within the bounds, the rest refused.
+        before = rss_mb(gw.proc.pid)
+
+        async def flood():
+            async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+                body = {"max_tokens": 8192, "sim": fast}
+                return await asyncio.gather(*(client.post("/v1/streams", json=body, headers=AUTH) for _ in range(200)),
+                                            client.post("/v1/streams", json={"max_tokens": 5}, headers=other))
+
+        *mine, theirs = run(flood())
+        codes = [r.status_code for r in mine]
+        # (ended ones are evicted as new ones come: more than 1.5 MB / 520 kB go through, never all)
+        assert 1 <= codes.count(201) <= 40 and codes.count(429) >= 160, sorted(codes)
+        assert {r.json()["code"] for r in mine if r.status_code == 429} <= {"too_much_kept"}
+        assert all(int(r.headers["retry-after"]) >= 1 for r in mine if r.status_code == 429)
+        assert theirs.status_code == 201  # another key still has its share
+        assert rss_mb(gw.proc.pid) - before < 40
+
+
+def gw_metric(gw, name: str) -> float:
+    for line in httpx.get(gw.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name}")
