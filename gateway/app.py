@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from .api import messages, responses
 from .auth import Auth, install_redaction
 from .chat import add_openai_routes
 from .clock import Clock
@@ -140,13 +141,11 @@ class _QuietDrops(logging.Filter):
 def _parse_after(value: str | None, name: str) -> int:
     if value is None or value == "":
         return -1
-    try:
-        after = int(value)
-    except ValueError:
-        raise Problem(400, "Bad resume point", f"{name} must be an integer, got {value[:40]!r}") from None
-    if after < -1:
-        raise Problem(400, "Bad resume point", f"{name} must be >= -1")
-    return after
+    if value == "-1":
+        return -1
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):  # int() would take "1_0", " 7", "٣"
+        raise Problem(400, "Bad resume point", f"{name} must be a seq (ASCII digits) or -1, got {value[:40]!r}")
+    return int(value)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -324,6 +323,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        code=stream.error_code, partial_text=stream.text(), tokens=stream.tokens)
 
     add_openai_routes(app, ctx)
+    app.include_router(responses.router)
+    app.include_router(messages.router)
 
     add_page(app)
 

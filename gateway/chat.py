@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from . import openapi
 from .codecs.openai import ChunkEncoder, error_object, usage
-from .guard import KEY
+from .api.start import open_stream
 from .models import ChatMessage, SimParams, StreamRequest
-from .problems import Problem
-from .registry import UnknownModel
-from .sources.base import PreStreamError
 from .transports.http import EventStream
 
 if TYPE_CHECKING:
@@ -34,6 +31,10 @@ if TYPE_CHECKING:
     from .stream import Stream, Subscriber
 
 __all__ = ["ChatRequest", "ChatEventStream", "add_openai_routes", "openai_error"]
+
+
+class Frames(Protocol):
+    def frames(self, log: EventLog, start: int, end: int) -> bytes: ...
 
 
 class StreamOptions(BaseModel):
@@ -85,10 +86,11 @@ def prompt_tokens(prompt: str) -> int:
 
 
 class ChatEventStream(EventStream):
-    """One subscriber's view of a stream as `chat.completion.chunk`s over SSE."""
+    """One subscriber's view of a stream over SSE in an LLM API's format: `encoder.frames` writes it
+    (`chat.completion.chunk`s here; Responses and Messages events in gateway/api/)."""
 
-    def __init__(self, ctx: Context, stream: Stream, sub: Subscriber, encoder: ChunkEncoder) -> None:
-        super().__init__(ctx, stream, sub, "chat")
+    def __init__(self, ctx: Context, stream: Stream, sub: Subscriber, encoder: Frames, fmt: str = "chat") -> None:
+        super().__init__(ctx, stream, sub, fmt)
         self.encoder = encoder
 
     def frames(self, log: EventLog, start: int, end: int) -> bytes:
@@ -98,30 +100,9 @@ class ChatEventStream(EventStream):
 def add_openai_routes(app: FastAPI, ctx: Context) -> None:
     started = int(time.time())
 
-    async def open_stream(request: Request) -> tuple[ChatRequest, StreamRequest, Stream] | JSONResponse:
-        """Validate and start; any refusal comes back as an OpenAI error response."""
-        try:
-            body = ChatRequest.model_validate_json(await request.body())
-            stream_request = body.stream_request()
-        except ValidationError as exc:
-            errors = [(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
-            message = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in errors)
-            return openai_error(400, message, "invalid_request", param=errors[0][0] or None)
-        try:
-            stream = await ctx.create(stream_request, True, request.scope.get(KEY))
-        except Problem as exc:
-            # OpenAI answers every invalid request with 400.
-            return openai_error(400 if exc.status == 422 else exc.status, exc.detail or exc.title,
-                                exc.extra.get("code"), retry_after=exc.retry_after)
-        except PreStreamError as exc:
-            return openai_error(exc.status, exc.detail, exc.code, retry_after=exc.retry_after)
-        except UnknownModel as exc:
-            return openai_error(404, f"The model {str(exc)!r} does not exist", "model_not_found", param="model")
-        return body, stream_request, stream
-
     @app.post("/v1/chat/completions", response_class=JSONResponse, responses=openapi.CHAT)
     async def chat_completions(request: Request):
-        opened = await open_stream(request)
+        opened = await open_stream(request, ChatRequest, ChatRequest.stream_request, openai_error)
         if isinstance(opened, JSONResponse):
             return opened
         body, stream_request, stream = opened

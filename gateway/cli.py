@@ -12,9 +12,11 @@ __all__ = ["main", "serve"]
 
 def serve(host: str | None = None, port: int | None = None) -> None:
     import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     from .app import create_app
     from .drain import DrainingServer
+    from .gate import Gate, gated
     from .settings import get_settings
 
     try:
@@ -25,12 +27,18 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                         "propagate": False}
+    # uvicorn has no header timeout or header size limit under httptools: the gate adds them in
+    # front of its parser (uvicorn's `http` option takes a protocol class); h11's own limit as well.
+    gate = Gate(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections,
+                settings.max_pending_connections, app.state.ctx.stats.refused)
     config = uvicorn.Config(
         app,
         host=host or settings.host,
         port=port or settings.port,
         loop="uvloop",
-        http="httptools",
+        http=gated(HttpToolsProtocol, gate),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_s,
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_message_bytes,
         ws_per_message_deflate=settings.ws_per_message_deflate,

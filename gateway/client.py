@@ -29,11 +29,14 @@ from websockets.asyncio.client import connect as ws_connect
 from . import backoff
 from .codecs import ndjson, sse, ws
 from .events import Done, Error, Event, Heartbeat, Meta, Reconnect, Token
+from .fallback import Fallback
 
-__all__ = ["Client", "StreamResult", "GatewayError", "Transport", "TRANSPORTS"]
+__all__ = ["Client", "StreamResult", "GatewayError", "PathRefused", "Transport", "Transports", "TRANSPORTS"]
 
 Transport = Literal["sse", "ndjson", "ws"]
 TRANSPORTS: tuple[Transport, ...] = ("sse", "ndjson", "ws")
+# "auto": WebSocket, falling back to SSE over fetch, then NDJSON, where a path refuses or kills one.
+Transports = Transport | Literal["auto"] | Sequence[Transport]
 _UNAVAILABLE = ("draining", "store_unavailable", "http_503")  # WebSocket refusals worth another replica
 _CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.ConnectError,
         websockets.ConnectionClosed, OSError)
@@ -46,6 +49,10 @@ class GatewayError(Exception):
         super().__init__(f"{status}: {problem.get('title', '')} {problem.get('detail', '')}".strip())
         self.status = status
         self.problem = problem
+
+
+class PathRefused(GatewayError):
+    """The path would not carry a transport at all: a WebSocket upgrade answered without 101."""
 
 
 @dataclass
@@ -61,6 +68,9 @@ class StreamResult:
     duplicates: int = 0
     bytes: int = 0
     last_seq: int = -1  # the last seq received (or the resume point to start from)
+    transport: str | None = None  # the transport in use (the last one, after fallbacks)
+    fallbacks: list[tuple[str, str, float]] = field(default_factory=list)  # (from, to, perf_counter())
+    cuts: list[float] = field(default_factory=list)  # perf_counter() when each cut was noticed
 
     @property
     def tokens(self) -> list[Token]:
@@ -177,7 +187,7 @@ class Client:
 
     # -- streaming ------------------------------------------------------------
 
-    async def stream(self, transport: Transport, prompt: str = "", *, resume: bool = True,
+    async def stream(self, transport: Transports, prompt: str = "", *, resume: bool = True,
                      stream_id: str | None = None, after: int = -1, **fields: Any) -> StreamResult:
         """Read a whole stream; see `events` for the arguments."""
         result = StreamResult()
@@ -186,7 +196,7 @@ class Client:
             pass
         return result
 
-    async def events(self, transport: Transport, prompt: str = "", *, resume: bool = True,
+    async def events(self, transport: Transports, prompt: str = "", *, resume: bool = True,
                      stream_id: str | None = None, after: int = -1, result: StreamResult | None = None,
                      **fields: Any) -> AsyncIterator[tuple[Event, float]]:
         """Yield (event, arrival time) until the terminal event.
@@ -197,7 +207,13 @@ class Client:
         base URL, if there are several), up to `max_resumes` times, unless
         `resume` is false. Heartbeats and reconnect requests are counted, not
         yielded.
+
+        `transport` "auto" (or a sequence) falls back down the order when the
+        path refuses a transport or cuts it before any token, twice in a row
+        (`gateway.fallback`), resuming the same stream on the next one;
+        `result.fallbacks` records each switch.
         """
+        fallback = Fallback.of(transport)
         result = result if result is not None else StreamResult()
         result.started = time.perf_counter()
         result.stream_id = stream_id
@@ -206,8 +222,10 @@ class Client:
         attempt = 0
         while True:
             delay = None  # gateway/backoff.py's, unless the server names one (a `reconnect` event)
-            refused = False
-            connection = self._connect(transport, body, result.stream_id, result.last_seq, result)
+            refused = progressed = False
+            result.transport = fallback.transport
+            opened = time.perf_counter()
+            connection = self._connect(fallback.transport, body, result.stream_id, result.last_seq, result)
             try:
                 async for event, at in connection:
                     if type(event) is Reconnect:
@@ -216,9 +234,15 @@ class Client:
                         break
                     if not result.take(event, at):
                         continue
+                    progressed = progressed or type(event) is not Meta
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return
+            except PathRefused as exc:
+                if not fallback.refused():
+                    raise exc.__cause__ or exc from None
+                result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
+                continue  # at once: nothing was streaming
             except _CUT:
                 pass  # a cut, a refused or dead replica: the backoff keeps it from spinning
             except GatewayError as exc:
@@ -228,8 +252,15 @@ class Client:
                 refused = True
             finally:
                 await connection.aclose()
-            # Cut: no terminal event. Resume if we can.
-            if not refused and (not resume or result.stream_id is None or attempt >= self.max_resumes):
+            if not refused:
+                result.cuts.append(time.perf_counter())
+            if fallback.ended(progressed, time.perf_counter() - opened):
+                result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
+                delay = 0.0  # a new transport: at once
+            # Cut: no terminal event. Resume if we can; with transports to fall back on, a connection cut
+            # before the stream's id arrived starts it again (nothing was delivered).
+            unknown = result.stream_id is None and (result.events or len(fallback.order) == 1)
+            if not refused and (not resume or unknown or attempt >= self.max_resumes):
                 return
             attempt += 1
             result.reconnects += 1
@@ -271,10 +302,26 @@ class Client:
 
     async def _ws(self, body: dict, stream_id: str | None, after: int,
                   result: StreamResult) -> AsyncIterator[tuple[Event, float]]:
-        async with ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24,
-                              open_timeout=10, ping_interval=None, additional_headers=self.headers) as sock:
+        try:
+            sock = await ws_connect(self.ws_url + "/v1/ws", compression=None, max_size=2**24, open_timeout=10,
+                                    ping_interval=None, additional_headers=self.headers)
+        except websockets.InvalidStatus as exc:
+            # A proxy's 403, or the gateway's 404 for a GET whose Upgrade a proxy stripped. A refusal
+            # of the gateway's own (auth, limits) comes back from the next transport as a GatewayError.
+            raise PathRefused(exc.response.status_code, {"title": "WebSocket upgrade refused"}) from exc
+        except websockets.InvalidHandshake as exc:
+            raise PathRefused(0, {"title": "WebSocket handshake failed", "detail": str(exc)}) from exc
+        async with sock:
             await sock.send(ws.start(**body) if stream_id is None else ws.resume(stream_id, after))
-            async for message in sock:
+            while True:
+                # The read timeout as on the HTTP transports: a silent (half-open) connection is a cut.
+                try:
+                    message = await asyncio.wait_for(sock.recv(), self.read_timeout)
+                except websockets.ConnectionClosedOK:
+                    return
+                except TimeoutError:
+                    sock.transport.abort()  # dead: no closing handshake (it would wait close_timeout, 10 s)
+                    raise
                 at = time.perf_counter()
                 result.bytes += len(message)
                 event = ws.decode(message)

@@ -27,6 +27,7 @@ ATTACH = "gateway.attach"
 ABORT = "gateway.abort"  # scope entry: drops the connection at once, buffered bytes and all
 DEFER = "gateway.defer"  # scope entry: what to run once every layer inside the edge has returned
 ATTACH_KINDS = ("sse", "ndjson", "ws")
+_EXEMPT = frozenset(("/healthz", "/metrics"))  # a full replica still answers its load balancer and monitoring
 
 
 async def refuse(exc: Problem, scope: Scope, receive: Receive, send: Send) -> None:
@@ -44,7 +45,7 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
-        if self.limit and self.open >= self.limit:
+        if self.limit and self.open >= self.limit and scope["path"] not in _EXEMPT:
             self.ctx.stats.refused["connections"] += 1
             return await refuse(Problem(503, "Too many connections", f"this process serves at most {self.limit}",
                                         retry_after=1, code="too_many_connections"), scope, receive, send)

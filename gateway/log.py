@@ -32,6 +32,11 @@ class EventLog:
     def __len__(self) -> int:
         return len(self.ends)
 
+    @property
+    def size(self) -> int:
+        """Bytes this log holds (its lines and five per event)."""
+        return len(self.lines) + 5 * len(self.ends)
+
     def append(self, kind: int, json: bytes) -> None:
         lines = self.lines
         lines += json

@@ -9,7 +9,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["Stats", "TransportStats", "TRANSPORTS"]
 
-TRANSPORTS = ("sse", "ndjson", "ws", "chat")  # chat: POST /v1/chat/completions streamed
+# chat: POST /v1/chat/completions streamed; responses: /v1/responses; messages: POST /v1/messages streamed
+TRANSPORTS = ("sse", "ndjson", "ws", "chat", "responses", "messages")
 
 
 class TransportStats:
@@ -36,6 +37,7 @@ class Stats:
         # Tokens generated after a stream's last reader left, when none came back (the detach policy's cost).
         self.wasted_tokens = 0
         self.refused: Counter[str] = Counter()  # requests refused by a limit or auth, by reason
+        self.evicted = 0  # ended streams dropped before their TTL to bound memory (gateway/registry.py)
         self.registry = CollectorRegistry()
         self.ttft = Histogram(
             "gateway_ttft_seconds", "Time from stream creation to its first token.",
@@ -102,3 +104,5 @@ class _Collector:
         for reason, n in sorted(s.refused.items()):
             refused.add_metric([reason], n)
         yield refused
+        yield CounterMetricFamily("gateway_streams_evicted", "Ended streams dropped before their TTL (memory bound).",
+                                  value=s.evicted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["SimParams", "ChatMessage", "StreamRequest", "message_text", "prompt_of"]
@@ -52,6 +53,10 @@ def prompt_of(messages: list[ChatMessage]) -> str:
     return "\n\n".join(f"{m.role}: {message_text(m)}" for m in messages)
 
 
+def _opaque(obj: Any) -> None:
+    return None
+
+
 class StreamRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -62,6 +67,17 @@ class StreamRequest(BaseModel):
     sim: SimParams = Field(default_factory=SimParams)
     # A conversation instead of `prompt`: relays send it as is, the simulated model reads `prompt_of` it.
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        # JSON may carry lone UTF-16 surrogates ("\ud800"): no text, and no UTF-8 encoding for them
+        # (a prompt that cannot be encoded or relayed). One encode of the body finds any, anywhere.
+        try:
+            orjson.dumps(data, default=_opaque)  # (objects given in Python are not looked into)
+        except TypeError:
+            raise ValueError("the request holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text") from None
+        return data
 
     @model_validator(mode="after")
     def _prompt_from_messages(self) -> StreamRequest:

@@ -17,7 +17,7 @@ from starlette.types import Scope
 from .settings import Settings
 
 __all__ = ["install", "allowed", "SEQ", "CREATE", "STATUS", "CANCEL", "ATTACH", "ONE_SHOT", "COMPLETE", "OPEN",
-           "METRICS", "CHAT", "MODEL"]
+           "METRICS", "CHAT", "MODEL", "RESPONSES", "RESPONSE", "RESPONSE_CANCEL", "MESSAGES"]
 
 # A resume point: what parses (anything else is a 400, documented too).
 SEQ = {"pattern": "^(-1|[0-9]{1,18})$"}
@@ -46,6 +46,19 @@ class OpenAIError(BaseModel):
     """The OpenAI-compatible routes answer errors as OpenAI does (application/json)."""
 
     error: OpenAIErrorBody
+
+
+class AnthropicErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """`POST /v1/messages` answers errors as Anthropic does (application/json)."""
+
+    type: str
+    error: AnthropicErrorBody
 
 
 class Links(BaseModel):
@@ -132,6 +145,23 @@ CHAT: dict = {200: {"description": "A chat.completion, or chat.completion.chunk 
                     "content": {"text/event-stream": {"schema": {}}}},  # chunks, then the string [DONE]
               **_openai(400, 404, 413, 502, 504, "4XX", "5XX")}
 MODEL: dict = _openai(404)
+_RESPONSE = {"description": "A response object (OpenAI Responses API)", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["id", "object", "status", "output"],
+    "properties": {"object": {"const": "response"}, "status": {"type": "string"}, "output": {"type": "array"}}}}}}
+RESPONSES: dict = {200: {**_RESPONSE, "description": "The response, or its Responses events with stream: true",
+                         "content": {**_RESPONSE["content"], "text/event-stream": {"schema": {}}}},
+                   **_openai(400, 404, 413, 502, 504, "4XX", "5XX")}
+RESPONSE: dict = {200: {**_RESPONSE, "description": "The response so far, or its events after starting_after",
+                        "content": {**_RESPONSE["content"], "text/event-stream": {"schema": {}}}},
+                  **_openai(400, 404, 409, 410, 422)}
+RESPONSE_CANCEL: dict = {200: _RESPONSE, **_openai(404, 410)}
+MESSAGES: dict = {200: {"description": "A message, or Messages events (text/event-stream) with stream: true",
+                        "content": {"text/event-stream": {"schema": {}}}},
+                  **{s: {"model": AnthropicError, "description": _WHY[s]}
+                     for s in (400, 404, 413, 502, 504, "4XX", "5XX", 401, 429, 503)}}
+for _response in MESSAGES.values():  # the guard and the router answer problems
+    if "model" in _response:
+        _response["content"] = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -142,17 +172,19 @@ def install(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is None:
             schema = build()
             components = schema["components"]["schemas"]
-            chat = schema["paths"].get("/v1/chat/completions", {}).get("post")
-            if chat is not None:  # the route parses its own body (to answer errors as OpenAI does)
-                from .chat import ChatRequest
-
-                body = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            for path, model, limited in _bodies():
+                operation = schema["paths"].get(path, {}).get("post")
+                if operation is None:
+                    continue
+                # The route parses its own body (to answer errors in its API's shape).
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(body.pop("$defs", {}))
-                body["properties"]["max_tokens"]["anyOf"][0]["maximum"] = settings.max_tokens_limit
-                body["properties"]["max_completion_tokens"]["anyOf"][0]["maximum"] = settings.max_tokens_limit
-                components["ChatRequest"] = body
-                chat["requestBody"] = {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ChatRequest"}}}}
+                for name in limited:
+                    field = body["properties"][name]
+                    (field["anyOf"][0] if "anyOf" in field else field)["maximum"] = settings.max_tokens_limit
+                components[model.__name__] = body
+                operation["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
             # prompt or messages, not both (a model validator says so; the schema says it too)
             components["StreamRequest"]["not"] = {
                 "required": ["prompt", "messages"],
@@ -181,6 +213,17 @@ def install(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _bodies() -> list[tuple[str, type[BaseModel], tuple[str, ...]]]:
+    """Routes that parse their own bodies: (path, body model, fields capped at max_tokens_limit)."""
+    from .api.messages import MessagesRequest
+    from .api.responses import ResponsesRequest
+    from .chat import ChatRequest
+
+    return [("/v1/chat/completions", ChatRequest, ("max_tokens", "max_completion_tokens")),
+            ("/v1/responses", ResponsesRequest, ("max_output_tokens",)),
+            ("/v1/messages", MessagesRequest, ("max_tokens",))]
 
 
 def allowed(app: FastAPI, scope: Scope) -> str:

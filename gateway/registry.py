@@ -31,6 +31,10 @@ class UnknownModel(LookupError):
     pass
 
 
+TOKEN_BYTES = 64  # what a token event may take in a stream's log, for admission (a word is ~45)
+ALL = object()
+
+
 def _too_many(stats: Stats, limit: int) -> Problem:
     stats.refused["streams"] += 1
     return Problem(429, "Too many streams", f"this key has {limit} streams generating already",
@@ -48,6 +52,9 @@ class Registry:
         self.sources.update(build_sources(settings.models, settings.idle_timeout_s))
         self.journal = Journal(settings)
         self.running: Counter[str | None] = Counter()  # streams generating, by owner key id
+        # Bytes of events kept (as of the last sweep) plus what running streams may still add, by key.
+        self.kept: Counter[str | None] = Counter()
+        self.committed: Counter[str | None] = Counter()
         self.reclaim_at = float("inf")  # next full GC and malloc_trim, on the sweep
 
     def start(self) -> None:
@@ -78,6 +85,8 @@ class Registry:
         limit = self.settings.streams_per_key
         if limit and self.running.get(owner_key, 0) >= limit:
             raise _too_many(self.stats, limit)
+        budget = request.max_tokens * TOKEN_BYTES + 1024
+        self._admit(owner_key, budget)
         stream = Stream(
             secrets.token_urlsafe(18),  # 144 random bits: ids are unguessable
             name,
@@ -88,6 +97,8 @@ class Registry:
             owner_key=owner_key,
         )
         stream.leave_cancels = one_shot and self.settings.disconnect == "cancel"
+        stream.budget = budget
+        self.committed[owner_key] += budget
         self.stats.active_streams += 1
         self.running[owner_key] += 1
         try:
@@ -120,6 +131,9 @@ class Registry:
         self.store.release(stream)
 
     def _uncount(self, stream: Stream) -> None:
+        key = stream.owner_key
+        self.committed[key] -= stream.budget
+        self.kept[key] += stream.log.size  # it stays kept (for resume) until evicted or expired
         self.stats.active_streams -= 1
         left = self.running[stream.owner_key] - 1
         if left > 0:
@@ -157,12 +171,34 @@ class Registry:
             sub.abort()  # wakes the blocked write; the transport then detaches as usual
         sub.wake()
 
+    def _admit(self, key: str | None, budget: int) -> None:
+        """Room for a new stream's events, within the process's and the key's bounds; raises Problem."""
+        s = self.settings
+        total, per_key = s.max_kept_bytes, s.max_kept_bytes_per_key
+        for bound, used, scope in ((per_key, lambda: self.kept[key] + self.committed[key], key),
+                                   (total, lambda: sum(self.kept.values()) + sum(self.committed.values()), ALL)):
+            if not bound or used() + budget <= bound:
+                continue
+            for stream in self.store.evict(used() + budget - bound, None if scope is ALL else key):
+                self.kept[stream.owner_key] -= stream.log.size
+                self.stats.evicted += 1
+            if used() + budget > bound:
+                self.stats.refused["kept_bytes"] += 1
+                if scope is ALL:
+                    raise Problem(503, "Over capacity", "this replica keeps as many stream events as it may: "
+                                  "try again soon, or another replica", retry_after=1, code="over_capacity")
+                raise Problem(429, "Too much kept", "this key's streams hold as many events as it may keep: "
+                              "let some end or expire", retry_after=1, code="too_much_kept")
+
     def sweep(self, now: float) -> None:
         s = self.settings
         heartbeat, idle, grace = s.heartbeat_s, s.idle_timeout_s, s.detach_grace_s
         send_timeout, max_lag = s.send_timeout_s, s.max_lag_bytes
+        kept: Counter[str | None] = Counter()
         for stream in self.store.local():
             size = len(stream.log.lines)
+            if not stream.running:
+                kept[stream.owner_key] += stream.log.size
             for sub in stream.subs:
                 if sub.sending and not sub.gone:
                     if sub.sending != sub.blocked:  # a write the sweep has not seen blocked before
@@ -188,9 +224,10 @@ class Registry:
                 gen.cancel()
                 stream.fail("upstream_timeout", f"no output from the model for {idle:g} s", True)
                 continue
-            if not stream.subs and stream.detached_since is not None and now - stream.detached_since >= grace:
+            if not stream.subs and not stream.keep and stream.detached_since is not None and now - stream.detached_since >= grace:
                 stream.cancel("detached")
         self.store.sweep(now)
+        self.kept = kept  # (streams the store dropped just now are counted until the next sweep)
         if now >= self.reclaim_at:  # cycles freed, heap pages returned (gateway/memory.py)
             self.reclaim_at = now + s.reclaim_s
             memory.reclaim()

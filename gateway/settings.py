@@ -14,8 +14,9 @@ __all__ = ["Settings", "ModelSpec", "get_settings"]
 class ModelSpec(BaseModel):
     """A model served by relaying an upstream (see gateway/sources/relay.py)."""
 
-    kind: Literal["openai", "ollama"]
-    base_url: str  # OpenAI-compatible: up to and with /v1; Ollama: the server root
+    # openai: chat completions; responses: OpenAI's Responses API (relayed with resume); ollama: /api/chat
+    kind: Literal["openai", "ollama", "responses"]
+    base_url: str  # OpenAI-compatible and Responses: up to and with /v1; Ollama: the server root
     api_key: str | None = None
     upstream_model: str | None = None  # the name the upstream knows it by; default the gateway's name
     connect_timeout_s: float = Field(10.0, gt=0)
@@ -93,6 +94,21 @@ class Settings(BaseSettings):
     rate_per_key: float = Field(0.0, ge=0)  # requests per second, with a burst of twice that
     streams_per_key: int = Field(0, ge=0)  # streams generating at once
     max_connections: int = Field(10_000, ge=0)  # requests and WebSockets in flight per process
+    # The connection gate (gateway/gate.py), in front of the HTTP parser: a request head must come
+    # whole within `header_timeout_s` (else 408) and within `max_header_bytes` (else 431); at most
+    # `max_pending_connections` connections may be sending heads (the oldest is closed for a new one),
+    # and connections are counted from accept: over max_connections + max_pending_connections, 503.
+    header_timeout_s: float = Field(10.0, ge=0)
+    max_header_bytes: int = Field(32_768, ge=1024)
+    max_pending_connections: int = Field(1_000, ge=1)
+    # Memory for streams' events (gateway/registry.py): what this process keeps, all keys and per key.
+    # A new stream is admitted against what it may still add (max_tokens x ~64 bytes); over the bound
+    # the oldest ended streams nobody reads are dropped first (a later resume gets 410), then new
+    # streams are refused (503 over_capacity, or 429 for a key over its share). 0 switches one off.
+    max_kept_bytes: int = Field(512 * 1_048_576, ge=0)
+    max_kept_bytes_per_key: int = Field(128 * 1_048_576, ge=0)
+    # uvicorn closes a keep-alive connection idle this long between requests.
+    keep_alive_s: float = Field(5.0, gt=0)
     clients_per_stream: int = Field(1_000, ge=0)
     ws_messages_per_s: float = Field(20.0, ge=0)  # control messages per WebSocket, burst twice that
     # Slow consumers: a connection whose write has been blocked this long, or while the stream

@@ -33,7 +33,7 @@ __all__ = ["Stream", "Subscriber", "set_write_window", "RUNNING", "DONE", "FAILE
 log = logging.getLogger("gateway.stream")
 
 RUNNING, DONE, FAILED = "running", "done", "error"
-RESUMABLE = ("sse", "ndjson", "ws")  # transports whose clients can resume elsewhere (not chat, complete)
+RESUMABLE = ("sse", "ndjson", "ws", "responses")  # clients that can resume elsewhere (not chat, messages)
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
 
@@ -159,8 +159,10 @@ class Stream:
         self.drop_after = drop_after
         self.info = info or {}
         self.detached_since: float | None = now
+        self.keep = False  # generate to the end with no client attached (no detach grace): Responses background
         # A lost connection stops the generation at once (else the grace applies): set by the registry.
         self.leave_cancels = False
+        self.budget = 0  # bytes of events admitted for it (the registry's memory bound)
         self.left_at: int | None = None  # tokens when the last reader left (None: one is attached)
         self.wasted = 0  # tokens generated after the last reader left, for nobody who came back
         self.ended_at: float | None = None

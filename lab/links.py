@@ -17,6 +17,8 @@ works on HTTP, not bytes. So the lab relays bytes itself, per connection:
 - half-open: after `dead_after_s` nothing is forwarded either way and nothing
   is closed (no FIN, no RST) until the relay stops or `hold_s` has passed;
   a new connection works again, like a phone that changed networks.
+  `Relay.break_all()` (SIGUSR1 to `python -m lab.links`) does it to every open
+  connection at once, on any profile, for a break at a known moment.
 
 The schedule runs on each connection's own clock, from its accept, so a client
 that reconnects gets a fresh link and a test knows when the impairment hits.
@@ -28,12 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import socket
 import struct
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 __all__ = ["Profile", "PROFILES", "Relay", "main"]
 
@@ -142,6 +145,7 @@ class _Connection:
     def __init__(self, profile: Profile, started: float) -> None:
         self.profile = profile
         self.started = started
+        self.broken = asyncio.Event()  # set by Relay.break_all(): go silent now
 
     def dead_at(self, now: float) -> bool:
         return bool(self.profile.dead_after_s) and now - self.started >= self.profile.dead_after_s
@@ -172,6 +176,7 @@ class _Stats:
     accepted: int = 0
     resets: int = 0
     half_open: int = 0
+    breaks: list[float] = field(default_factory=list)  # perf_counter() of each break_all()
 
 
 class Relay:
@@ -185,6 +190,7 @@ class Relay:
         self.stats = _Stats()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._open: set[_Connection] = set()
 
     @property
     def url(self) -> str:
@@ -211,6 +217,14 @@ class Relay:
             await self._server.wait_closed()
             self._server = None
 
+    def break_all(self) -> int:
+        """Every open connection goes silent now (no FIN, no RST), as when a phone changes networks;
+        connections made afterwards work. The number broken."""
+        self.stats.breaks.append(time.perf_counter())
+        for conn in self._open:
+            conn.broken.set()
+        return len(self._open)
+
     async def serve_forever(self) -> None:
         await self.start()
         assert self._server is not None
@@ -224,6 +238,7 @@ class Relay:
     async def _relay(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         self.stats.accepted += 1
         conn = _Connection(self.profile, time.monotonic())
+        self._open.add(conn)
         u_writer: asyncio.StreamWriter | None = None
         reset = False
         try:
@@ -241,6 +256,7 @@ class Relay:
         except OSError:
             pass
         finally:
+            self._open.discard(conn)
             for w in (c_writer, u_writer):
                 if w is not None:
                     _reset(w) if reset else w.transport.abort()
@@ -251,17 +267,23 @@ class Relay:
         cutoffs = [x for x in (p.reset_every_s, p.dead_after_s) if x]
         deadline = conn.started + min(cutoffs) if cutoffs else None
         deliveries = set(tasks[1::2])
-        pending = set(tasks)
-        while deliveries & pending:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
-            if any(not t.cancelled() and t.exception() is not None for t in done):
-                return False  # a side reset or failed: drop the other one too
-            if not done:
-                break  # the schedule cuts in
-        else:
-            return False
-        if p.reset_every_s and (not p.dead_after_s or p.reset_every_s <= p.dead_after_s):
+        breaker = asyncio.create_task(conn.broken.wait())
+        pending = {*tasks, breaker}
+        try:
+            while deliveries & pending:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if breaker in done:
+                    break  # silent from now on
+                if any(not t.cancelled() and t.exception() is not None for t in done):
+                    return False  # a side reset or failed: drop the other one too
+                if not done:
+                    break  # the schedule cuts in
+            else:
+                return False
+        finally:
+            breaker.cancel()
+        if not conn.broken.is_set() and p.reset_every_s and (not p.dead_after_s or p.reset_every_s <= p.dead_after_s):
             self.stats.resets += 1
             return True
         self.stats.half_open += 1
@@ -291,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         await relay.start()
+        # SIGUSR1: every open connection goes silent now (the half-open break, on demand).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, relay.break_all)
         print(f"{profile.name} ({profile.describe()}) on {relay.url} -> {args.upstream}", flush=True)
         assert relay._server is not None
         await relay._server.serve_forever()

@@ -1,1 +1,1 @@
-"""Load tests: Locust users per transport (locustfile.py) on a blocking streaming client (streaming.py)."""
+"""The tools beside the server: the proxy lab, the path probe, the comparison, Locust users, benchmarks."""

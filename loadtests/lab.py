@@ -32,7 +32,7 @@ from lab.links import PROFILES  # the lab's folder beside the package (a source 
 from .procs import ROOT, find_tool, free_port
 
 __all__ = ["Lab", "Proxy", "PROXIES", "GATEWAYS", "LAB_DIR", "VARIABLES", "render", "find_tool", "measure", "run",
-           "self_signed"]
+           "prepare", "serve_path", "self_signed"]
 
 LAB_DIR = ROOT / "lab"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -210,24 +210,13 @@ class Lab:
         for p in proxies:
             port = self._port(p.offset)
             upstreams = [f"{self.host}:{ports[g]}" for g in p.upstreams]
+            run_dir = tmp / p.name
+            argv = prepare(p, f"{self.host}:{port}", upstreams, self.read_timeout, run_dir, self.host)
             if p.tool == "relay":
-                argv = [sys.executable, "-m", "lab.links", p.config, "--listen", f"{self.host}:{port}",
-                        "--upstream", upstreams[0]]
                 self.urls[p.name] = self._spawn(p.name, argv, port, "/healthz", 0, cwd=ROOT, env=env,
                                                 stdout=subprocess.DEVNULL)
-                continue
-            run_dir = tmp / p.name
-            run_dir.mkdir()
-            if p.tls:
-                self_signed(run_dir, self.host)
-            text = render(p.config, LISTEN=f"{self.host}:{port}", UPSTREAM=upstreams[0],
-                          UPSTREAM_B=upstreams[-1], READ_TIMEOUT=self.read_timeout, RUN_DIR=str(run_dir))
-            conf = run_dir / Path(p.config).name
-            conf.write_text(text)
-            tool = find_tool(p.tool)
-            argv = ([tool, "-p", str(run_dir), "-c", str(conf), "-e", "stderr"] if p.tool == "nginx"
-                    else [tool, "-db", "-f", str(conf)])
-            self.urls[p.name] = self._spawn(p.name, argv, port, "/healthz", 0, "https" if p.tls else "http")
+            else:
+                self.urls[p.name] = self._spawn(p.name, argv, port, "/healthz", 0, "https" if p.tls else "http")
         self._wait(timeout)
 
     def _wait(self, timeout: float) -> None:
@@ -274,6 +263,37 @@ class Lab:
                 rows.append((p.name, "-", f"not started: {self.skipped[p.name]}"))
         width = [max(len(r[i]) for r in rows) for i in range(2)]
         return "\n".join(f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows)
+
+
+def prepare(proxy: Proxy, listen: str, upstreams: list[str], read_timeout: str, run_dir: Path,
+            cert_ip: str = "127.0.0.1") -> list[str]:
+    """One path, ready to run: its configuration rendered into `run_dir` (and a certificate for a TLS
+    path); returns the command that runs it. The local lab and the containers (`python -m loadtests
+    path`) both start a path this way."""
+    if proxy.tool == "relay":
+        return [sys.executable, "-m", "lab.links", proxy.config, "--listen", listen, "--upstream", upstreams[0]]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if proxy.tls:
+        self_signed(run_dir, cert_ip)
+    text = render(proxy.config, LISTEN=listen, UPSTREAM=upstreams[0], UPSTREAM_B=upstreams[-1],
+                  READ_TIMEOUT=read_timeout, RUN_DIR=str(run_dir))
+    conf = run_dir / Path(proxy.config).name
+    conf.write_text(text)
+    tool = find_tool(proxy.tool)
+    if tool is None:
+        raise RuntimeError(f"{proxy.tool} is not installed")
+    return ([tool, "-p", str(run_dir), "-c", str(conf), "-e", "stderr"] if proxy.tool == "nginx"
+            else [tool, "-db", "-f", str(conf)])
+
+
+def serve_path(name: str, listen: str, upstreams: list[str], read_timeout: str, run_dir: Path) -> None:
+    """Become one lab path (exec its proxy or relay): a container of compose.yaml runs this."""
+    proxy = next((p for p in PROXIES if p.name == name), None)
+    if proxy is None:
+        raise ValueError(f"unknown lab path {name!r}; known: {[p.name for p in PROXIES]}")
+    argv = prepare(proxy, listen, upstreams, read_timeout, run_dir)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
 
 
 def self_signed(directory: Path, host: str = "127.0.0.1") -> None:

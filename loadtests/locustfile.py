@@ -13,10 +13,14 @@ User classes (pick on the command line, in the UI with --class-picker, or by tag
     SsePostUser (tag sse_post)  POST /v1/sse (fetch style)
     NdjsonUser  (tag ndjson)    POST /v1/ndjson
     WsUser      (tag ws)        WS /v1/ws, `start` message
+    AutoUser    (tag auto)      WebSocket, falling back to SSE over fetch, then NDJSON, where the path refuses
+                                or kills one (gateway/fallback.py); Type `auto`
+    ResponsesUser (tag responses) POST /v1/responses (stream, background: OpenAI's Responses API)
     CompleteUser (tag complete) POST /v1/complete, the non-streamed baseline
-    Resume after a cut as gateway/client.py does: SSE `Last-Event-ID`, NDJSON `?after=`, WS `resume`.
+    Resume after a cut as gateway/client.py does: SSE `Last-Event-ID`, NDJSON `?after=`, WS `resume`;
+    Responses: GET /v1/responses/{id}?stream=true&starting_after=<seq + 3>.
 
-Stats rows (CSV `PREFIX_stats.csv`): Type = the transport (sse_get, sse_post, ndjson, ws, complete),
+Stats rows (CSV `PREFIX_stats.csv`): Type = the transport (sse_get, sse_post, ndjson, ws, responses, complete),
 Name = the metric, times in ms:
     ttft         request start (for sse_get: before POST /v1/streams) to the first token's arrival;
                  for `complete`, the whole response (the first token is seen with the last)
@@ -30,6 +34,7 @@ Name = the metric, times in ms:
                  "error: <code>" (in-band error event), "cut: <why>" (ended without a terminal event,
                  not resumable), "gap: ...", "duplicate: ...", "text: ..." (not the expected text or sha256)
     gap          a failure per missing seq range; duplicate: a failure per seq delivered twice
+    fallback A->B  (AutoUser) one per switch of transport: the time from the request start to the switch
     stream_slow, stream_stalled   the slow-reader scenario's slow and non-reading users (their own rows,
                  so they do not mix with the normal readers' ttft and inter_token)
 
@@ -72,8 +77,8 @@ Scenarios (one shape class, ScenarioShape, reads --scenario; -u is the user coun
     reconnection  the gateway cuts each stream (--drop-rate) after a random token; users resume and must
                   end with the exact expected text: any gap, duplicate or text failure shows
     proxy         steady load against --target (a proxy's URL or a lab path name); run once per path
-    mixed         all five classes (or those named or tagged) at once, by their weights (3 sse_post, 3 ws,
-                  2 sse_get, 2 ndjson, 1 complete), all started at once
+    mixed         all six classes (or those named or tagged) at once, by their weights (3 sse_post, 3 ws,
+                  2 sse_get, 2 ndjson, 2 responses, 1 complete), all started at once
     slow          a share of each transport's users (--slow-share), spread evenly, in turn read at
                   --slow-read-bps or stop reading for --stall-s (then leave)
 """
@@ -303,6 +308,8 @@ class StreamUser(GatewayUser):
         self.refused(failure)
 
     def finish(self, body: dict, run: Run, failure: str | None, at_end: float) -> None:
+        for old, new, at in run.fallbacks:  # the time from the start to giving up on a transport
+            self.fire(f"fallback {old}->{new}", at - run.started)
         for _ in range(run.gaps):
             self.fire("gap", 0, failure="gap: events missing (a seq was skipped)")
         for _ in range(run.duplicates):
@@ -365,6 +372,17 @@ class WsUser(StreamUser):
         self.one_stream()
 
 
+class AutoUser(StreamUser):
+    """WebSocket, falling back to SSE over fetch, then NDJSON where the path refuses or kills one."""
+    transport = "auto"
+    weight = 1
+
+    @tag("auto")
+    @task
+    def auto(self) -> None:
+        self.one_stream()
+
+
 class CompleteUser(GatewayUser):
     """The non-streamed baseline: the first token is seen only with the whole answer."""
     transport = "complete"
@@ -395,7 +413,18 @@ class CompleteUser(GatewayUser):
         self.refused(failure)
 
 
-STREAMING = [SseGetUser, SsePostUser, NdjsonUser, WsUser]
+class ResponsesUser(StreamUser):
+    """OpenAI's Responses API: a streamed background response, resumed with `starting_after` (seq + 3)."""
+    transport = "responses"
+    weight = 2
+
+    @tag("responses")
+    @task
+    def responses(self) -> None:
+        self.one_stream()
+
+
+STREAMING = [SseGetUser, SsePostUser, NdjsonUser, WsUser, ResponsesUser]
 MIXED = [*STREAMING, CompleteUser]
 
 
@@ -410,7 +439,7 @@ def _tagged(user_class, options) -> bool:
 
 
 # Users when the form or the command line gave none (the web UI sends 0 once a shape class is picked).
-SHAPE_DEFAULT_USERS = {"throughput": 50, "mixed": 11}
+SHAPE_DEFAULT_USERS = {"throughput": 50, "mixed": 13}
 SHAPE_DEFAULT = 10
 
 

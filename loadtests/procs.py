@@ -23,7 +23,7 @@ from typing import IO, Any
 import httpx
 
 __all__ = ["ROOT", "free_port", "stop", "spawn", "kill_group", "run", "find_tool", "wait_http", "wait_port",
-           "ProcStat", "proc_stat", "scrape", "GatewayView", "GatewayProcess", "RedisServer"]
+           "ProcStat", "proc_stat", "proc_wait", "scrape", "GatewayView", "GatewayProcess", "RedisServer"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: the lab's configurations, the locustfile
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -140,6 +140,12 @@ def proc_stat(pid: int) -> ProcStat:
     with open(f"/proc/{pid}/statm", "rb") as f:
         rss = int(f.read().split()[1]) * _PAGE
     return ProcStat(cpu, rss, time.monotonic())
+
+
+def proc_wait(pid: int) -> float:
+    """Seconds the process's main thread spent runnable but waiting for a CPU (other load)."""
+    with open(f"/proc/{pid}/schedstat", "rb") as f:
+        return int(f.read().split()[1]) / 1e9
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -9,37 +9,14 @@ for `--seconds`, opens the tab in headless Chromium and saves a screenshot.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
+from contextlib import ExitStack
 
-import httpx
+from .procs import ROOT, GatewayProcess, free_port, kill_group, spawn, wait_http
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,18 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("locust_args", nargs="*", help="after --: more Locust arguments")
     args = parser.parse_args(argv)
     extra = args.locust_args or ["-u", "24", "-r", "12", "--drop-rate", "0.2", "--max-tokens", "120"]
-    gw_port, web_port = _port(), _port()
-    procs = []
-    try:
-        gw = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(gw_port)], cwd=ROOT,
-                              env={**os.environ, "GATEWAY_LOG_LEVEL": "warning"})
-        procs.append(gw)
-        _wait(f"http://127.0.0.1:{gw_port}/healthz", gw)
-        ui = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
-                               "--host", f"http://127.0.0.1:{gw_port}", "--autostart", "--web-host", "127.0.0.1",
-                               "--web-port", str(web_port), "--loglevel", "WARNING", *extra], cwd=ROOT)
-        procs.append(ui)
-        _wait(f"http://127.0.0.1:{web_port}/transports", ui)
+    web_port = free_port()
+    with ExitStack() as stack:
+        gw = stack.enter_context(GatewayProcess())
+        ui = spawn([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
+                    "--host", gw.url, "--autostart", "--web-host", "127.0.0.1",
+                    "--web-port", str(web_port), "--loglevel", "WARNING", *extra], cwd=ROOT)
+        stack.callback(kill_group, ui)
+        wait_http(f"http://127.0.0.1:{web_port}/transports", ui, timeout=30)
         time.sleep(args.seconds)
         from playwright.sync_api import sync_playwright
 
@@ -74,13 +47,6 @@ def main(argv: list[str] | None = None) -> int:
             page.screenshot(path=args.out, full_page=True)
             browser.close()
         print(f"saved {args.out}")
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     return 0
 
 

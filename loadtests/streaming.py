@@ -31,7 +31,7 @@ import http.client
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -44,14 +44,19 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from gateway import backoff
-from gateway.client import GatewayError, StreamResult, _check
+from gateway.client import GatewayError, PathRefused, StreamResult, _check
 from gateway.codecs import ndjson, sse, ws
-from gateway.events import Done, Error, Event, Token
+from gateway.codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
+from gateway.events import Done, Error, Event, Meta, Token
+from gateway.fallback import Fallback
 
-__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body"]
+__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body", "responses_body"]
 
-# sse_get attaches by id, as EventSource does; the others create and stream in one request.
-TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+# sse_get attaches by id, as EventSource does; the others create and stream in one request. responses:
+# OpenAI's Responses API (a background response, resumed with starting_after = seq + 3).
+# "auto": WebSocket, falling back to SSE over fetch, then NDJSON (gateway.fallback), as the page does.
+TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws", "responses", "auto")
+AUTO = ("ws", "sse_post", "ndjson")
 # Chromium's EventSource reconnection time when the server sends no `retry:`.
 EVENTSOURCE_DEFAULT_RETRY_MS = 3000
 _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
@@ -60,8 +65,7 @@ _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTT
 
 @dataclass
 class Run(StreamResult):
-    """A StreamResult plus when each cut was noticed (perf_counter), for the time to resume."""
-    cuts: list[float] = field(default_factory=list)
+    """A StreamResult plus why the last connection failed."""
     cause: str | None = None  # the last I/O error, if a connection failed
     client_cuts: int = 0  # connections the client closed itself (`cut_after`)
     waited: float = 0.0  # seconds spent waiting before reconnects (retry or backoff)
@@ -105,15 +109,20 @@ class StreamClient:
         """
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; one of {TRANSPORTS}")
+        fallback = Fallback.of(AUTO if transport == "auto" else transport)
         run.started = time.perf_counter()
         if transport == "sse_get":
             run.stream_id = self.create(body)
         while True:
-            connection = self._connect(transport, body, run.stream_id, run.last_seq, run)
+            progressed = False
+            run.transport = fallback.transport
+            opened = time.perf_counter()
+            connection = self._connect(fallback.transport, body, run.stream_id, run.last_seq, run)
             try:
                 for event, at in connection:
                     if not run.take(event, at):  # a heartbeat or a duplicate
                         continue
+                    progressed = progressed or type(event) is not Meta
                     yield event, at
                     if isinstance(event, (Done, Error)):
                         return
@@ -122,6 +131,11 @@ class StreamClient:
                         run.client_cuts += 1
                         self._abrupt = True
                         break
+            except PathRefused:
+                if not fallback.refused():
+                    raise
+                run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
+                continue  # at once: nothing was streaming
             except _CUT as exc:
                 run.cause = f"{type(exc).__name__}: {exc}"[:200]
             finally:
@@ -129,10 +143,16 @@ class StreamClient:
                 self._abrupt = False
             # Cut: no terminal event. Resume after the last seq seen, as gateway.client does.
             run.cuts.append(time.perf_counter())
-            if run.stream_id is None or run.reconnects >= self.max_resumes:
+            switched = fallback.ended(progressed, time.perf_counter() - opened)
+            if switched:
+                run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
+            # With transports to fall back on, a connection cut before the stream's id arrived starts again.
+            unknown = run.stream_id is None and (run.events or len(fallback.order) == 1)
+            if unknown or run.reconnects >= self.max_resumes:
                 return
             run.reconnects += 1
-            wait = self.retry_ms / 1000 if transport == "sse_get" else backoff.delay(run.reconnects)
+            wait = (0.0 if switched else self.retry_ms / 1000 if transport == "sse_get"
+                    else backoff.delay(run.reconnects))
             run.waited += wait
             time.sleep(wait)  # gevent's, under Locust
 
@@ -142,6 +162,12 @@ class StreamClient:
                  run: Run) -> Iterator[tuple[Event, float]]:
         if transport == "ws":
             return self._ws(body, stream_id, after, run)
+        if transport == "responses":
+            decoder = EventDecoder()
+            if stream_id is None:
+                return self._http("POST", "/v1/responses", decoder, run, json=responses_body(body))
+            return self._http("GET", f"/v1/responses/{RESPONSE_PREFIX}{stream_id}", decoder, run,
+                              params={"stream": "true", "starting_after": after + OFFSET})
         decoder = ndjson.Decoder() if transport == "ndjson" else sse.Decoder()
         fmt = "ndjson" if transport == "ndjson" else "sse"
         if stream_id is None:
@@ -153,7 +179,7 @@ class StreamClient:
         params = {"after": after} if after >= 0 else {}
         return self._http("GET", f"/v1/streams/{stream_id}/ndjson", decoder, run, params=params)
 
-    def _http(self, method: str, path: str, decoder: sse.Decoder | ndjson.Decoder, run: Run,
+    def _http(self, method: str, path: str, decoder: sse.Decoder | ndjson.Decoder | EventDecoder, run: Run,
               eventsource: bool = False, **kw: Any) -> Iterator[tuple[Event, float]]:
         r = self.session.request(method, self.base_url + path, stream=True,
                                  timeout=(10, self.read_timeout), **kw)
@@ -238,7 +264,10 @@ class WsConnection:
             self._read()
         exc = self.protocol.handshake_exc
         if isinstance(exc, InvalidStatus):  # the upgrade was refused (or a proxy did not pass it on)
-            _check(exc.response.status_code, exc.response.body or b"")
+            try:
+                _check(exc.response.status_code, exc.response.body or b"")
+            except GatewayError as refused:
+                raise PathRefused(refused.status, refused.problem) from exc
         if exc is not None:
             raise exc
 
@@ -299,6 +328,12 @@ def post_complete(session: requests.Session, base_url: str, body: dict[str, Any]
     r = session.post(base_url.rstrip("/") + "/v1/complete", json=body, timeout=(10, timeout))
     _check(r.status_code, r.content)
     return orjson.loads(r.content), len(r.content)
+
+
+def responses_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A stream request as a streamed background Responses request (seed and sim as extensions)."""
+    return {"model": body.get("model", "sim"), "input": body["prompt"], "max_output_tokens": body["max_tokens"],
+            "stream": True, "background": True, "seed": body["seed"], "sim": body["sim"]}
 
 
 def request_body(prompt_bytes: int, max_tokens: int, seed: int, **sim: Any) -> dict[str, Any]:

@@ -46,6 +46,68 @@ MUTANTS = [
     Mutant("skip-one", "gateway/stream.py", "Subscriber(after + 1,", "Subscriber(after + 2 if after >= 0 else 0,",
            ("tests/test_streams.py::test_resume_on_another_transport",),
            "a resume skips the first event after the resume point (a gap)"),
+    Mutant("direct-http-late", "gateway/transports/direct.py",
+           "if flow.write_paused or cycle.disconnected or cycle.response_complete:",
+           "if flow.write_paused or cycle.disconnected:",
+           ("tests/test_direct.py",), "the HTTP direct writer writes after the response completed"),
+    Mutant("direct-ws-after-close", "gateway/transports/direct.py", "proto.disconnected or proto.close_sent or",
+           "proto.disconnected or", ("tests/test_direct.py",), "the WebSocket direct writer writes after the close"),
+    Mutant("seed-ignored", "gateway/sources/simulated.py", 'f"{seed}\\0{max_tokens}\\0{prompt}"',
+           'f"0\\0{max_tokens}\\0{prompt}"',
+           ("tests/test_golden.py", "tests/test_streams.py::test_seed_and_prompt_change_the_text"),
+           "the simulated model ignores the seed"),
+    Mutant("corpus-split", "gateway/sources/simulated.py", "_MAX_PIECE = 6", "_MAX_PIECE = 7",
+           ("tests/test_golden.py",), "the simulated model splits words into other tokens"),
+    Mutant("relay-no-reuse", "gateway/sources/relay.py", "max_keepalive_connections=32",
+           "max_keepalive_connections=0",
+           ("tests/test_relay.py::test_finished_upstream_connections_are_reused",),
+           "the relay opens a new upstream connection per stream"),
+    Mutant("page-no-heartbeats", "gateway/static/app.js", "this.heartbeats++;", "",
+           ("tests/test_page.py::test_mid_stream_failure_keeps_partial_text_with_error_mark",),
+           "the page stops counting heartbeats"),
+    Mutant("ramp-limit-x10", "loadtests/locustfile.py", "itl_p99 > options.itl_limit_ms",
+           "itl_p99 > options.itl_limit_ms * 10",
+           ("tests/test_loadtests.py::test_throughput_ramp_stops_at_the_limit",
+            "tests/test_loadtests.py::test_throughput_ramp_climbs_to_the_ceiling"),
+           "the throughput ramp applies its inter-token limit 10x too loose"),
+    Mutant("ramp-limit-div10", "loadtests/locustfile.py", "itl_p99 > options.itl_limit_ms",
+           "itl_p99 > options.itl_limit_ms / 10",
+           ("tests/test_loadtests.py::test_throughput_ramp_stops_at_the_limit",
+            "tests/test_loadtests.py::test_throughput_ramp_climbs_to_the_ceiling"),
+           "the throughput ramp applies its inter-token limit 10x too strict"),
+    Mutant("outage-not-ridden", "gateway/store/redis.py", "if now - self.down_since < self.settings.redis_outage_s:",
+           "if False:",
+           ("tests/test_replicas.py::test_a_redis_outage_shorter_than_the_limit_is_ridden_out_and_the_backlog_written",),
+           "the first Redis failure ends in-flight streams (no outage allowance)"),
+    Mutant("backlog-forgotten", "gateway/store/redis.py",
+           "for sid, stream in batch.items():\n                    self._dirty.setdefault(sid, stream)\n"
+           "                self._trouble(",
+           "for sid, stream in batch.items():\n                    if sid in self.owned:\n"
+           "                        self.owned[sid].flushed = len(stream.log)\n                self._trouble(",
+           ("tests/test_replicas.py::test_a_redis_outage_shorter_than_the_limit_is_ridden_out_and_the_backlog_written",),
+           "events made during a Redis outage are never written (the failed batch counts as written)"),
+    Mutant("drain-no-1012", "gateway/codecs/ws.py", "CLOSE_RESTART = 1012", "CLOSE_RESTART = 1001",
+           ("tests/test_replicas.py::test_sigterm_drains_clients_to_another_replica",),
+           "a draining replica closes WebSockets with 1001 instead of 1012"),
+    Mutant("client-no-503-retry", "gateway/client.py", "if exc.status != 503 or len(self.base_urls) == 1",
+           "if True or len(self.base_urls) == 1",
+           ("tests/test_replicas.py::test_the_client_retries_a_503_at_the_next_base_url",),
+           "the client gives up on a 503 instead of trying the next base URL"),
+    Mutant("lag-cut-misnamed", "gateway/registry.py", 'self._cut_slow(sub, "slow_lag")', 'self._cut_slow(sub, "slow_send")',
+           ("tests/test_slow_readers.py",), "a reader too far behind is cut with the send timeout's reason"),
+    Mutant("no-lag-cut", "gateway/registry.py", "elif size - sub.lag_base > max_lag:", "elif False:",
+           ("tests/test_slow_readers.py",), "MAX_LAG_BYTES is never applied"),
+    Mutant("deflate-ignored", "gateway/cli.py", "ws_per_message_deflate=settings.ws_per_message_deflate,",
+           "ws_per_message_deflate=False,",
+           ("tests/test_streams.py::test_per_message_deflate_on_the_real_gateway",),
+           "GATEWAY_WS_PER_MESSAGE_DEFLATE does not reach the server"),
+    Mutant("direct-ws-with-deflate", "gateway/transports/direct.py", "if conn.extensions:", "if False:",
+           ("tests/test_direct.py",), "the direct WebSocket writer is used although a compression was negotiated"),
+    Mutant("sse-drain-503", "gateway/app.py",
+           "if ctx.draining:\n            # EventSource gives up on a 503", "if False:\n            # EventSource gives up on a 503",
+           ("tests/test_drain.py::test_attach_during_a_drain_tells_each_transport_to_go_elsewhere",
+            "tests/test_lab.py::test_eventsource_in_chromium_follows_a_drain_to_the_other_replica"),
+           "an SSE attach on a draining replica is refused with 503 (EventSource would give up)"),
 ]
 
 
@@ -100,8 +162,10 @@ def main() -> int:
         verdict, failed, took = run(m, args.timeout)
         missed += verdict == "MISSED"
         print(f"{m.name:24} {verdict:10} {took:5.0f} s  {m.why}", flush=True)
-        for name in failed:
+        for name in failed[:4]:
             print(f"{'':26}{name}")
+        if len(failed) > 4:
+            print(f"{'':26}... and {len(failed) - 4} more")
     return 1 if missed else 0
 
 

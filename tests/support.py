@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -36,6 +37,16 @@ def require_module(name: str) -> None:
 
     if importlib.util.find_spec(name) is None:
         missing(f"{name} is not importable by {sys.executable} (install the locked extras)")
+
+
+def run(coro, timeout: float = 120.0):
+    """asyncio.run with a bound: a server that never ends a stream fails the test (TimeoutError) instead
+    of leaving it waiting in a read."""
+    async def bounded():
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
 
 
 Gateway = GatewayProcess  # a gateway process for a test; `url` is its base URL

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -13,6 +12,8 @@ from websockets.asyncio.client import connect
 from gateway.client import Client
 from gateway.codecs import ws as wsc
 from gateway.events import Error
+
+from .support import run
 
 PROBLEM = "application/problem+json"
 SIM = {"ttft_ms": 10, "itl_ms": 5}
@@ -108,7 +109,7 @@ async def _ws_refusal(gw, message):
     ('{"type": "start", "prompt": "' + "x" * 2000 + '"}', 1009),
 ])
 def test_ws_bad_control_messages(gw, message, code):
-    event, close = asyncio.run(_ws_refusal(gw, message))
+    event, close = run(_ws_refusal(gw, message))
     assert isinstance(event, Error) and event.seq == -1
     assert close == code
 
@@ -121,7 +122,7 @@ def test_ws_frame_over_the_limit_is_1009(gw):
                 await sock.recv()
             return info.value.rcvd.code
 
-    assert asyncio.run(go()) == 1009
+    assert run(go()) == 1009
 
 
 def test_ws_attach_unknown_stream_is_refused_with_404(gw):
@@ -131,7 +132,7 @@ def test_ws_attach_unknown_stream_is_refused_with_404(gw):
                 pass
         return info.value.response.status_code
 
-    assert asyncio.run(go()) == 404
+    assert run(go()) == 404
 
 
 def test_ws_pre_error_keeps_the_socket_and_a_new_start_works(gw):
@@ -159,7 +160,7 @@ def test_ws_pre_error_keeps_the_socket_and_a_new_start_works(gw):
             again = [wsc.decode(await sock.recv()) for _ in range(4)]
             return refused, events, busy, cancelled, again
 
-    refused, events, busy, cancelled, again = asyncio.run(go())
+    refused, events, busy, cancelled, again = run(go())
     assert refused.code == "http_429" and refused.retryable
     assert [e.type for e in events] == ["meta", "token", "token", "token", "done"]
     assert busy.code == "busy" and cancelled.code == "cancelled"
@@ -171,6 +172,6 @@ def test_the_worker_lives_on(gw):
         async with Client(gw.url) as client:
             return await client.stream("sse", max_tokens=5, sim=SIM)
 
-    assert asyncio.run(go()).done is not None
+    assert run(go()).done is not None
     assert gw.proc.poll() is None
     assert httpx.get(gw.url + "/healthz").json()["status"] == "ok"

@@ -7,7 +7,6 @@ killed tab does, then resumes by stream id and seq.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
@@ -22,7 +21,7 @@ from gateway.events import Error, Token
 from gateway.sources.simulated import expected_text
 
 from .conftest import FAST
-from .support import gateway
+from .support import gateway, run
 
 ONE_SHOTS = ("sse", "ndjson", "ws")
 SIM = {"ttft_ms": 10, "itl_ms": 20, "jitter": 0}
@@ -119,7 +118,7 @@ def test_a_dropped_one_shot_resumes_with_the_exact_rest(gw, transport, resume_on
         async with Client(gw.url) as client:
             return await client.stream(resume_on, stream_id=stream_id, after=CUT_AT)
 
-    tail = asyncio.run(resume())
+    tail = run(resume())
     assert [t.seq for t in head][-1] == CUT_AT and tail.events[0].seq == CUT_AT + 1
     assert [t.seq for t in tail.tokens] == list(range(CUT_AT + 1, N + 1))
     assert "".join(t.text for t in head[:CUT_AT]) + tail.text == expected_text(f"drop-{transport}", 3, N)
@@ -136,7 +135,7 @@ def test_a_dropped_one_shot_nobody_resumes_ends_after_the_grace_and_counts_its_w
     left = time.monotonic()
     status = None
     while time.monotonic() - left < 5:
-        status = asyncio.run(_status(gw, stream_id))
+        status = run(_status(gw, stream_id))
         if status["status"] != "running":
             break
         time.sleep(0.05)
@@ -169,7 +168,7 @@ def test_an_explicit_cancel_stops_a_one_shot_at_once(gw, how):
                     assert r.status_code == 204
             return seen
 
-    events = asyncio.run(go())
+    events = run(go())
     assert type(events[-1]) is Error and events[-1].code == "cancelled"
     assert len(events) < 50  # it stopped, not ran to 3,000
 
@@ -188,5 +187,5 @@ def test_the_cancel_policy_stops_a_one_shot_when_its_socket_goes(gw_cancel, tran
     while cancelled(gw_cancel, "client_gone") == before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert cancelled(gw_cancel, "client_gone") == before + 1
-    status = asyncio.run(_status(gw_cancel, stream_id))
+    status = run(_status(gw_cancel, stream_id))
     assert status["status"] == "error" and status["error"] == "cancelled" and status["tokens"] < N

@@ -13,7 +13,7 @@ import pytest
 from gateway.sources.simulated import expected_text
 
 from . import wire
-from .support import Gateway
+from .support import Gateway, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
@@ -38,7 +38,7 @@ def test_sigterm_finishes_short_streams_and_ends_long_ones():
             await asyncio.to_thread(gw.proc.wait, 20)
             return results, refused, time.monotonic() - sigterm_at
 
-        (short, long_), refused, took = asyncio.run(go())
+        (short, long_), refused, took = run(go())
         wire.assert_exact(short.events, 0, 41)
         assert short.text == expected_text("s", 1, 40) and short.terminal["type"] == "done"
         assert long_.terminal["code"] == "shutdown" and long_.terminal["retryable"]
@@ -46,5 +46,72 @@ def test_sigterm_finishes_short_streams_and_ends_long_ones():
         assert expected_text("l", 1, 1000).startswith(long_.text) and 30 < len(long_.tokens) < 1000
         assert refused.status_code == 503 and refused.json()["code"] == "draining"
         assert 1.2 < took < 30  # drain_timeout_s (1.5 s) held the exit, then it went
+    finally:
+        gw.stop()
+
+
+def _second_signal() -> tuple[wire.Read, float]:
+    """A 5000-token stream; SIGTERM (a drain of up to 30 s), then a second SIGTERM 1 s later."""
+    gw = Gateway({"GATEWAY_DRAIN_TIMEOUT_S": "30"})
+    try:
+        async def go():
+            reader = asyncio.create_task(wire.read(gw.url, "ndjson", body={"prompt": "l", "max_tokens": 5000,
+                                                                         "seed": 1, "sim": SIM}))
+            await asyncio.sleep(0.5)
+            os.kill(gw.proc.pid, signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            assert gw.proc.poll() is None  # still draining after the first signal
+            os.kill(gw.proc.pid, signal.SIGTERM)
+            second_at = time.monotonic()
+            result = await reader
+            await asyncio.to_thread(gw.proc.wait, 30)
+            return result, time.monotonic() - second_at
+
+        return run(go())
+    finally:
+        gw.stop()
+
+
+def test_a_second_signal_skips_the_wait():
+    r, took = _second_signal()
+    assert took < 15  # against the 30 s the first signal allowed
+    wire.assert_exact(r.events, 0)  # what came before the end came whole
+    assert expected_text("l", 1, 5000).startswith(r.text) and len(r.tokens) > 10
+
+
+@pytest.mark.xfail(strict=True, reason="core: a second signal lets uvicorn cancel the app, so streams are cut "
+                                       "(no terminal event, 'Exception in ASGI application' logged) instead of "
+                                       "ending in-band with a retryable `shutdown` as the drain's doc says")
+def test_a_second_signal_still_ends_streams_in_band():
+    r, _ = _second_signal()
+    assert r.terminal is not None and r.terminal["code"] == "shutdown" and r.terminal["retryable"]
+
+
+def test_attach_during_a_drain_tells_each_transport_to_go_elsewhere():
+    """While draining, a new attach is refused the way each client handles: SSE gets 200 with `retry:` and a
+    `reconnect` event (EventSource gives up on a 503 but reconnects after a clean close), NDJSON a 503
+    problem, a WebSocket attach a 503 before the upgrade."""
+    gw = Gateway({"GATEWAY_DRAIN_TIMEOUT_S": "30", "GATEWAY_SSE_RETRY_MS": "700"})
+    try:
+        sid = httpx.post(f"{gw.url}/v1/streams", json={"prompt": "d", "max_tokens": 5000, "sim": SIM}).json()["id"]
+
+        async def go():
+            holder = asyncio.create_task(wire.read(gw.url, "ndjson", stream_id=sid))  # keeps the drain going
+            await asyncio.sleep(0.5)
+            os.kill(gw.proc.pid, signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            out = await asyncio.gather(wire.read(gw.url, "sse", stream_id=sid, after=3),
+                                       wire.read(gw.url, "ndjson", stream_id=sid, after=3),
+                                       wire.read(gw.url, "ws", stream_id=sid, after=3, ws_attach=True))
+            os.kill(gw.proc.pid, signal.SIGTERM)  # done: skip the rest of the wait
+            await holder
+            return out
+
+        sse, ndjson, ws = run(go())
+        assert sse.status == 200 and sse.headers["content-type"].startswith("text/event-stream")
+        assert [e["type"] for e in sse.events] == ["reconnect"] and sse.ended == "reconnect"
+        assert sse.events[0]["retry_ms"] == 700
+        assert ndjson.status == 503 and ndjson.problem["code"] == "draining"
+        assert ws.status == 503 and ws.problem["code"] == "draining"
     finally:
         gw.stop()

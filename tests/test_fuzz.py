@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -19,6 +18,9 @@ from gateway.client import Client
 from gateway.codecs import ws as wsc
 from gateway.sources.simulated import expected_text
 
+from .conftest import FAST
+from .support import gateway, run
+
 SIM = {"ttft_ms": 10, "itl_ms": 5, "jitter": 0}
 
 
@@ -30,7 +32,7 @@ def alive(gw) -> None:
         async with Client(gw.url) as client:
             return await client.stream("ws", "alive", max_tokens=5, sim=SIM)
 
-    assert asyncio.run(one()).text == expected_text("alive", 0, 5)
+    assert run(one()).text == expected_text("alive", 0, 5)
 
 
 @pytest.mark.parametrize(("frame", "code"), [
@@ -92,16 +94,20 @@ def test_fuzzing_left_the_worker_healthy(gw):
     assert gw.metrics()["gateway_connections{transport=\"ws\"}"] == 0
 
 
-def test_complete_with_a_quiet_model_does_not_stall_the_worker(gw):
+def test_complete_with_a_quiet_model_does_not_stall_the_worker():
     """Found by schemathesis: /v1/complete spun on a heartbeat flag and froze the event loop."""
     result = {}
-    thread = threading.Thread(target=lambda: result.update(r=httpx.post(
-        gw.url + "/v1/complete", json={"prompt": "q", "max_tokens": 3, "sim": {**SIM, "ttft_ms": 1200}}, timeout=20)))
-    thread.start()
-    time.sleep(0.7)  # past the 0.3 s heartbeat, before the first token
-    started = time.monotonic()
-    assert httpx.get(gw.url + "/healthz", timeout=5).status_code == 200
-    answered = time.monotonic() - started
-    thread.join(20)
+    with gateway({**FAST, "GATEWAY_IDLE_TIMEOUT_S": "30"}) as quiet:  # an 8 s wait for the first token is fine
+        thread = threading.Thread(target=lambda: result.update(r=httpx.post(
+            quiet.url + "/v1/complete", json={"prompt": "q", "max_tokens": 3, "sim": {**SIM, "ttft_ms": 8000}},
+            timeout=30)))
+        thread.start()
+        time.sleep(0.7)  # past the 0.3 s heartbeat, 7 s before the first token
+        started = time.monotonic()
+        assert httpx.get(quiet.url + "/healthz", timeout=10).status_code == 200
+        answered = time.monotonic() - started
+        thread.join(30)
     assert result["r"].status_code == 200 and result["r"].json()["text"] == expected_text("q", 0, 3)
-    assert answered < 0.5  # the loop was free while the request waited
+    # A frozen loop answers only once the first token is due, 7 s later; a free one at once (a busy
+    # machine may add a second or two).
+    assert answered < 3.5

@@ -20,7 +20,7 @@ from gateway.events import Error
 from gateway.settings import Settings
 from gateway.sources.simulated import expected_text
 
-from .support import gateway
+from .support import gateway, run
 
 PROBLEM = "application/problem+json"
 SIM = {"ttft_ms": 10, "itl_ms": 5, "jitter": 0}
@@ -119,7 +119,7 @@ def test_another_key_gets_404_everywhere(sec):
             refused = wsc.decode(await sock.recv())
         return info.value.response.status_code, refused
 
-    status, refused = asyncio.run(ws_tries())
+    status, refused = run(ws_tries())
     assert status == 404 and isinstance(refused, Error) and refused.code == "not_found"
     # The owner still has it, untouched.
     state = httpx.get(f"{sec.url}/v1/streams/{sid}", headers=auth("alice")).json()
@@ -157,7 +157,7 @@ def test_attach_token_in_the_url_replaces_the_header(sec):
                 events.append(wsc.decode(await sock.recv()))
             return events
 
-    events = asyncio.run(ws_attach())
+    events = run(ws_attach())
     assert [e.type for e in events][-1] == "done" and len(events) == 10
 
 
@@ -185,9 +185,9 @@ def test_websocket_origin_allow_list(sec):
         except websockets.InvalidStatus as exc:
             return exc.response.status_code
 
-    assert asyncio.run(go("https://evil.example")) == 403
-    assert asyncio.run(go(ORIGIN)) == "meta"
-    assert asyncio.run(go(None)) == "meta"  # not a browser: no Origin to check
+    assert run(go("https://evil.example")) == 403
+    assert run(go(ORIGIN)) == "meta"
+    assert run(go(None)) == "meta"  # not a browser: no Origin to check
 
 
 def test_cors_from_settings(sec):
@@ -243,7 +243,7 @@ def test_concurrent_streams_per_key_429(sec):
             await sock.send(wsc.start(max_tokens=2, sim=SIM))  # the socket stays usable
             return refused, [wsc.decode(await sock.recv()).type for _ in range(4)]
 
-    refused, events = asyncio.run(ws_start())
+    refused, events = run(ws_start())
     assert refused.code == "too_many_streams" and refused.retryable
     assert events == ["meta", "token", "token", "done"]
     assert create(sec, "erin")  # other keys are not limited by dave's streams
@@ -264,7 +264,7 @@ def test_clients_per_stream_429(sec):
                 await r.aclose()
             return fourth
 
-    r = asyncio.run(go())
+    r = run(go())
     assert is_problem(r, 429)["code"] == "too_many_clients"
     httpx.delete(f"{sec.url}/v1/streams/{own['id']}", headers=auth("frank"))
 
@@ -280,7 +280,7 @@ def test_websocket_message_rate(sec):
                     got.append(wsc.decode(await sock.recv()))
             return got, info.value.rcvd
 
-    got, close = asyncio.run(go())
+    got, close = run(go())
     assert close.code == 1008 and "too many" in close.reason
     assert got[-1].code == "rate_limited"
     assert 5 <= sum(e.code == "no_stream" for e in got) < 30  # the burst passed, the rest did not
@@ -293,7 +293,8 @@ def test_connections_per_process_503():
                 held = [await client.send(client.build_request("POST", "/v1/sse", json={"max_tokens": 100,
                                                                                           "sim": LONG}), stream=True)
                         for _ in range(3)]
-                refused = await client.get("/healthz")
+                refused = await client.get("/v1/streams/none")
+                health = await client.get("/healthz")  # exempt: a full replica still answers its balancer
                 with pytest.raises(websockets.InvalidStatus) as info:
                     async with connect(gw.ws_url + "/v1/ws"):
                         pass
@@ -301,10 +302,11 @@ def test_connections_per_process_503():
                     await r.aclose()
                 await asyncio.sleep(0.3)
                 again = await client.get("/healthz")
-                return refused, info.value.response, again
+                return refused, health, info.value.response, again
 
-        refused, ws_refused, again = asyncio.run(go())
+        refused, health, ws_refused, again = run(go())
         assert is_problem(refused, 503)["code"] == "too_many_connections"
+        assert health.status_code == 200 and health.json()["active_streams"] == 3
         assert int(refused.headers["retry-after"]) >= 1
         assert ws_refused.status_code == 503
         assert again.status_code == 200
@@ -349,7 +351,7 @@ def test_stalled_reader_is_cut_while_a_normal_reader_finishes_on_time(sec, trans
             offset = time.time() - time.perf_counter()
             return own, stalled, result, result.arrivals[-1] + offset
 
-    own, stalled, result, done_at = asyncio.run(go())
+    own, stalled, result, done_at = run(go())
     try:
         assert result.done is not None and result.text == expected_text("slow", 0, n)
         assert result.reconnects == 0
@@ -357,8 +359,11 @@ def test_stalled_reader_is_cut_while_a_normal_reader_finishes_on_time(sec, trans
         assert cut[0]["reason"] in ("slow_send", "slow_lag") and cut[0]["transport"] == transport
         ended = wait_for(lambda: [r for r in journal(sec, own["id"]) if r["event"] == "ended"])[0]
         assert ended["status"] == "done"  # the cut did not end the stream
-        # On time: the normal reader had the last event within a second or two of its generation.
-        assert done_at - ended["ts"] < 2.5, (done_at, ended)
+        # On time: the normal reader had the last event soon after the generation ended, as a share of
+        # the generation's own length (~4 s on a calm machine; a busy one stretches both).
+        created = next(r for r in journal(sec, own["id"]) if r["event"] == "created")
+        generation_s = ended["ts"] - created["ts"]
+        assert done_at - ended["ts"] < max(2.5, 0.75 * generation_s), (done_at, ended, generation_s)
         assert sec.metrics()[f'gateway_slow_cuts_total{{transport="{transport}"}}'] >= slow_before + 1
     finally:
         stalled.close()
@@ -367,7 +372,7 @@ def test_stalled_reader_is_cut_while_a_normal_reader_finishes_on_time(sec, trans
         async with Client(sec.url, api_key=KEYS[who]) as client:
             return await client.stream(transport, stream_id=own["id"], after=n - 10)
 
-    tail = asyncio.run(resume())
+    tail = run(resume())
     assert tail.text == expected_text("slow", 0, n)[-len(tail.text):] and len(tail.tokens) == 10
 
 
@@ -395,7 +400,7 @@ def test_lifecycle_lines(sec):
         async with Client(sec.url, api_key=KEYS["alice"]) as client:
             return await client.stream("ndjson", stream_id=own["id"])
 
-    result = asyncio.run(go())
+    result = run(go())
     assert result.reconnects == 1 and result.done is not None
     records = wait_for(lambda: (rs := journal(sec, own["id"])) and rs[-1]["event"] == "ended" and rs)
     events = [r["event"] for r in records]
@@ -424,5 +429,5 @@ def test_client_reports_a_refusal(sec):
             await client.create()
 
     with pytest.raises(GatewayError) as info:
-        asyncio.run(go())
+        run(go())
     assert info.value.status == 401

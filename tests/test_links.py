@@ -12,6 +12,8 @@ import pytest
 from gateway.client import Client
 from lab.links import PROFILES, Profile, Relay
 
+from .support import run
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -54,7 +56,7 @@ def test_latency_is_one_rtt_per_round_trip():
         assert direct < 0.1
         assert 0.19 <= relayed < 0.6, relayed  # 200 ms RTT, a wide margin above for a busy machine
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_bandwidth_paces_a_download_at_the_profile_rate():
@@ -76,7 +78,7 @@ def test_bandwidth_paces_a_download_at_the_profile_rate():
         assert len(got) == size
         assert 1.9 < took < 5.0, took  # 2.05 s of link time + 0.3 s RTT
 
-    asyncio.run(main())
+    run(main())
 
 
 async def _ticks(port: int, seconds: float) -> list[float]:
@@ -124,7 +126,7 @@ def test_stall_holds_bytes_then_releases_them_together():
         burst = sum(1 for t in times if abs(t - times[gaps.index(longest) + 1]) < 0.01)
         assert burst >= 8  # what queued in the stall arrives at once
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_train_resets_the_connection_on_schedule():
@@ -141,7 +143,7 @@ def test_train_resets_the_connection_on_schedule():
             assert relay.stats.resets == 1
         assert 0.4 < took < 1.5, took
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_half_open_goes_silent_without_fin_or_rst_and_a_new_connection_works():
@@ -162,7 +164,7 @@ def test_half_open_goes_silent_without_fin_or_rst_and_a_new_connection_works():
             assert relay.stats.half_open == 1
             writer.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 @pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
@@ -179,8 +181,61 @@ def test_gateway_stream_crosses_a_3g_link_intact(gw, transport):
             fast = await c.stream(transport, "hi", max_tokens=30, seed=7, sim=sim)
         return slow, fast
 
-    slow, fast = asyncio.run(main())
+    slow, fast = run(main())
     assert slow.done is not None and not slow.cut
     assert [t.text for t in slow.tokens] == [t.text for t in fast.tokens]
     assert slow.ttft >= 0.3  # at least one 300 ms round trip (TCP and the request) before the first token
     assert fast.ttft < slow.ttft
+
+
+def test_break_all_silences_open_connections_and_new_ones_work():
+    async def main():
+        server, port = await _upstream(_echo)
+        async with server, Relay(Profile("t", hold_s=10), ("127.0.0.1", port)) as relay:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(b"a")
+            assert await asyncio.wait_for(reader.readexactly(1), 2) == b"a"
+            assert relay.break_all() == 1
+            await asyncio.sleep(0.1)
+            writer.write(b"b")
+            await writer.drain()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.read(1), 1.0)
+            assert await _round_trip(relay.port) < 0.5
+            assert relay.stats.half_open == 1
+            writer.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
+def test_python_client_notices_a_silent_connection_by_its_read_timeout_and_resumes(gw, transport):
+    """No FIN, no RST: only the read timeout tells. (On WebSocket a polite close would wait 10 s more for a
+    closing handshake that cannot come.)"""
+    from gateway.client import StreamResult
+    from gateway.sources.simulated import expected_text
+
+    async def main():
+        host, port = gw.url.rsplit("//", 1)[1].split(":")
+        async with Relay(Profile("t", hold_s=30), (host, int(port))) as relay:
+            async with Client(relay.url, read_timeout=1.5) as c:
+                r = StreamResult()
+
+                async def read():
+                    async for _ in c.events(transport, "dead", max_tokens=60, seed=0, result=r,
+                                            sim={"ttft_ms": 50, "itl_ms": 40, "jitter": 0}):
+                        pass
+
+                task = asyncio.create_task(read())
+                while len(r.tokens) < 5:
+                    await asyncio.sleep(0.02)
+                relay.break_all()
+                broke = time.perf_counter()
+                await asyncio.wait_for(task, 30)
+        return r, broke
+
+    r, broke = asyncio.run(main())
+    assert r.text == expected_text("dead", 0, 60) and r.done is not None
+    assert (r.gaps, r.duplicates) == (0, 0)
+    noticed = r.cuts[0] - broke
+    assert 1.0 < noticed < 4.0, noticed  # the 1.5 s read timeout (heartbeats every 0.3 s keep it from firing)

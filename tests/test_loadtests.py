@@ -158,30 +158,35 @@ def test_users_stopped_mid_stream_let_locust_exit(gw, tmp_path):
     assert not out["failures"], out["failures"]
 
 
+# The two ramp tests bracket the inter-token limit around the model's own 50 ms gap (no jitter): just below
+# it the ramp stops after its first step, at 4x it climbs to the ceiling. A limit applied 10x too strict or
+# too loose (or in seconds) fails one of them; a noisy machine adds a few ms, far from either bound.
+RAMP = ("--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2", "--max-tokens", "20",
+        "--ttft-ms", "20", "--itl-ms", "50", "--jitter", "0")
+
+
 def test_throughput_ramp_stops_at_the_limit(gw, tmp_path):
-    out = run_locust(tmp_path, gw.url, "--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2",
-                     "--itl-limit-ms", "1", "--max-tokens", "40", "--ttft-ms", "20", "--itl-ms", "20",
-                     "SsePostUser", users=20, seconds=30)
+    out = run_locust(tmp_path, gw.url, *RAMP, "--itl-limit-ms", "40", "SsePostUser", users=20, seconds=30)
     scenario = out["transports"]["scenario"]
     assert scenario["ramp"]["stopped_at_users"] == 2
     assert scenario["ramp"]["reason"].startswith("inter-token p99")
-    assert scenario["steps"][0]["itl_p99_ms"] > 1
+    assert 40 < scenario["steps"][0]["itl_p99_ms"] < 160  # the model's 50 ms, plus what a busy box adds
+    assert scenario["ramp"]["last_good_users"] is None
 
 
 def test_throughput_ramp_climbs_to_the_ceiling(gw, tmp_path):
-    out = run_locust(tmp_path, gw.url, "--scenario", "throughput", "--ramp-step", "2", "--ramp-every", "2",
-                     "--itl-limit-ms", "1000", "--max-tokens", "20", "--ttft-ms", "20", "--itl-ms", "20",
-                     "WsUser", users=6, seconds=30)
+    out = run_locust(tmp_path, gw.url, *RAMP, "--itl-limit-ms", "200", "WsUser", users=6, seconds=30)
     scenario = out["transports"]["scenario"]
     assert [s["users"] for s in scenario["steps"]] == [2, 4, 6]
+    assert all(40 < s["itl_p99_ms"] <= 200 for s in scenario["steps"]), scenario["steps"]
     assert scenario["ramp"]["reason"].startswith("reached the ceiling")
     assert scenario["ramp"]["last_good_users"] == 6
 
 
 def test_mixed_runs_every_transport(gw, tmp_path):
     out = run_locust(tmp_path, gw.url, "--scenario", "mixed", "--max-tokens", "20", "--ttft-ms", "50",
-                     "--itl-ms", "10", users=11, seconds=5)
-    for transport in (*STREAMING, "complete"):
+                     "--itl-ms", "10", users=13, seconds=5)
+    for transport in (*STREAMING, "responses", "complete"):
         assert count(out["stats"], transport, "stream") > 0, transport
     assert not out["failures"], out["failures"]
 
@@ -283,30 +288,37 @@ def test_tab_endpoint_on_a_master_with_two_workers(gw, tmp_path):
 def test_users_timings_agree_with_the_asyncio_client(gw):
     """Medians of the users' samples against gateway.client's, measured at the same time.
 
-    Inter-token gaps agree within 1 ms. Time to first token includes each client's own cost of sending
+    Inter-token gaps agree within 2 ms. Time to first token includes each client's own cost of sending
     a request, and that cost is what CPU contention inflates: on this shared 2-core machine, gateway.client
     (httpx, more Python per request) answered up to ~9 ms later than the users with two busy processes
     beside it, ~1 ms when calm. So the users' TTFT must lie between the model's own schedule (which no
-    honest measurement can beat) and the independent client's figure (+3 ms): never below the floor,
+    honest measurement can beat) and the independent client's figure (+5 ms): never below the floor,
     never later than the independent measurement, never far above the schedule.
     """
+    def kept_schedule(r: dict, who: str) -> bool:
+        value = r.get(who)
+        if value is None:
+            return False
+        return value <= r["schedule_ms"] + 25 if r["metric"] == "ttft" else abs(value - r["schedule_ms"]) <= 2.0
+
     for _attempt in range(3):
         _, rows = fidelity.compare(gw.url, list(STREAMING), seconds=8, tolerance_ms=1.0)
         print(json.dumps(rows, indent=1))
-        # A valid measurement needs a server that kept the model's schedule, as the independent client
-        # saw it. When the shared machine starves the gateway (tokens 50 ms late, then bunched), both
-        # clients see that, and no comparison at 1 ms means anything: measure again, at most 3 times.
-        if all(r.get("client_ms") is not None and (
-                r["client_ms"] <= r["schedule_ms"] + 15 if r["metric"] == "ttft"
-                else abs(r["client_ms"] - r["schedule_ms"]) <= 1.5) for r in rows):
+        # A valid measurement needs a server that kept the model's schedule. When the shared machine starves
+        # the gateway or either client (tokens late, then bunched), no comparison at a few ms means anything:
+        # measure again, at most 3 times, whichever side strayed.
+        if all(kept_schedule(r, "client_ms") and kept_schedule(r, "locust_ms") for r in rows):
             break
     assert all(r["locust_n"] >= 20 and r["client_n"] >= 20 for r in rows), rows
     for r in rows:
         if r["metric"] == "ttft":
-            assert r["schedule_ms"] - 0.5 <= r["locust_ms"] <= min(r["client_ms"] + 3.0, r["schedule_ms"] + 15), r
+            # Never before the schedule; never much later than the independent client or the schedule.
+            assert r["schedule_ms"] - 0.5 <= r["locust_ms"] <= min(r["client_ms"] + 5.0, r["schedule_ms"] + 25), r
         else:
-            assert abs(r["diff_ms"]) <= 1.0, r
-            assert abs(r["locust_ms"] - r["schedule_ms"]) <= 1.5, r
+            # Within 2 ms (13% of the 15 ms gap) of each other and of the schedule: bunched reads (a gap of ~0
+            # then one of ~tokens x 15 ms) or a clock per read instead of per event are far outside.
+            assert abs(r["diff_ms"]) <= 2.0, r
+            assert abs(r["locust_ms"] - r["schedule_ms"]) <= 2.0, r
 
 
 LAG_PROBE = """

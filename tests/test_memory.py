@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from gateway.registry import Registry
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 
-from .support import ROOT
+from .support import ROOT, run
 
 # Frees a 4 MiB mmapped buffer (glibc then raises its mmap threshold to 4 MiB, unless fixed),
 # allocates 1 MiB, and prints how many more mmapped blocks there are: 1 if it was mmapped.
@@ -82,7 +81,7 @@ def run_sweeps(monkeypatch, reclaim_s: float, offsets: list[float]) -> list[int]
         await registry.aclose()
         return seen
 
-    return asyncio.run(main())
+    return run(main())
 
 
 def test_the_sweep_reclaims_every_reclaim_s(monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -10,6 +9,8 @@ import openai
 import pytest
 
 from gateway.sources.simulated import expected_text
+
+from .support import run
 
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 PROMPT = "openai sdk"
@@ -75,7 +76,7 @@ def test_async_streamed_and_not(gw):
             chunks = [c async for c in stream]
         return full, chunks
 
-    full, chunks = asyncio.run(main())
+    full, chunks = run(main())
     assert full.choices[0].message.content == expected_text(PROMPT, 3, 40)
     assert content(chunks) == expected_text(PROMPT, 3, 40)
 
@@ -137,7 +138,7 @@ def test_mid_stream_failure_raises_in_the_sdk(gw, mode):
                 for chunk in client.chat.completions.create(**kwargs):
                     take(chunk)
         else:
-            asyncio.run(run_async())
+            run(run_async())
     assert info.value.body["code"] == "model_error"
     assert "".join(got) == expected_text(PROMPT, 9, 50)[: len("".join(got))]
     assert len([g for g in got if g]) == 12

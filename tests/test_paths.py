@@ -12,11 +12,11 @@ import pytest
 import websockets
 
 from gateway.client import Client, StreamResult
+from gateway.sources.simulated import expected_text
 from loadtests.lab import Lab, self_signed
 from loadtests.procs import free_port, stop
-from gateway.sources.simulated import expected_text
 
-from .support import ROOT, require, require_module, wait_http
+from .support import require, require_module, ROOT, run, wait_http
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,9 +27,6 @@ PATHS = ("nginx-h2", "nginx-tls", "nginx-gzip", "nginx-strict", "haproxy-idle", 
 # Headers HTTP/2 forbids (RFC 9113 8.2.2) and a length a stream cannot know.
 FORBIDDEN = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "content-length"}
 
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +52,10 @@ def _client(url: str, http2: bool = False) -> Client:
     return Client(url, http=http)
 
 
-async def _stream(url: str, transport: str, prompt: str = "path", http2: bool = False, **kw) -> StreamResult:
+async def _stream(url: str, transport: str, prompt: str = "path", http2: bool = False, resume: bool = False,
+                  **kw) -> StreamResult:
     async with _client(url, http2) as client:
-        return await client.stream(transport, prompt, resume=False, **kw)
+        return await client.stream(transport, prompt, resume=resume, **kw)
 
 
 def _bursts(r: StreamResult) -> int:
@@ -208,3 +206,39 @@ def test_ws_cut_path_opens_the_websocket_then_closes_it_before_the_first_token(l
     assert r.cut and not r.tokens  # the upgrade passed (no exception), then nothing came
     r = run(_stream(url, "sse", max_tokens=5, sim=SIM))
     assert r.text == expected_text("path", 0, 5)
+
+
+# -- fallback: WebSocket -> SSE over fetch -> NDJSON ---------------------------------------------
+
+# A one-shot request: through the cut its generation goes on while the client moves (disconnect policy).
+@pytest.mark.parametrize("path", ["nginx-strict", "haproxy-ws-cut"])
+def test_auto_falls_back_to_sse_and_loses_nothing(lab, path):
+    r = run(_stream(lab.urls[path], "auto", "fall", resume=True, max_tokens=N, sim=SIM))
+    assert r.text == expected_text("fall", 0, N) and r.done is not None
+    assert (r.gaps, r.duplicates) == (0, 0)
+    assert r.transport == "sse"
+    assert [(a, b) for a, b, _ in r.fallbacks] == [("ws", "sse")]
+    assert r.fallbacks[0][2] - r.started < 2.0  # refused at once, or two connections cut within ms
+
+
+def test_auto_stays_on_websocket_where_the_path_carries_it(lab):
+    r = run(_stream(lab.urls["nginx-gzip"], "auto", "fall", max_tokens=N, sim=SIM))
+    assert r.text == expected_text("fall", 0, N)
+    assert (r.transport, r.fallbacks) == ("ws", [])
+
+
+def test_locust_auto_users_fall_back_and_count_it(lab, tmp_path):
+    from .test_loadtests import count, run_locust
+
+    common = ("--max-tokens", "20", "--ttft-ms", "100", "--itl-ms", "20", "AutoUser")
+    strict = run_locust(tmp_path / "strict", lab.urls["gateway"], "--target", lab.urls["nginx-strict"], *common,
+                        users=4, seconds=5)
+    cut = run_locust(tmp_path / "cut", lab.urls["gateway"], "--target", lab.urls["haproxy-ws-cut"], *common,
+                     users=4, seconds=5)
+    streams = count(strict["stats"], "auto", "stream")
+    assert streams >= 4 and not strict["failures"], strict["failures"]
+    assert count(strict["stats"], "auto", "fallback ws->sse_post") == streams  # every stream, once
+    # Through the cut the upgrade passes: each stream falls back after its WebSocket is cut twice.
+    streams = count(cut["stats"], "auto", "stream")
+    assert streams >= 4 and not cut["failures"], cut["failures"]
+    assert count(cut["stats"], "auto", "fallback ws->sse_post") == streams

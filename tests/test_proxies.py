@@ -24,7 +24,7 @@ from loadtests.lab import Lab
 from loadtests.probe import report_table
 from gateway.sources.simulated import expected_text
 
-from .support import ROOT, require
+from .support import require, ROOT, run
 
 N, TTFT_MS, ITL_MS = 30, 100, 50
 SIM = {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS, "jitter": 0}
@@ -34,9 +34,6 @@ STALL = {"ttft_ms": 50, "itl_ms": 20, "jitter": 0, "stall_after": 3, "stall_ms":
 HEARTBEATS = {"GATEWAY_HEARTBEAT_S": "0.5"}
 NO_HEARTBEATS = {"GATEWAY_HEARTBEAT_S": "3600"}
 
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 @pytest.fixture(scope="module")

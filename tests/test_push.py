@@ -18,7 +18,7 @@ from gateway.codecs import ndjson, sse, ws
 from gateway.events import Done, Token
 from gateway.sources.simulated import expected_text
 
-from .support import gateway
+from .support import gateway, run
 
 # Many tokens, fast (~7 MB in about a second): the kernel's buffers (a few MB) and then the
 # server's write buffer fill while nobody reads.
@@ -74,7 +74,7 @@ def test_http_reader_that_pauses(gw, fmt):
         return data
 
     decoder = sse.Decoder() if fmt == "sse" else ndjson.Decoder()
-    _check(decoder.feed(_dechunk(asyncio.run(go()))))
+    _check(decoder.feed(_dechunk(run(go()))))
 
 
 def test_websocket_reader_that_pauses(gw):
@@ -91,4 +91,4 @@ def test_websocket_reader_that_pauses(gw):
                     break
         return events
 
-    _check(asyncio.run(go()))
+    _check(run(go()))

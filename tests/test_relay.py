@@ -28,8 +28,9 @@ import pytest
 from gateway.client import Client
 from gateway.sources.simulated import expected_text
 
+from . import wire
 from .conftest import FAST
-from .support import Gateway, free_port, gateway
+from .support import free_port, Gateway, gateway, run
 
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 OLLAMA_KEY = "ollama-secret"
@@ -201,7 +202,7 @@ TRANSPORTS = ("sse", "ndjson", "ws", "complete", "chat", "chat-stream")
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_openai_relay_gives_the_upstreams_exact_text(relay, transport):
     model = "relay-mct" if transport == "ndjson" else "relay"
-    text, finish = asyncio.run(read(relay, transport, model, "relay me", 60, seed=21, sim=FAST_SIM))
+    text, finish = run(read(relay, transport, model, "relay me", 60, seed=21, sim=FAST_SIM))
     assert text == expected_text("relay me", 21, 60)
     assert finish == "stop"
 
@@ -209,7 +210,7 @@ def test_openai_relay_gives_the_upstreams_exact_text(relay, transport):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_ollama_relay_gives_the_upstreams_exact_text(relay, ollama, transport):
     prompt = f"ollama over {transport}"
-    text, finish = asyncio.run(read(relay, transport, "ollama", prompt, 25, seed=5))
+    text, finish = run(read(relay, transport, "ollama", prompt, 25, seed=5))
     assert text == "".join(ollama_fragments(prompt, 25))
     assert finish == "length"
     headers, body = ollama.requests[-1]
@@ -222,14 +223,17 @@ def test_ollama_relay_gives_the_upstreams_exact_text(relay, ollama, transport):
 @pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
 def test_drop_and_resume_over_a_relay(relay, transport):
     # drop_after cuts B's connection to its client (it is not forwarded); the client resumes from B's log.
-    async def main():
-        async with Client(relay.url) as client:
-            return await client.stream(transport, "drop", model="relay", max_tokens=40, seed=6,
-                                       sim={**FAST_SIM, "drop_after": 11})
+    body = {"prompt": "drop", "model": "relay", "max_tokens": 40, "seed": 6, "sim": {**FAST_SIM, "drop_after": 11}}
 
-    r = asyncio.run(main())
-    assert r.reconnects == 1 and r.gaps == r.duplicates == 0
-    assert r.text == expected_text("drop", 6, 40) and r.done is not None
+    async def main():
+        cut = await wire.read(relay.url, transport, body=body)
+        rest = await wire.read(relay.url, transport, stream_id=cut.meta["stream_id"], after=cut.seqs[-1])
+        return cut, rest
+
+    cut, rest = run(main())
+    assert cut.ended == "closed" and len(cut.tokens) == 11 and rest.ended == "terminal"
+    wire.assert_exact(cut.events + rest.events, 0, 41)
+    assert wire.text_of(cut.events + rest.events) == expected_text("drop", 6, 40)
 
 
 def test_relayed_tokens_arrive_incrementally(relay):
@@ -238,7 +242,7 @@ def test_relayed_tokens_arrive_incrementally(relay):
             return await client.stream("sse", "pace", model="relay", max_tokens=40, seed=1,
                                        sim={"ttft_ms": 50, "itl_ms": 20, "jitter": 0})
 
-    r = asyncio.run(main())
+    r = run(main())
     arrivals = r.token_arrivals
     assert r.text == expected_text("pace", 1, 40)
     spread = arrivals[-1] - arrivals[0]  # ~39 * 20 ms if B forwards each token as A sends it
@@ -258,16 +262,17 @@ def test_finished_upstream_connections_are_reused(relay, upstream):
             for i in range(4):
                 r = await client.stream("ndjson", "reuse", model="relay", max_tokens=5, seed=i, sim=FAST_SIM)
                 assert r.done is not None
-                ports.append(to_a() - before)
+                ports.append(to_a())
                 # B forwards `done` before it reads the end of A's body (due at once) and pools the
                 # connection: a next stream that came within that instant would open another one.
                 await asyncio.sleep(0.3)
 
     before = to_a()  # connections other sources (or earlier tests) keep in their pools; they may expire
     ports: list[set[int]] = []
-    asyncio.run(main())
-    assert len(set.union(*ports)) <= 1, ports  # without reuse: a new connection per stream
-    assert all(p == ports[0] for p in ports), ports
+    run(main())
+    assert all(ports), ports  # each stream left a pooled connection to A behind (an empty sample proves nothing)
+    assert len(set.union(*ports) - before) <= 1, ports  # without reuse: a new connection per stream
+    assert set.intersection(*ports), ports  # one connection outlived every stream
 
 
 def test_conversation_reaches_the_upstream_whole(relay):
@@ -278,7 +283,7 @@ def test_conversation_reaches_the_upstream_whole(relay):
             return await client.stream("ndjson", model="relay", messages=messages, max_tokens=30, seed=2,
                                        sim=FAST_SIM)
 
-    r = asyncio.run(main())
+    r = run(main())
     # A reads the same conversation B got, so the same prompt rule gives the same text.
     assert r.text == expected_text("system: Be brief.\n\nuser: Why SSE?", 2, 30)
 
@@ -308,7 +313,7 @@ def test_cancel_on_b_cancels_on_a(relay, upstream, how):
                         if tokens == 3:
                             break  # closing the generator closes the response: B sees its client go
 
-    asyncio.run(main())
+    run(main())
     # B closed its upstream request, so A saw its client go and stopped generating.
     assert wait_for(lambda: cancelled(upstream) == before + 1)
     assert wait_for(lambda: upstream.metrics()["gateway_active_streams"] == 0)
@@ -326,17 +331,17 @@ def test_cancel_on_b_closes_the_ollama_request(relay, ollama):
                     if tokens == 3:
                         break
 
-    asyncio.run(main())
+    run(main())
     assert wait_for(lambda: ollama.disconnects == before + 1)
 
 
 def test_upstream_errors_stay_in_band(relay):
-    text, code = asyncio.run(read(relay, "ws", "relay", "fail", 50, seed=3, sim={**FAST_SIM, "fail_after": 8}))
+    text, code = run(read(relay, "ws", "relay", "fail", 50, seed=3, sim={**FAST_SIM, "fail_after": 8}))
     assert code == "model_error" and text == expected_text("fail", 3, 50)[: len(text)] and len(text) > 0
-    text, code = asyncio.run(read(relay, "sse", "ollama", "please fail now", 20))
+    text, code = run(read(relay, "sse", "ollama", "please fail now", 20))
     assert code == "upstream_error" and text == "".join(ollama_fragments("please fail now", 3))
     with pytest.raises(openai.APIError) as info:
-        asyncio.run(read(relay, "chat-stream", "relay", "fail", 50, sim={**FAST_SIM, "fail_after": 8}))
+        run(read(relay, "chat-stream", "relay", "fail", 50, sim={**FAST_SIM, "fail_after": 8}))
     assert info.value.body["code"] == "model_error"
 
 
@@ -354,13 +359,13 @@ def test_upstream_refusals_map_to_statuses(relay):
     r = post("nowhere")
     assert r.status_code == 502 and r.json()["code"] == "upstream_unreachable"
     with pytest.raises(openai.RateLimitError):
-        asyncio.run(read(relay, "chat-stream", "relay", "x", 5, sim={"pre_error": 429}))
+        run(read(relay, "chat-stream", "relay", "x", 5, sim={"pre_error": 429}))
 
 
 def test_upstream_stall_ends_with_upstream_timeout(relay, upstream):
     before = cancelled(upstream)
     # B's idle timeout is 2 s, A's 30 s: B gives up on the silent upstream and closes it.
-    text, code = asyncio.run(read(relay, "sse", "relay", "stall", 30, seed=4,
+    text, code = run(read(relay, "sse", "relay", "stall", 30, seed=4,
                                   sim={**FAST_SIM, "stall_after": 5, "stall_ms": 20_000}))
     assert code == "upstream_timeout" and text == expected_text("stall", 4, 30)[:len(text)] and len(text) > 0
     assert wait_for(lambda: cancelled(upstream) == before + 1)
@@ -379,7 +384,7 @@ def test_killed_upstream_is_an_in_band_error(relay):
                         a.proc.kill()  # SIGKILL: no goodbye, the connection just ends
                 return events
 
-        events = asyncio.run(main())
+        events = run(main())
     finally:
         a.stop()
     error = events[-1]

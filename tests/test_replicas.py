@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import os
 import signal
+import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +21,7 @@ from gateway.codecs import ws
 from gateway.sources.simulated import expected_text
 
 from . import wire
-from .support import Gateway, RedisServer
+from .support import Gateway, RedisServer, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -36,12 +38,9 @@ FAST = {
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
 
 
-def run(coro):
-    return asyncio.run(coro)
 
-
-def start(redis: RedisServer, n: int) -> list[Gateway]:
-    env = {**FAST, "GATEWAY_REDIS_URL": redis.url}
+def start(redis: RedisServer, n: int, **extra: str) -> list[Gateway]:
+    env = {**FAST, "GATEWAY_REDIS_URL": redis.url, **extra}
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(lambda _: Gateway(env), range(n)))
 
@@ -86,8 +85,11 @@ def follows(read: wire.Read, text: str) -> bool:
 
 
 def drained(read: wire.Read) -> bool:
-    """The connection ended with the draining server's reconnect signal."""
-    return read.ended == "reconnect" or read.close_code == 1012
+    """The connection ended with the draining server's reconnect signal: a `reconnect` event on SSE and
+    NDJSON, close code 1012 (service restart) on a WebSocket."""
+    if read.transport == "ws":
+        return read.close_code == 1012
+    return read.ended == "reconnect" and read.events[-1]["type"] == "reconnect"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -390,3 +392,103 @@ def test_a_mirror_logs_its_clients_lifecycle(pair, redis, tmp_path):
         assert cut["reason"] == "client_left" and resumed["after"] == last
     finally:
         b.stop()
+
+
+class DurableRedis(RedisServer):
+    """A redis-server that keeps its data across a restart (append-only file, fsync on every write)."""
+
+    def __init__(self, folder) -> None:
+        self.folder = str(folder)
+        super().__init__()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", self.folder, "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("redis-server did not answer")
+
+
+def test_a_redis_outage_shorter_than_the_limit_is_ridden_out_and_the_backlog_written(tmp_path):
+    """Redis goes away for about a second of an 8 s allowance and comes back with its data: the owner's
+    reader sees nothing of it, and the events made meanwhile reach the store (a replica that reads the
+    finished stream only from Redis gets every one)."""
+    redis = DurableRedis(tmp_path)
+    a, b = start(redis, 2, GATEWAY_REDIS_OUTAGE_S="8")
+    try:
+        text = expected_text("ride", 3, 200)
+        sid = create(a.url, "ride", max_tokens=200, seed=3, sim=SIM)  # 4 s of tokens
+
+        async def go():
+            reader = asyncio.create_task(wire.read(a.url, "ndjson", stream_id=sid))
+            await asyncio.sleep(0.6)
+            redis.stop()
+            seen_down = False
+            async with httpx.AsyncClient() as http:
+                for _ in range(40):  # ~1 s without Redis; the owner must notice it
+                    body = (await http.get(f"{a.url}/metrics")).text
+                    seen_down |= "gateway_redis_up 0.0" in body
+                    await asyncio.sleep(0.025)
+            await asyncio.to_thread(redis.start)
+            return await reader, seen_down
+
+        r, seen_down = run(go())
+        assert seen_down, "the owner never saw Redis down: no outage was tested"
+        wire.assert_exact(r.events, 0, 201)  # ridden out: the reader saw nothing of it
+        assert r.text == text and r.terminal["type"] == "done"
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{b.url}/v1/streams/{sid}").json().get("status") != "done":
+            assert time.monotonic() < deadline, "the end never reached the store"
+            time.sleep(0.1)
+        later = run(wire.read(b.url, "sse", stream_id=sid))
+        wire.assert_exact(later.events, 0, 201)  # the backlog was written: nothing missing in Redis
+        assert later.text == text and later.terminal["sha256"] == sha(text)
+    finally:
+        for gw in (a, b):
+            gw.stop()
+        redis.stop()
+
+
+@pytest.mark.parametrize("transport", ["ndjson", "ws"])
+def test_the_client_retries_a_503_at_the_next_base_url(pair, victim, transport):
+    """A draining replica refuses an attach with 503 (a WebSocket with a `draining` error event); the client
+    given several base URLs takes the stream from the next one, whole."""
+    a, _ = pair
+    text = expected_text("retry", 7, 60)
+    sid = create(a.url, "retry", max_tokens=60, seed=7, sim=SIM)
+    hold = create(victim.url, "hold", max_tokens=5000, sim=SIM)  # keeps the victim draining for 3 s
+
+    async def go():
+        holder = asyncio.create_task(wire.read(victim.url, "ndjson", stream_id=hold))
+        await asyncio.sleep(0.3)
+        os.kill(victim.proc.pid, signal.SIGTERM)
+        async with httpx.AsyncClient() as http:
+            async with asyncio.timeout(10):
+                while (await http.get(f"{victim.url}/healthz")).status_code != 503:
+                    await asyncio.sleep(0.05)
+            refused = (await http.get(f"{victim.url}/v1/streams/{sid}/ndjson")).status_code
+        async with Client([victim.url, a.url]) as client:
+            result = await client.stream(transport, stream_id=sid)
+            at = client.base_url
+        await holder
+        return refused, result, at
+
+    refused, result, at = run(go())
+    assert refused == 503
+    assert result.text == text and result.done is not None and result.done.sha256 == sha(text)
+    assert result.reconnects >= 1 and at == a.url

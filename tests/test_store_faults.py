@@ -17,7 +17,7 @@ from gateway.client import Client, StreamResult
 from loadtests.procs import free_port, stop
 from gateway.sources.simulated import expected_text
 
-from .support import ROOT, Gateway, RedisServer
+from .support import Gateway, RedisServer, ROOT, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -76,7 +76,7 @@ def test_redis_restart_without_data_ends_every_reader_with_store_lost():
                 done = await asyncio.wait_for(asyncio.gather(*(t for _, _, _, t, _ in readers)), 4 * IDLE_S + 10)
                 return ids, readers, done, time.monotonic() - t0
 
-        ids, readers, results, took = asyncio.run(go())
+        ids, readers, results, took = run(go())
         assert took < 3 * IDLE_S + 5, f"readers ended {took:.1f} s after the restart"
         for (i, sid, mirrored, _, _), r in zip(readers, results):
             assert r.error is not None, f"reader of {sid} (mirror={mirrored}) ended without a terminal error"
@@ -90,7 +90,7 @@ def test_redis_restart_without_data_ends_every_reader_with_store_lost():
         for gw in (a, b):
             assert gauge(gw, "gateway_active_streams") == 0
         # And the replicas work on afterwards.
-        r = asyncio.run(_one(a.url, b.url, "after", 30))
+        r = run(_one(a.url, b.url, "after", 30))
         assert r.done is not None and r.text == expected_text("after", 1, 30)
     finally:
         for gw in (a, b):
@@ -152,7 +152,7 @@ def test_redis_at_maxmemory_503_errors_and_an_unready_replica():
                 done = await asyncio.wait_for(asyncio.gather(*(t for t, _ in readers)), 30)
                 return junk, creates, done
 
-        junk, creates, results = asyncio.run(go())
+        junk, creates, results = run(go())
         for r in creates:
             assert r.status_code == 503, r.text
             assert r.headers["content-type"] == "application/problem+json"
@@ -185,7 +185,7 @@ def test_redis_at_maxmemory_503_errors_and_an_unready_replica():
         while httpx.get(f"http://127.0.0.1:{port}/healthz").status_code != 200:
             assert time.monotonic() < deadline, "the new replica never became ready"
             time.sleep(0.2)
-        r = asyncio.run(_one(f"http://127.0.0.1:{port}", a.url, "back", 20))
+        r = run(_one(f"http://127.0.0.1:{port}", a.url, "back", 20))
         assert r.done is not None and r.text == expected_text("back", 1, 20)
         for gw in (a, b):
             assert gauge(gw, "gateway_active_streams") >= 0
@@ -209,7 +209,7 @@ def test_streams_per_key_holds_under_concurrency_across_replicas():
                 posts = [http.post(f"{(a, b)[i % 2].url}/v1/streams", json=body) for i in range(40)]
                 return await asyncio.gather(*posts)
 
-        responses = asyncio.run(go())
+        responses = run(go())
         statuses = sorted(r.status_code for r in responses)
         assert statuses.count(201) == 2 and statuses.count(429) == 38, statuses
         assert all(r.json()["code"] == "too_many_streams" for r in responses if r.status_code == 429)

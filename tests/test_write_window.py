@@ -13,7 +13,7 @@ import pytest
 from gateway.codecs import ndjson, sse
 from gateway.sources.simulated import expected_text
 
-from .support import Gateway, gateway
+from .support import Gateway, gateway, run
 
 TOKENS = 100
 BODY = {"prompt": "window", "seed": 5, "max_tokens": TOKENS, "sim": {"ttft_ms": 0, "itl_ms": 20, "jitter": 0}}
@@ -59,7 +59,6 @@ def test_the_window_is_bounded():
 
 def test_a_window_coalesces_websocket_frames():
     """WebSocket frames cannot be told apart by writes on the client side: count arrival bursts instead."""
-    import asyncio
     import time
 
     from websockets.asyncio.client import connect
@@ -81,6 +80,6 @@ def test_a_window_coalesces_websocket_frames():
         return "".join(text), bursts
 
     with gateway({"GATEWAY_WRITE_WINDOW_MS": "250"}) as gw:
-        text, bursts = asyncio.run(go(gw.ws_url))
+        text, bursts = run(go(gw.ws_url))
     assert text == expected_text("window", 5, TOKENS)
     assert bursts <= 15, bursts  # ~8 windows of 250 ms; without a window, 100 tokens 20 ms apart

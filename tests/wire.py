@@ -175,7 +175,7 @@ def _take(out: Read, event: dict, until) -> bool:
         return True
     if event["type"] == "reconnect":
         out.ended = "reconnect"
-        return True
+        return out.transport != "ws"  # a WebSocket goes on to its close frame (and code)
     if until is not None and until(event):
         out.ended = "stopped"
         return True

@@ -22,6 +22,12 @@ class UpstreamDecoder:
     def feed(self, data: bytes) -> bool:
         raise NotImplementedError
 
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for a line's (or block's) end."""
+        parser = getattr(self, "parser", None) or getattr(self, "lines", None)
+        return parser.pending if parser is not None else 0
+
     def close(self) -> None:
         """The upstream body ended: unless the stream said it was finished, it was cut."""
         if not self.ended:

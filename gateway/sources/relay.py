@@ -14,7 +14,9 @@ Stalls need no timer here: the registry's sweep ends a silent stream with
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -107,7 +109,11 @@ class Relay:
         if response.status_code >= 400 or response.headers.get("content-type", "").startswith("application/json"):
             # A JSON body is no stream, whatever its status: an error, or a server that ignored `stream`.
             raise await self._refusal(response)
-        task = asyncio.get_running_loop().create_task(self._read(response, self.decoder(sink), sink))
+        decoder = self.decoder(sink)
+        task = asyncio.get_running_loop().create_task(self._read(response, decoder, sink))
+        return self.generation(task, decoder)
+
+    def generation(self, task: asyncio.Task, decoder: Decoder) -> RelayGeneration:
         return RelayGeneration(task)
 
     async def _refusal(self, response: httpx.Response) -> PreStreamError:
@@ -129,27 +135,75 @@ class Relay:
                                   code="upstream_not_streaming")
         return PreStreamError(
             upstream_status(status), f"upstream {self.name} refused ({status}): {detail}",
-            retry_after=float(retry) if retry and retry.isdigit() else None, code=f"upstream_{status}",
+            retry_after=retry_after_s(retry), code=f"upstream_{status}",
         )
 
     async def _read(self, response: httpx.Response, decoder: Decoder, sink: Sink) -> None:
         try:
-            async for chunk in response.aiter_bytes():
-                # After the end, keep reading to the end of the body (it is due at once) so
-                # the connection goes back to the pool: a new TLS handshake would cost TTFT.
-                decoder.feed(chunk)
-            decoder.close()
-        except httpx.HTTPError as exc:
-            log.info("upstream %s failed mid-stream: %r", self.name, exc)
-            sink.fail("upstream_error", f"upstream {self.name} failed mid-stream: {type(exc).__name__}", True)
+            while True:
+                failure: httpx.HTTPError | None = None
+                try:
+                    async for chunk in response.aiter_bytes():
+                        # After the end, keep reading to the end of the body (it is due at once) so
+                        # the connection goes back to the pool: a new TLS handshake would cost TTFT.
+                        decoder.feed(chunk)
+                        if decoder.pending > MAX_LINE_BYTES:  # no line end in sight: do not buffer it all
+                            sink.fail("upstream_bad_data",
+                                      f"upstream {self.name} sent a line over {MAX_LINE_BYTES} bytes")
+                            return
+                except httpx.HTTPError as exc:
+                    failure = exc
+                finally:
+                    await response.aclose()
+                if decoder.ended:
+                    return
+                if failure is not None:
+                    log.info("upstream %s failed mid-stream: %r", self.name, failure)
+                try:
+                    resumed = await self.resume(decoder)
+                except httpx.HTTPError as exc:
+                    log.info("upstream %s: resuming failed: %r", self.name, exc)
+                    resumed, failure = None, failure or exc
+                if resumed is None:
+                    if failure is None:
+                        decoder.close()  # the body ended: finished, or cut (the decoder knows)
+                    else:
+                        sink.fail("upstream_error",
+                                  f"upstream {self.name} failed mid-stream: {type(failure).__name__}", True)
+                    return
+                response = resumed
         except Exception:
             log.exception("relay %s: reading the upstream failed", self.name)
             sink.fail("relay_error", f"reading upstream {self.name} failed", True)
-        finally:
-            await response.aclose()
+
+    async def resume(self, decoder: Decoder) -> httpx.Response | None:
+        """The upstream's stream again, after what `decoder` has, once it was cut; None: it cannot resume."""
+        return None
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+MAX_LINE_BYTES = 1_048_576  # an upstream line (SSE block, NDJSON line) held back at most this long
+MAX_RETRY_AFTER_S = 3600.0  # an upstream's Retry-After passed on to clients is bounded by this
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """An upstream's Retry-After (RFC 9110 10.2.3) in seconds, bounded: delay-seconds (ASCII digits)
+    or an HTTP-date; anything else is ignored (None)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value[:12]) if len(value) <= 12 else MAX_RETRY_AFTER_S, MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:  # HTTP-dates are GMT; a date without a zone is not one
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, delay), MAX_RETRY_AFTER_S)
 
 
 def _error_message(raw: bytes) -> str:
@@ -171,6 +225,7 @@ def _error_message(raw: bytes) -> str:
 def build_sources(models: dict[str, ModelSpec], read_timeout_s: float) -> dict[str, Relay]:
     from .ollama import OllamaRelay
     from .openai import OpenAIRelay
+    from .responses import ResponsesRelay
 
-    kinds = {"openai": OpenAIRelay, "ollama": OllamaRelay}
+    kinds = {"openai": OpenAIRelay, "ollama": OllamaRelay, "responses": ResponsesRelay}
     return {name: kinds[spec.kind](name, spec, read_timeout_s) for name, spec in models.items()}

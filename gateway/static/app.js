@@ -12,6 +12,43 @@
   };
   const utf8 = new TextEncoder();
   const MAX_TRIES = 5;  // reconnect attempts in a row without a new event before giving up
+  // No byte for this long on an open connection: it is dead (half-open, no FIN or RST ever comes), so
+  // cut it and resume. Three of the gateway's default 15 s heartbeats; `?read_timeout_s=N` sets it.
+  const READ_TIMEOUT_MS = 1000 * (Number(new URLSearchParams(location.search).get("read_timeout_s")) || 45);
+
+  // Transport fallback, the rules of gateway/fallback.py: a path that refuses a transport, or cuts it
+  // twice in a row before any token or within a second of opening, moves the panel to the next one,
+  // resuming the same stream.
+  class Fallback {
+    constructor(order) {
+      this.order = order;
+      this.index = 0;
+      this.barren = 0;
+    }
+
+    get transport() {
+      return this.order[this.index];
+    }
+
+    refused() {
+      return this.next();
+    }
+
+    ended(progressed, lastedMs) {
+      if (progressed && lastedMs >= 1000) {
+        this.barren = 0;
+        return false;
+      }
+      return ++this.barren >= 2 && this.next();
+    }
+
+    next() {
+      if (this.index + 1 >= this.order.length) return false;
+      this.index++;
+      this.barren = 0;
+      return true;
+    }
+  }
 
   // ---------------------------------------------------------------------------------------------
   // Markdown while it streams. Blocks that can no longer change are rendered once and never
@@ -257,6 +294,9 @@
       this.bytes = 0;
       this.reconnects = 0;
       this.cuts = [];
+      this.fallbacks = [];  // {from, to, ms}: when the panel gave up on a transport
+      this.onSilence = null;
+      clearTimeout(this.silence);
       this.tries = 0;
       this.firstAt = null;
       this.lastAt = null;
@@ -286,6 +326,23 @@
 
     addBytes(n) {
       this.bytes += n;
+      this.alive();
+    }
+
+    // The read timeout: `onSilence` runs when no byte came for READ_TIMEOUT_MS (null: none armed).
+    watch(onSilence) {
+      this.onSilence = onSilence;
+      this.alive();
+    }
+
+    alive() {
+      clearTimeout(this.silence);
+      if (this.onSilence && !this.ended) this.silence = setTimeout(() => this.onSilence(), READ_TIMEOUT_MS);
+    }
+
+    fellBack(from, to) {
+      this.fallbacks.push({ from, to, ms: performance.now() - this.t0 });
+      this.ui.state.textContent = `${to} (no ${from} on this path)`;
     }
 
     event(ev) {
@@ -358,6 +415,7 @@
     end(status, code, message, label) {
       if (this.ended) return;
       this.ended = true;
+      clearTimeout(this.silence);
       this.outcome = { status, code, message };
       cancelAnimationFrame(this.frame);
       this.frame = 0;
@@ -427,6 +485,7 @@
         text: this.text, tokens: this.tokens, lastSeq: this.lastSeq, streamId: this.streamId,
         duplicates: this.duplicates, gaps: this.gaps, heartbeats: this.heartbeats, bytes: this.bytes,
         reconnects: this.reconnects, cuts: this.cuts, sha: this.sha, doneSha: this.done ? this.done.sha256 : null,
+        fallbacks: this.fallbacks, transport: this.client ? this.client.transport : this.kind,
         ttftMs: this.firstAt === null ? null : this.firstAt - this.t0,
       };
     }
@@ -531,11 +590,16 @@
 
   // 2 and 3. fetch with a ReadableStream; after a cut, GET the stream by id from the last seq.
   class FetchClient extends Client {
-    constructor(panel, format) {
+    constructor(panel, format, fallback = null) {
       super(panel);
       this.id = null;  // from the X-Stream-Id header
       this.format = format;  // "sse" or "ndjson"
       this.abort = new AbortController();
+      this.fallback = fallback;  // set on the WebSocket panel once it fell back to fetch
+    }
+
+    get transport() {
+      return `fetch-${this.format}`;
     }
 
     resumeRequest() {
@@ -547,26 +611,45 @@
 
     async start(body) {
       const panel = this.panel;
-      let [url, init] = [`/v1/${this.format}`, jsonInit(body)];
+      let [url, init] = panel.streamId === null ? [`/v1/${this.format}`, jsonInit(body)] : this.resumeRequest();
       for (;;) {
         let reason = "the response ended without a terminal event";
+        const tokens = panel.tokens;
+        const opened = performance.now();
+        const connection = new AbortController();  // this request only: the read timeout aborts it
+        panel.watch(() => connection.abort(new Error(`no byte for ${READ_TIMEOUT_MS / 1000} s`)));
         try {
-          const resp = await fetch(url, { ...init, signal: this.abort.signal });
+          const resp = await fetch(url, { ...init, signal: AbortSignal.any([this.abort.signal, connection.signal]) });
           this.id = resp.headers.get("x-stream-id") || this.id;
           if (!resp.ok) {
+            const proxy = !(resp.headers.get("content-type") || "").startsWith("application/problem+json");
+            if (proxy && this.live && this.fallback && this.fallback.refused()) return this.fallBack(body);
             const [code, detail] = await problem(resp);
             return this.live && panel.fail(code, detail);
           }
           await this.read(resp);
         } catch (e) {
           if (this.abort.signal.aborted) return;
-          reason = String(e.message || e);
+          reason = String((connection.signal.aborted && connection.signal.reason.message) || e.message || e);
+        } finally {
+          panel.watch(null);
         }
-        if (!this.live || panel.ended || !panel.cut(reason)) return;
+        if (!this.live || panel.ended) return;
+        if (this.fallback && this.fallback.ended(panel.tokens > tokens, performance.now() - opened)) {
+          return this.fallBack(body);
+        }
+        if (!panel.cut(reason)) return;
         await backoff(panel);
         if (this.abort.signal.aborted || !this.live) return;
         [url, init] = this.resumeRequest();
       }
+    }
+
+    fallBack(body) {
+      const next = new FetchClient(this.panel, "ndjson", this.fallback);
+      this.panel.fellBack(this.transport, next.transport);
+      this.panel.client = next;
+      return next.start(body);
     }
 
     async read(resp) {
@@ -599,21 +682,54 @@
     }
   }
 
-  // 4. WebSocket: `start`, `cancel`, and after a cut a new socket sends `resume`.
+  // 4. WebSocket: `start`, `cancel`, and after a cut a new socket sends `resume`. Where the path
+  // refuses WebSocket (or cuts it before any token, twice), the panel falls back to fetch + SSE,
+  // then fetch + NDJSON, resuming the same stream.
   class WebSocketClient extends Client {
     constructor(panel) {
       super(panel);
       this.ws = null;
+      this.fallback = new Fallback(["websocket", "fetch-sse", "fetch-ndjson"]);
+    }
+
+    get transport() {
+      return "websocket";
     }
 
     start(body) {
+      this.body = body;
       this.open({ type: "start", ...body });
     }
 
     open(first) {
       const panel = this.panel;
       const ws = (this.ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`));
-      ws.onopen = () => ws.send(JSON.stringify(first));
+      const tokens = panel.tokens;
+      let opened = 0;  // when the upgrade passed
+      const lost = async (reason) => {
+        if (this.ws !== ws || !this.live || panel.ended) return;
+        this.ws = null;
+        panel.watch(null);
+        // Never opened: the path refused the upgrade. Opened, but no token came: barren.
+        const barren = () => this.fallback.ended(panel.tokens > tokens, performance.now() - opened);
+        if (opened ? barren() : this.fallback.refused()) {
+          const next = new FetchClient(panel, "sse", this.fallback);
+          panel.fellBack(this.transport, next.transport);
+          panel.client = next;
+          return next.start(this.body);
+        }
+        if (!panel.cut(reason)) return;
+        await backoff(panel);
+        if (!panel.ended && this.live) this.open({ type: "resume", stream_id: panel.streamId, after: panel.lastSeq });
+      };
+      ws.onopen = () => {
+        opened = performance.now();
+        panel.watch(() => {
+          ws.close();  // a half-open socket would wait for the closing handshake: resume without it
+          lost(`no byte for ${READ_TIMEOUT_MS / 1000} s`);
+        });
+        ws.send(JSON.stringify(first));
+      };
       ws.onmessage = (e) => {
         if (this.ws !== ws || !this.live) return;
         panel.addBytes(utf8.encode(e.data).length);
@@ -622,11 +738,7 @@
         else panel.event(ev);
         if (panel.ended) ws.close(1000);
       };
-      ws.onclose = async (e) => {
-        if (this.ws !== ws || !this.live || panel.ended || !panel.cut(`socket closed (${e.code})`)) return;
-        await backoff(panel);
-        if (!panel.ended && this.live) this.open({ type: "resume", stream_id: panel.streamId, after: panel.lastSeq });
-      };
+      ws.onclose = (e) => lost(`socket closed (${e.code})`);
     }
 
     cancel() {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..problems import Problem
 
@@ -57,6 +57,11 @@ class StreamStore(Protocol):
 
     async def flush(self, timeout: float) -> None:
         """Wait (up to `timeout`) until every event generated here is stored."""
+
+    def evict(self, nbytes: int, owner_key: Any = None) -> list[Stream]:
+        """Drop ended streams nobody reads from this process, oldest first (of `owner_key` unless
+        None), until `nbytes` are freed; the dropped ones. A store that keeps streams elsewhere drops
+        only its local copies; one that keeps them here tombstones them (a later resume gets 410)."""
 
     def sweep(self, now: float) -> None:
         """Drop ended streams past their TTL."""

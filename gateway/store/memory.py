@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from typing import Any, Callable
+
 from ..stream import Stream
 
 __all__ = ["MemoryStore"]
 
 _TOMBSTONES = 100_000
+
+
+def evict_oldest(streams: dict[str, Stream], nbytes: int, owner_key: Any,
+                 forget: Callable[[Stream], None]) -> list[Stream]:
+    """Drop ended streams nobody reads, oldest ended first (of `owner_key` unless it is None), until
+    `nbytes` are freed; the dropped ones."""
+    ended = sorted((s for s in streams.values() if s.ended_at is not None and not s.subs
+                    and (owner_key is None or s.owner_key == owner_key)), key=lambda s: s.ended_at)
+    out: list[Stream] = []
+    for s in ended:
+        if nbytes <= 0:
+            break
+        forget(s)
+        out.append(s)
+        nbytes -= s.log.size
+    return out
 
 
 class MemoryStore:
@@ -52,6 +70,13 @@ class MemoryStore:
 
     async def flush(self, timeout: float) -> None:
         pass
+
+    def evict(self, nbytes: int, owner_key: Any = None) -> list[Stream]:
+        return evict_oldest(self.streams, nbytes, owner_key, self._forget)
+
+    def _forget(self, s: Stream) -> None:
+        del self.streams[s.id]
+        self._expired[s.id] = s.owner_key
 
     def sweep(self, now: float) -> None:
         ttl = self.ttl_s

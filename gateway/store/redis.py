@@ -42,6 +42,7 @@ from ..journal import Journal
 from ..log import KIND, EventLog
 from ..stream import DONE, FAILED, Stream
 from .base import StoreUnavailable
+from .memory import evict_oldest
 
 if TYPE_CHECKING:
     from ..clock import Clock
@@ -453,6 +454,19 @@ class RedisStore:
                     del self.mirrors[sid]
             elif mirror.detached_since is not None and now - mirror.detached_since > _KEEP_S:
                 del self.mirrors[sid]
+
+    def evict(self, nbytes: int, owner_key: Any = None) -> list[Stream]:
+        # Local copies only: Redis keeps the events (bounded by its maxmemory), so a resume still works.
+        # An owned stream goes once Redis has all of it; a mirror at once.
+        streams = {sid: rec.stream for sid, rec in self.owned.items() if rec.lost or rec.flushed >= len(rec.stream.log)}
+        streams.update(self.mirrors)
+        return evict_oldest(streams, nbytes, owner_key, self._drop_local)
+
+    def _drop_local(self, stream: Stream) -> None:
+        if self.owned.pop(stream.id, None) is not None:
+            stream.on_append = None
+            self._dirty.pop(stream.id, None)
+        self.mirrors.pop(stream.id, None)
 
     def local(self) -> list[Stream]:
         return [rec.stream for rec in self.owned.values()] + list(self.mirrors.values())

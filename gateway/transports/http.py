@@ -56,6 +56,8 @@ class EventStream(Response):
         self.write: Writer | None = None  # the push path's write without `send` (direct.py)
         self.stats = ctx.stats[fmt]
         self.batch = ctx.settings.max_batch_bytes
+        self.media_type = ndjson.MEDIA_TYPE if fmt == "ndjson" else sse.MEDIA_TYPE
+        self.heartbeat = ndjson.HEARTBEAT_LINE if fmt == "ndjson" else sse.HEARTBEAT_FRAME
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not defer(scope, lambda: self.run(scope, receive, send)):
@@ -63,8 +65,7 @@ class EventStream(Response):
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx, stream, sub, stats = self.ctx, self.stream, self.sub, self.stats
-        media = ndjson.MEDIA_TYPE if self.fmt == "ndjson" else sse.MEDIA_TYPE
-        headers = streaming_headers(media, ctx.settings.x_accel_buffering, stream.id)
+        headers = streaming_headers(self.media_type, ctx.settings.x_accel_buffering, stream.id)
         stats.connections += 1
         sub.abort = scope.get(ABORT)
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
@@ -86,6 +87,11 @@ class EventStream(Response):
         """Log events [start, end) as body bytes (a subclass may map them to another format)."""
         return log.sse_frames(start, end) if self.fmt == "sse" else log.ndjson(start, end)
 
+    def reconnect(self) -> bytes:
+        """The last bytes before the server closes to drain: where to resume (a subclass may send none)."""
+        codec = sse if self.fmt == "sse" else ndjson
+        return codec.encode(Reconnect(self.ctx.settings.sse_retry_ms))
+
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -96,7 +102,7 @@ class EventStream(Response):
     async def _pump(self, send: Send, stats) -> None:
         stream, sub, log = self.stream, self.sub, self.stream.log
         frames = self.frames
-        heartbeat = ndjson.HEARTBEAT_LINE if self.fmt == "ndjson" else sse.HEARTBEAT_FRAME
+        heartbeat = self.heartbeat
         wait = stream.wait
         clock = asyncio.get_running_loop().time
         batch = self.ctx.settings.max_batch_bytes
@@ -112,9 +118,7 @@ class EventStream(Response):
                 raise self.failed
             if sub.gone:
                 if sub.kicked and not self.client_left:
-                    codec = sse if self.fmt == "sse" else ndjson
-                    body = codec.encode(Reconnect(self.ctx.settings.sse_retry_ms))
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    await send({"type": "http.response.body", "body": self.reconnect(), "more_body": False})
                 elif self.client_left and stream.running:
                     stats.disconnects += 1
                 return

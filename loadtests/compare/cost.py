@@ -1,14 +1,13 @@
 """What a transport costs: bytes on the wire per token, and gateway memory per open connection.
 
-Both use the project's own client (its codecs), not Locust: they need few
-streams and exact counts rather than load.
+The wire cost uses the project's own client (its codecs), not Locust: it needs few streams and exact
+counts rather than load. Memory per connection is the benchmark's measurement (one, not two).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import statistics
-import time
 
 from gateway.client import Client
 from ..procs import GatewayProcess
@@ -105,65 +104,20 @@ def wire_cost(gw: GatewayProcess, transports: list[str], streams: int, fields: d
     return rows
 
 
-async def _open(client: Client, transport: str, i: int, fields: dict, opened: list, release: asyncio.Event) -> None:
-    """Open one stream, read its meta event, then hold the connection until released."""
-    name, by_id = client_transport(transport)
-    args = {"stream_id": (await client.create(seed=i, **fields))["id"]} if by_id else {"seed": i, **fields}
-    events = client.events(name, resume=False, **args)
-    try:
-        await anext(events)
-        opened.append(i)
-        await release.wait()
-    finally:
-        await events.aclose()
-
-
-def memory_per_connection(transports: list[str], n: int, log=None) -> list[dict]:
-    """Per transport, on a fresh gateway: RSS with `n` open streaming connections minus RSS before.
-
-    A fresh process per transport, because Python rarely gives freed memory back:
-    a second transport measured in the same process would reuse the first one's.
-    The streams stay open (a token every half second), so the figure is an open
-    connection with its stream, subscriber and socket buffers.
+def memory_per_connection(transports: list[str], n: int) -> list[dict]:
+    """Per transport, on a fresh gateway: RSS with `n` open streaming connections minus RSS before,
+    per connection the gateway counts open. The benchmark's measurement (loadtests/bench/speed.py), with
+    slow streams back to back (a token every 250 ms) so the figure is an open connection with its stream,
+    subscriber and socket buffers, not a burst of traffic.
     """
+    from ..bench import speed
+
+    args = argparse.Namespace(priority=0, tokens=20, itl_ms=250.0, ttft_ms=0.0, ramp=None, warmup=1.0,
+                              duration=2.0, profile=None)
     rows = []
     for transport in transports:
-        with GatewayProcess(log=log) as gw:
-            rows.append(asyncio.run(_measure_memory(gw, transport, n)))
+        row = speed.run_one("gateway", "sse" if transport == "sse_post" else transport, n, args)
+        rows.append({"transport": transport, "connections": row["open"], "requested": n,
+                     "rss_before_bytes": row["rss_idle"], "rss_open_bytes": row["rss"],
+                     "bytes_per_connection": round(row["kb_per_stream"] * 1024)})
     return rows
-
-
-async def _measure_memory(gw: GatewayProcess, transport: str, n: int) -> dict:
-    fields = {"max_tokens": 1000, "sim": {"ttft_ms": 0, "itl_ms": 500}}
-    name, _ = client_transport(transport)
-    async with Client(gw.url, read_timeout=120) as client:
-        # Warm up: the first streams load code and fill caches that every later one shares.
-        for i in range(3):
-            await _read(client, transport, seed=i, max_tokens=3, sim={"ttft_ms": 0, "itl_ms": 1})
-        await asyncio.sleep(0.3)
-        before = gw.stat()
-        opened: list[int] = []
-        release = asyncio.Event()
-        tasks = [asyncio.create_task(_open(client, transport, i, fields, opened, release)) for i in range(n)]
-        try:
-            deadline = time.monotonic() + 60
-            while len(opened) < n:
-                failed = [t for t in tasks if t.done() and t.exception()]
-                if failed:
-                    raise failed[0].exception()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"only {len(opened)} of {n} {transport} connections opened in 60 s")
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)
-            samples = []
-            for _ in range(3):
-                samples.append(gw.stat().rss)
-                await asyncio.sleep(0.2)
-            open_now = (await asyncio.to_thread(gw.metrics))[f'gateway_connections{{transport="{name}"}}']
-        finally:
-            release.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-    loaded = statistics.median(samples)
-    return {"transport": transport, "connections": int(open_now), "requested": n,
-            "rss_before_bytes": before.rss, "rss_open_bytes": int(loaded),
-            "bytes_per_connection": round((loaded - before.rss) / max(open_now, 1))}

@@ -192,7 +192,8 @@ def build(results: dict) -> dict:
                  note=(f"CPU: gateway user+system time (/proc/<pid>/stat) over the load cell at {max(m['concurrency'])} "
                        f"streams, divided by the tokens it delivered (gateway /metrics); mean of {runs} runs "
                        "[95% interval]. Memory: gateway RSS with "
-                       f"{m['memory_connections']} open streams minus before, on a fresh gateway per transport. "
+                       f"{m['memory_connections']} open streams minus before (after three warm-up streams), on a fresh "
+                       "gateway per transport, by the benchmark's load client (loadtests/bench/load.py). "
                        f"Wire: every byte the gateway sent for {m['wire_streams']} whole {m['max_tokens']}-token "
                        "streams (headers, chunked or WebSocket framing), counted by a relay, per token."), id="cost")
     for tr in m["transports"]:

@@ -102,7 +102,7 @@ def _estimates(matrix: Matrix, paths: list[str]) -> list[tuple[str, float]]:
              ("bytes on the wire", len(matrix.transports) * (matrix.max_tokens * min(matrix.itl_ms, 10) / 1000 + 0.6))]
     steps += [(f"{cell.label()}, run {run + 1} of {matrix.runs}", cell.duration_s + 2.5)
               for run in range(matrix.runs) for cell in matrix.cells() if cell.path in paths]
-    steps += [("memory per connection", len(matrix.transports) * (3.5 + matrix.memory_connections / 80)),
+    steps += [("memory per connection", len(matrix.transports) * (10.0 + max(2.0, matrix.memory_connections / 400))),
               ("report", 4.0)]
     return steps
 
@@ -148,7 +148,7 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
                                                          raw, progress.draw, run=run_no))
         results["gateway_rss_end_bytes"] = gw.stat().rss
     progress.step()
-    results["memory"] = (memory_per_connection(matrix.transports, matrix.memory_connections, log=raw / "gateway.log")
+    results["memory"] = (memory_per_connection(matrix.transports, matrix.memory_connections)
                          if matrix.memory_connections else [])
     progress.step()
     results["conditions"]["loadavg_end"] = list(os.getloadavg())
