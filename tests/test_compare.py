@@ -17,6 +17,10 @@ from loadtests.compare.report import fmt
 
 from .support import ROOT, require, require_module
 
+# Each cell runs 3 times and every Locust run starts a process: a tiny comparison takes 2-5 minutes
+# (the more the shared machine is loaded, the longer), and the module runs three.
+pytestmark = pytest.mark.timeout(900)
+
 def md_table(text: str, title: str) -> list[dict[str, str]]:
     """The rows of the markdown table under `### <title>...`, as dicts by header."""
     section = text[text.index("### " + title):]
