@@ -36,7 +36,7 @@ def auth(name: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sec(tmp_path_factory):
+def sec(tmp_path_factory, server):
     log = tmp_path_factory.mktemp("journal") / "lifecycle.jsonl"
     keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys_file.write_text("# from a file\n" + "\n".join(f"{n}={k}" for n, k in KEYS.items() if n > "f") + "\n")
@@ -56,7 +56,7 @@ def sec(tmp_path_factory):
         "GATEWAY_MAX_TOKENS_LIMIT": "200000",
         "GATEWAY_DETACH_GRACE_S": "5",
     }
-    with gateway(env) as g:
+    with gateway(env, server=server) as g:
         g.journal = log
         yield g
 
@@ -83,6 +83,7 @@ def is_problem(r: httpx.Response, status: int) -> dict:
 # -- keys -------------------------------------------------------------------------------------
 
 
+@pytest.mark.every_server
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic eDp5"},
                                      {"Authorization": "Bearer"}])
 def test_no_or_bad_key_is_401(sec, headers):
@@ -133,6 +134,7 @@ def test_stream_ids_are_long_and_random(sec):
     assert all(len(base64.urlsafe_b64decode(i + "==")) * 8 >= 128 for i in ids)
 
 
+@pytest.mark.every_server
 def test_attach_token_in_the_url_replaces_the_header(sec):
     own = create(sec, "alice", max_tokens=8, prompt="tok", seed=3)
     assert own["token"] and own["sse"].endswith("?token=" + own["token"])
@@ -175,6 +177,7 @@ def test_attach_tokens_expire():
 # -- browser safety ---------------------------------------------------------------------------
 
 
+@pytest.mark.every_server
 def test_websocket_origin_allow_list(sec):
     async def go(origin):
         headers = auth("erin") | ({"Origin": origin} if origin else {})
@@ -376,6 +379,7 @@ def test_stalled_reader_is_cut_while_a_normal_reader_finishes_on_time(sec, trans
     assert tail.text == expected_text("slow", 0, n)[-len(tail.text):] and len(tail.tokens) == 10
 
 
+@pytest.mark.every_server
 def test_stalled_reader_of_an_ended_stream_is_cut_by_time(sec):
     own = create(sec, "judy", max_tokens=70_000, sim={"ttft_ms": 0, "itl_ms": 0, "jitter": 0})
     wait_for(lambda: httpx.get(f"{sec.url}/v1/streams/{own['id']}", headers=auth("judy")).json()["status"] == "done")

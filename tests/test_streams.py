@@ -17,7 +17,7 @@ from . import wire
 from .conftest import FAST
 from .support import gateway, run
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.every_server]
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 
 
