@@ -279,6 +279,17 @@ def test_tab_endpoint_on_a_master_with_two_workers(gw, tmp_path):
         tab = live["extended_stats"][0]
         assert tab["key"] == "transports"
         assert {r["transport"] for r in tab["data"]} >= {*STREAMING, "load generator"}
+        # The generator's health first (in view), with a link to the chart; windowed columns say so.
+        assert tab["data"][0]["transport"] == "load generator" and "/transports/chart" in tab["data"][0]["note"]
+        assert {r["window"] for r in tab["data"][1:]} <= {"last 10 s", "whole run"}
+        # The chart over time: a point a second per transport, TTFT p95, inter-token p99 and tokens/s.
+        history = httpx.get(f"http://127.0.0.1:{web}/transports/history").json()
+        assert len(history) >= 2 and history[-1]["t"] > history[0]["t"]
+        last = history[-1]["transports"]
+        assert set(STREAMING) <= set(last) and all(last[t]["tokens_per_s"] > 0 for t in STREAMING), last
+        assert all(last[t]["ttft_p95"] and last[t]["itl_p99"] for t in STREAMING), last
+        chart = httpx.get(f"http://127.0.0.1:{web}/transports/chart").text
+        assert "<svg" in chart and 'fetch("history")' in chart and "https://" not in chart
         assert httpx.get(f"http://127.0.0.1:{web}/transports/csv").text.startswith("transport,active,streams")
     finally:
         for p in (*workers, boss):
