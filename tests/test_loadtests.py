@@ -30,7 +30,7 @@ def run_locust(tmp_path: Path, host: str, *args: str, users: int = 8, seconds: i
     """Run Locust headless; return its stats rows {(type, name): row}, failures and transports JSON."""
     tmp_path.mkdir(exist_ok=True)
     prefix = tmp_path / "run"
-    cmd = [*LOCUST, "--host", host, "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
+    cmd = [*LOCUST, "--host", host, "--headless", "-u", str(users), "-r", str(users or 10), "-t", f"{seconds}s",
            "--csv", str(prefix), "--html", str(tmp_path / "report.html"), "--stop-timeout", "5",
            "--loglevel", "WARNING", *args]
     try:  # a Locust that does not stop is killed with its process group: a failure, never a hang
@@ -379,3 +379,14 @@ def test_a_run_that_does_not_end_is_killed_with_its_children(tmp_path):
     while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_shape_given_no_users_runs_its_own_default_and_says_so(gw, tmp_path):
+    # The web UI sends 0 users once a shape class is picked; the run used to be a silent single user.
+    out = run_locust(tmp_path, gw.url, "--max-tokens", "10", "--ttft-ms", "20", "--itl-ms", "10",
+                     "SsePostUser", users=0, seconds=4)
+    scenario = out["transports"]["scenario"]
+    assert scenario["users_default"].startswith("10 users: the shape's default for steady"), scenario
+    assert "no user count given (0); using the steady scenario's default of 10 users" in out["log"]
+    with open(tmp_path / "run_stats_history.csv") as f:
+        assert max(int(r["User Count"]) for r in csv.DictReader(f)) == 10
