@@ -162,3 +162,13 @@ def test_stats_exact_percentiles_and_t_intervals():
     assert d.winner == "a" and d.label == "a"
     d = decide({"a": figure([10, 15, 20], 300, "x"), "b": figure([20, 21, 22], 300, "x")})
     assert d.winner is None and d.label == "tie: a, b"
+
+
+def test_no_throughput_winner_over_a_transport_the_load_generator_could_not_judge():
+    r = results(FAST, FAST)
+    for c in r["cells"]:
+        if c["transport"] == "sse_post" and c["users"] == 50:
+            c["exact"]["itl"]["p99"] = 150.0
+            c["load_generator"]["saturated"] = True  # the slip may be Locust's own delay
+    row = next(x for x in recommend(r)["table"] if x["need"] == "highest throughput")
+    assert row["verdict"] == "not measured" and "sse_post could not be judged up to 50 streams" in row["why"]

@@ -194,7 +194,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
         sampler = _Sampler({"locust": proc.pid} | ({"gateway": gw.pid} if gw.pid else {}))
         sampler.start()
         # Locust stops by itself after -t; past this, ask it to stop (SIGTERM: it still writes its files).
-        deadline = time.monotonic() + cell.duration_s + 20
+        deadline = time.monotonic() + cell.duration_s + 40  # Locust's own start takes 10 s on a loaded box
         overran = False
         try:
             while proc.poll() is None:
@@ -216,7 +216,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     json_path = prefix.with_name(name + ".json")
     problem = None
     if overran:
-        problem = f"Locust did not stop {cell.duration_s + 20:g} s after starting and was stopped with SIGTERM"
+        problem = f"Locust did not stop {cell.duration_s + 40:g} s after starting and was stopped with SIGTERM"
     if not json_path.exists():
         tail = " / ".join(log_text.strip().splitlines()[-3:])
         problem = (problem or f"Locust exited with {proc.returncode}") + f" and wrote no results ({tail[-300:]})"

@@ -342,6 +342,10 @@ def _throughput(s: dict[str, dict]):
     unsure = [f"{t} at {', '.join(map(str, v['inconclusive_users']))}" for t, v in s.items() if v["inconclusive_users"]]
     if unsure:
         why += f"; not judged (load generator saturated): {'; '.join(unsure)}"
+    # A transport whose slip could be the load generator's might have held as many: no winner over it.
+    unjudged = [t for t, v in s.items() if v["inconclusive_users"] and v["held_users"] < top]
+    if unjudged:
+        return None, "not measured", why + f"; {', '.join(unjudged)} could not be judged up to {top} streams"
     if len(tied) == 1:
         return next(iter(tied)), next(iter(tied)), why
     cpu_at = "/".join(map(str, sorted({s[t]["cpu_users"] for t in tied})))
