@@ -260,15 +260,18 @@ def _evidence(cands: dict[str, Figure | None], unit: str = " ms") -> str:
     any_f = next(iter(fs.values()))
     parts = [f"{t} {_ci(f, unit)}" for t, f in sorted(fs.items(), key=lambda kv: kv[1].value)]
     n = ", ".join(f"{t} {f.samples}" for t, f in fs.items())
-    return f"{', '.join(parts)} (mean of {len(any_f.runs)} runs, 95% t interval; {any_f.of}: {n})"
+    runs = {len(f.runs) for f in fs.values()}
+    runs_text = (f"{runs.pop()} runs" if len(runs) == 1
+                 else "runs: " + ", ".join(f"{t} {len(f.runs)}" for t, f in fs.items()))
+    return f"{', '.join(parts)} (mean of the runs, 95% t interval; {runs_text}; {any_f.of}: {n})"
 
 
 def _verdict(dec: Decision, evidence: str, nothing: str) -> tuple[str | None, str, str]:
     if not dec.order:
-        why = nothing
         if dec.unjudged:
-            why += f"; {', '.join(dec.unjudged)} not judged: fewer than {MIN_SAMPLES} samples or {MIN_RUNS} runs"
-        return None, "not measured", why
+            return None, "not measured", (f"{', '.join(dec.unjudged)} not judged: fewer than {MIN_SAMPLES} samples "
+                                          f"or {MIN_RUNS} runs; " + evidence)
+        return None, "not measured", nothing
     why = evidence
     if dec.unjudged:
         why += f"; {', '.join(dec.unjudged)} not judged: fewer than {MIN_SAMPLES} samples or {MIN_RUNS} runs"
