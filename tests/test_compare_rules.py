@@ -6,11 +6,15 @@ Each cell here has three runs; a figure is the mean of the runs with a t interva
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+from pathlib import Path
 
 import pytest
 
-from loadtests.compare.rules import recommend
+from loadtests.compare import report
+from loadtests.compare.rules import figures, recommend
 from loadtests.compare.stats import decide, figure, percentile
 
 
@@ -172,3 +176,37 @@ def test_no_throughput_winner_over_a_transport_the_load_generator_could_not_judg
             c["load_generator"]["saturated"] = True  # the slip may be Locust's own delay
     row = next(x for x in recommend(r)["table"] if x["need"] == "highest throughput")
     assert row["verdict"] == "not measured" and "sse_post could not be judged up to 50 streams" in row["why"]
+
+
+# The report end to end from fixed figures: the verdicts printed in summary.md are compared with verdicts
+# fixed here, never with another output of the same `recommend()` call. The frame (conditions, baseline,
+# memory) is a real `compare --preset tiny` run's results.json, kept in tests/golden/compare_results.json.
+FRAME = json.loads((Path(__file__).parent / "golden" / "compare_results.json").read_text())
+
+
+def report_verdicts(tmp_path: Path, a: dict, b: dict) -> dict[str, str]:
+    r = copy.deepcopy(FRAME)
+    fixed = results(a, b)
+    r["matrix"].update(fixed["matrix"], runs=3, drop_by="client")
+    r["cells"], r["wire"], r["memory"] = fixed["cells"], [], []
+    for c in r["cells"]:
+        c["gateway"].update(cpu_s=1.0, cpu_share_peak=0.5, rss_peak_bytes=None, drops=0, stream_errors=0)
+        c["load_generator"].update(cpu_share_peak=0.3, locust_cpu_warning=False)
+    r["figures"] = figures(r)
+    r["recommendations"] = recommend(r)
+    (tmp_path / "raw").mkdir(parents=True)
+    report.write(tmp_path, r)
+    md = (tmp_path / "summary.md").read_text()
+    rows = md.split("### Which transport for which need", 1)[1].split("\n###", 1)[0]
+    cells = [[x.strip() for x in line.strip("|").split("|")] for line in rows.splitlines() if line.startswith("|")]
+    head = cells[0]
+    return {row[head.index("need")]: row[head.index("verdict")] for row in cells[2:]}
+
+
+def test_printed_verdicts_from_fixed_figures(tmp_path):
+    assert report_verdicts(tmp_path / "a", FAST, SLOW) == {
+        "browser client": "sse_post", "bidirectional control": "ws", "strict proxies": "not measured",
+        "resumability": "sse_post", "mobile networks": "not measured", "highest throughput": "sse_post"}
+    assert report_verdicts(tmp_path / "b", dict(FAST, spread=0.5), SLOW) == {
+        "browser client": "tie: sse_post, ws", "bidirectional control": "ws", "strict proxies": "not measured",
+        "resumability": "tie: sse_post, ws", "mobile networks": "not measured", "highest throughput": "sse_post"}
