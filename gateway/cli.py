@@ -13,19 +13,31 @@ __all__ = ["main", "serve", "SERVERS"]
 SERVERS = ("uvicorn", "hypercorn", "granian")
 
 
-def serve(host: str | None = None, port: int | None = None, server: str = "uvicorn") -> None:
-    """Run the gateway on `server`; each drains on SIGTERM (gateway/drain.py, from the lifespan)."""
+def serve(host: str | None = None, port: int | None = None, server: str = "uvicorn", workers: int | None = None,
+          fds: str | None = None) -> int:
+    """Run the gateway on `server`; each drains on SIGTERM (gateway/drain.py, from the lifespan). With
+    `workers` other than 1, a supervisor of that many uvicorn processes on the port (gateway/workers.py)."""
+    import os
+
     from .app import create_app
     from .settings import get_settings
 
     try:
         settings = get_settings()
+        if fds is None:
+            n = workers if workers is not None else settings.workers
+            if n == 0:
+                n = (os.cpu_count() or 1) if settings.stream_store == "redis" else 1
+            if n != 1:
+                from . import workers as pool
+
+                return pool.run(n, host or settings.host, port or settings.port, server)
         app = create_app(settings)
     except ValueError as exc:  # a setting that cannot work: say which, without a traceback
         sys.exit(f"gateway: {exc}")
     host, port = host or settings.host, port or settings.port
     if server == "uvicorn":
-        _uvicorn(app, settings, host, port)
+        _uvicorn(app, settings, host, port, fds)
     elif server == "hypercorn":
         _hypercorn(app, settings, host, port)
     elif server == "granian":
@@ -33,9 +45,10 @@ def serve(host: str | None = None, port: int | None = None, server: str = "uvico
         _granian(settings, host, port)
     else:
         raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
+    return 0
 
 
-def _uvicorn(app, settings, host: str, port: int) -> None:
+def _uvicorn(app, settings, host: str, port: int, fds: str | None = None) -> None:
     import uvicorn
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -65,7 +78,19 @@ def _uvicorn(app, settings, host: str, port: int) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    if fds is None:
+        server.run()
+        return
+    # A worker of `serve --workers`: its own socket on the shared port (bound now that the app is
+    # built, so the kernel routes nothing here before), and its private one from the supervisor.
+    import socket
+
+    from .drain import stop_listening
+    from .workers import listen
+
+    app.state.ctx.stop_listening = lambda: stop_listening(server)
+    server.run(sockets=[listen(host, port), socket.socket(fileno=int(fds))])
 
 
 def _hypercorn(app, settings, host: str, port: int) -> None:
@@ -125,11 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="port (default 8000, or GATEWAY_PORT)")
     p.add_argument("--server", choices=SERVERS, default="uvicorn",
                    help="ASGI server (default uvicorn; see docs/servers.md)")
+    p.add_argument("--workers", type=int, help="uvicorn processes on the one port (default: one per core with "
+                   "the Redis store, else 1; GATEWAY_WORKERS); more than 1 needs GATEWAY_STREAM_STORE=redis")
+    p.add_argument("--fds", help=argparse.SUPPRESS)  # a worker's private socket, from the supervisor
     for name in TOOLS:
         sub.add_parser(name, help=f"a tool in loadtests/: python -m gateway {name} --help")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.host, args.port, args.server)
+        return serve(args.host, args.port, args.server, args.workers, args.fds)
     return 0
 
 

@@ -19,9 +19,9 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .service import Context
 
-__all__ = ["drain", "install"]
+__all__ = ["drain", "install", "stop_listening"]
 
 log = logging.getLogger("gateway")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -30,6 +30,8 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 async def drain(ctx: Context) -> None:
     store = ctx.store
     ctx.draining = True
+    if ctx.stop_listening is not None:  # a worker: its siblings take the new connections
+        ctx.stop_listening()
     generating = [s for s in store.local() if s.generation is not None]
     log.info("draining: %d streams generating, up to %g s", len(generating), ctx.settings.drain_timeout_s)
     loop = asyncio.get_running_loop()
@@ -51,6 +53,22 @@ async def drain(ctx: Context) -> None:
             ctx.stats.cancelled["shutdown"] += 1
             stream.fail("shutdown", "the gateway replica shut down before the stream finished", True)
     await store.flush(5.0)
+
+
+def stop_listening(server: Any) -> bool:
+    """Close a uvicorn server's listening sockets, keeping its connections: True if it could.
+
+    uvicorn keeps its asyncio servers in `servers` (set in `startup`, closed in `shutdown`);
+    `asyncio.Server.close` stops listening and leaves accepted connections alone. Without that
+    attribute (another uvicorn) the worker keeps accepting and refuses with 503 while it drains.
+    """
+    servers = getattr(server, "servers", None)
+    if not servers:
+        log.warning("draining: cannot stop listening (no uvicorn `servers`); new connections get 503")
+        return False
+    for listener in servers:
+        listener.close()
+    return True
 
 
 def install(ctx: Context) -> bool:

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .problems import Problem
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .service import Context
 
 __all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ATTACH", "DEFER", "ATTACH_KINDS"]
 
@@ -130,6 +130,9 @@ class Guard:
             if name == b"authorization":
                 header = value
                 break
+            if name == b"x-api-key" and scope["path"] == "/v1/messages":
+                header = b"Bearer " + value  # how Anthropic's SDKs send the key
+
         try:
             if header is None:
                 token = _token(scope)

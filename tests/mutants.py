@@ -105,13 +105,17 @@ MUTANTS = [
            "ws_per_message_deflate=False,",
            ("tests/test_streams.py::test_per_message_deflate_on_the_real_gateway",),
            "GATEWAY_WS_PER_MESSAGE_DEFLATE does not reach the server"),
-    Mutant("direct-ws-with-deflate", "gateway/transports/direct.py", "if conn.extensions:", "if False:",
-           ("tests/test_direct.py",), "the direct WebSocket writer is used although a compression was negotiated"),
+    Mutant("direct-ws-with-deflate", "gateway/adapter/uvicorn.py",
+           "if not proto.handshake_complete or proto.conn.extensions:", "if not proto.handshake_complete:",
+           ("tests/test_adapter.py",), "the direct WebSocket writer is used although a compression was negotiated"),
     Mutant("sse-drain-503", "gateway/app.py",
            "if ctx.draining:\n            # EventSource gives up on a 503", "if False:\n            # EventSource gives up on a 503",
            ("tests/test_drain.py::test_attach_during_a_drain_tells_each_transport_to_go_elsewhere",
             "tests/test_lab.py::test_eventsource_in_chromium_follows_a_drain_to_the_other_replica"),
            "an SSE attach on a draining replica is refused with 503 (EventSource would give up)"),
+    Mutant("best-flipped", "loadtests/compare/rules.py", "def _best(cands: dict[str, float], lower: bool = True)",
+           "def _best(cands: dict[str, float], lower: bool = False)",
+           ("tests/test_compare_rules.py",), "the comparison crowns the worst figure"),
 ]
 
 

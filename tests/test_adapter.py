@@ -8,7 +8,6 @@ the portable path), and the portable path is what every other server gets
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 
@@ -19,7 +18,7 @@ from websockets.sync.client import connect
 from gateway.adapter import connection
 from gateway.adapter.uvicorn import FastPath
 from gateway.codecs import ws as codec
-from tests.support import uvicorn_thread
+from tests.support import run, uvicorn_thread
 
 # What the app saw, recorded for the test thread to assert: an assert inside the app runs on uvicorn's
 # thread after the response went out, where a failure is only logged.
@@ -156,7 +155,7 @@ def test_no_fast_path_off_uvicorn():
     async def send(message):
         pass
 
-    asyncio.run(FastPath(inner)({"type": "http", "path": "/"}, None, send))
+    run(FastPath(inner)({"type": "http", "path": "/"}, None, send))
     assert seen == [None]
 
 

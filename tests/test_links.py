@@ -205,7 +205,7 @@ def test_break_all_silences_open_connections_and_new_ones_work():
             assert relay.stats.half_open == 1
             writer.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 @pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
@@ -234,7 +234,7 @@ def test_python_client_notices_a_silent_connection_by_its_read_timeout_and_resum
                 await asyncio.wait_for(task, 30)
         return r, broke
 
-    r, broke = asyncio.run(main())
+    r, broke = run(main())
     assert r.text == expected_text("dead", 0, 60) and r.done is not None
     assert (r.gaps, r.duplicates) == (0, 0)
     noticed = r.cuts[0] - broke
@@ -249,7 +249,7 @@ def test_probe_through_a_profile_reports_the_link(gw):
         return (await probe_through(gw.url, "3g", idle_s=0, tokens=10),
                 await probe(gw.url, idle_s=0, tokens=10))
 
-    slow, direct = asyncio.run(main())
+    slow, direct = run(main())
     assert slow["profile"] == "3g" and slow["url"] == gw.url
     for t in ("sse", "ndjson", "ws"):
         s, d = slow["transports"][t], direct["transports"][t]
@@ -301,7 +301,7 @@ def test_relay_rate_matches_the_kernels_token_bucket_on_a_veth():
                 ours = await download("127.0.0.1", relay.port)
             return kernel, ours
 
-        kernel, ours = asyncio.run(main())
+        kernel, ours = run(main())
     finally:
         if server is not None:
             server.kill()

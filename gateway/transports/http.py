@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
@@ -15,15 +16,19 @@ from ..guard import defer
 from ..stream import RUNNING
 
 if TYPE_CHECKING:
-    from ..app import Context
+    from ..service import Context
     from ..log import EventLog
     from ..stream import Stream, Subscriber
 
-__all__ = ["EventStream", "DropConnection", "streaming_headers"]
+__all__ = ["EventStream", "DropConnection", "streaming_headers", "WORKER_HEADER"]
 
 
 class DropConnection(Exception):
     """Cut the connection with no terminal event (fault injection, a slow consumer): the server logs nothing."""
+
+
+# Which process served the response (`serve --workers`: which worker).
+WORKER_HEADER = (b"x-gateway-worker", str(os.getpid()).encode())
 
 
 def streaming_headers(media_type: str, accel_off: bool, stream_id: str) -> list[tuple[bytes, bytes]]:
@@ -32,6 +37,7 @@ def streaming_headers(media_type: str, accel_off: bool, stream_id: str) -> list[
         # no-transform also asks intermediaries not to compress (and so buffer) the body.
         (b"cache-control", b"no-cache, no-transform"),
         (b"x-stream-id", stream_id.encode()),
+        WORKER_HEADER,
     ]
     if accel_off:
         headers.append((b"x-accel-buffering", b"no"))
@@ -93,7 +99,7 @@ class EventStream(Response):
 
     def frames(self, log: EventLog, start: int, end: int) -> bytes:
         """Log events [start, end) as body bytes (a subclass may map them to another format)."""
-        return log.sse_frames(start, end) if self.fmt == "sse" else log.ndjson(start, end)
+        return sse.frames(log, start, end) if self.fmt == "sse" else ndjson.frames(log, start, end)
 
     def reconnect(self) -> bytes:
         """The last bytes before the server closes to drain: where to resume (a subclass may send none)."""

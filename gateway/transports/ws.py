@@ -26,7 +26,7 @@ from ..stream import RUNNING
 from .http import DropConnection
 
 if TYPE_CHECKING:
-    from ..app import Context
+    from ..service import Context
     from ..stream import Stream, Subscriber
 
 __all__ = ["WSSession", "error_text"]
@@ -219,7 +219,7 @@ class WSSession:
                     drop = sub.drop_at is not None and end >= sub.drop_at
                     if drop:
                         end = sub.drop_at
-                    texts = log.texts(cursor, end)
+                    texts = codec.texts(log, cursor, end)
                     sub.cursor = end
                     terminal = not stream.running and end == len(log)
                 else:
@@ -267,7 +267,7 @@ class WSSession:
             return True
         last = end
         end = log.batch_end(cursor, end, self.batch)
-        if not self.write(log.ws_frames(cursor, end)):
+        if not self.write(codec.frames(log, cursor, end)):
             return False  # paused or closing: the pump awaits `send`, which waits or raises
         sub.cursor = end
         stats = self.stats
