@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # An ended stream stays readable (for resume) this long.
     ttl_s: float = Field(300.0, gt=0)
     sse_retry_ms: int = Field(1000, ge=0)
+    # Each connection's `retry` (and reconnect hint) adds up to this fraction of it at random: the
+    # clients of a replica that drains or dies then come back spread out (docs/scale.md).
+    sse_retry_jitter: float = Field(0.0, ge=0, le=10)
     # Switch off only to show what proxies do without it (the proxy lab).
     x_accel_buffering: bool = True
 
