@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .api import messages, responses
-from .auth import Auth, install_redaction
+from .auth import Auth, install_log_filters
 from .chat import add_openai_routes
 from .clock import Clock
 from .codecs import sse
@@ -155,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        install_redaction()  # attach tokens ride in query strings, which servers log
+        install_log_filters()  # attach tokens out of the servers' request lines; refused upgrades quiet
         configure_journal(settings)
         set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()

@@ -20,9 +20,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-import orjson
 
-from .events import from_json, token_json
+from .events import dumps, from_json, token_json
 from .log import KIND, EventLog
 
 if TYPE_CHECKING:
@@ -171,7 +170,7 @@ class Stream:
         self._on_event = on_event  # lifecycle hook (stream, what, subscriber=None): metrics and logs
         self.on_append: Callable[[Stream], None] | None = None  # a shared store persisting the log
         meta = {"type": "meta", "seq": 0, "stream_id": stream_id, "model": model, "created": self.created}
-        self.log.append(_META, orjson.dumps(meta))
+        self.log.append(_META, dumps(meta))
 
     # -- the sink a source writes into --------------------------------------
 
@@ -211,7 +210,7 @@ class Stream:
         self.status = status
         if self.left_at is not None:
             self.wasted, self.left_at = self.tokens - self.left_at, None
-        self.log.append(kind, orjson.dumps(obj))
+        self.log.append(kind, dumps(obj))
         self.generation = None
         self._on_event(self, "ended")
         if self.on_append is not None:
