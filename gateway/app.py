@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from contextlib import asynccontextmanager
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -15,119 +17,40 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .api import messages, responses
-from .auth import Auth, install_log_filters
-from .chat import add_openai_routes
-from .clock import Clock
+from .auth import install_log_filters
+from .chat import ChatRequest, add_openai_routes
 from .codecs import sse
 from .events import Reconnect
 from .guard import KEY, Edge, Guard, cors, defer
 from .journal import configure as configure_journal
-from .limits import Buckets
-from .metrics import Stats
 from .middleware import BodyLimit
-from . import memory, openapi
+from . import drain, memory, openapi
 from .models import StreamRequest
 from .page import add_page
 from .problems import Problem, problem
-from .registry import Registry, UnknownModel
+from .registry import UnknownModel
+from .service import Context
 from .settings import Settings, get_settings
 from .sources.base import PreStreamError
-from .store import make_store
 from .stream import Stream, set_write_window
 from .transports import DropConnection, EventStream, WSSession
+from .workers import fleet_metrics
 
-__all__ = ["create_app", "Context"]
+__all__ = ["create_app", "Context"]  # Context lives in gateway/service.py
 
 log = logging.getLogger("gateway")
 
 
-class Context:
-    """Everything a request handler needs, built once per app."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.clock = Clock()
-        self.stats = Stats()
-        self.store = make_store(settings, self.clock, self.stats)
-        self.registry = Registry(settings, self.clock, self.stats, self.store)
-        self.auth = Auth(settings)
-        self.rates = Buckets(settings.rate_per_key) if settings.rate_per_key else None
-        self.draining = False  # SIGTERM came: no new streams or clients here (gateway/drain.py)
-
-    def refuse_if_draining(self) -> None:
-        if self.draining:
-            raise Problem(503, "Draining", "this replica is shutting down: use another one",
-                          retry_after=1, code="draining")
-
-    def check_request(self, request: StreamRequest) -> None:
-        self.refuse_if_draining()
-        s = self.settings
-        if "max_tokens" not in request.model_fields_set:  # the default, never over this server's limit
-            request.max_tokens = min(request.max_tokens, s.max_tokens_limit)
-        if len(request.prompt.encode()) > s.max_prompt_bytes:
-            raise Problem(413, "Prompt too large", f"the prompt is over {s.max_prompt_bytes} bytes")
-        if request.max_tokens > s.max_tokens_limit:
-            raise Problem(422, "Invalid request", f"max_tokens is over the limit of {s.max_tokens_limit}")
-
-    async def owned(self, stream_id: str, key: str | None) -> Stream:
-        """The stream if `key` owns it; another key's stream is not found (404, no existence oracle)."""
-        stream = await self.store.get(stream_id)
-        if stream is None or stream.owner_key != key:
-            if stream is None and await self.store.expired(stream_id, key):
-                raise Problem(410, "Stream expired", "the stream ended and its events are gone", code="expired")
-            raise Problem(404, "Stream not found", f"no stream {stream_id[:64]!r}", code="not_found")
-        return stream
-
-    async def find(self, stream_id: str, after: int, key: str | None) -> Stream:
-        """The stream to attach to, with the resume point checked; raises Problem."""
-        self.refuse_if_draining()
-        stream = await self.owned(stream_id, key)
-        limit = self.settings.clients_per_stream
-        if limit and len(stream.subs) >= limit:
-            self.stats.refused["clients"] += 1
-            raise Problem(429, "Too many clients", f"this stream has {limit} clients already",
-                          retry_after=1, code="too_many_clients")
-        last = stream.last_seq
-        if after > last and stream.running and self.store.shared:
-            # The client may have read up to `after` on another replica: this copy can lag behind.
-            await self.store.catch_up(stream, after)
-            last = stream.last_seq
-        if after > last or (after == last and not stream.running):
-            raise Problem(409, "Nothing to resume",
-                          f"resume point {after} is past the stream's last event {last}"
-                          + ("" if stream.running else " (the stream has ended)"), code="past_end")
-        return stream
-
-    async def create(self, request: StreamRequest, one_shot: bool, key: str | None = None) -> Stream:
-        self.check_request(request)
-        return await self.registry.create(request, one_shot=one_shot, owner_key=key)
-
-    async def run_to_end(self, stream: Stream, request: Request) -> None:
-        """Wait, unstreamed, until `stream` ends or the client leaves (which cancels it)."""
-        sub = stream.attach(-1, "complete", self.clock.now())
-        left = asyncio.get_running_loop().create_task(_disconnected(request))
-        left.add_done_callback(lambda _: (setattr(sub, "gone", True), sub.wake()))
-        try:
-            while stream.running and not sub.gone:
-                sub.cursor = len(stream.log)
-                sub.beat = False  # no heartbeats here; left set, wait() would return at once, forever
-                await stream.wait(sub)
-        finally:
-            left.cancel()
-            stream.detach(sub, self.clock.now(), client_left=sub.gone)
-
-
 class _App(FastAPI):
+    """FastAPI behind the edge: the edge sees each connection before every other layer (error
+    handling included), and runs a stream's body once they have all returned (guard.defer)."""
+
+    def __init__(self, ctx: Context, **kw) -> None:
+        super().__init__(**kw)
+        self.edge = Edge(partial(FastAPI.__call__, self), ctx)
+
     async def __call__(self, scope, receive, send) -> None:
-        # The server's own `send`, under every middleware: streams write their
-        # events through it (after the response start went the usual way).
-        scope["gateway.send"] = send
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            # `send` is bound to uvicorn's request cycle, which holds this scope: left here, the
-            # cycle and all it holds (transport, buffers) waited for a full GC (gateway/memory.py).
-            scope.pop("gateway.send", None)
+        await self.edge(scope, receive, send)
 
 
 class _QuietDrops(logging.Filter):
@@ -160,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()
         ctx.registry.start()
+        ctx.admission.start()
         # Everything alive now lives for the process: keep the cyclic GC from rescanning it.
         gc.collect()
         gc.freeze()
@@ -167,22 +91,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # (measured: the collector's CPU fell from ~7% to ~4% at 1,000 streams).
         gc.set_threshold(50_000, 20, 100)
         memory.set_mmap_threshold(settings.malloc_mmap_threshold)
+        drain.install(ctx)
         yield
         for stream in ctx.store.local():
             stream.cancel("shutdown")
         ctx.clock.stop()
+        ctx.admission.stop()
         await ctx.store.close()
         await ctx.registry.aclose()
 
-    app = _App(title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
+    app = _App(ctx, title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
-    openapi.install(app, settings)
+    openapi.install(app, settings, [
+        ("/v1/chat/completions", ChatRequest, ("max_tokens", "max_completion_tokens")),
+        ("/v1/responses", responses.ResponsesRequest, ("max_output_tokens",)),
+        ("/v1/messages", messages.MessagesRequest, ("max_tokens",))])
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Guard, ctx=ctx)
     if settings.allowed_origins:
         app.add_middleware(cors, ctx=ctx)
-    stack = app.build_middleware_stack
-    app.build_middleware_stack = lambda: Edge(stack(), ctx)  # outermost, so it sees uvicorn's own send
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -225,7 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def create_stream(body: StreamRequest, request: Request) -> JSONResponse:
         stream = await ctx.create(body, False, request.scope.get(KEY))
         out = links(stream)
-        return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}"})
+        return JSONResponse(out, status_code=201, headers={"Location": f"/v1/streams/{stream.id}",
+                                                           "X-Gateway-Worker": str(os.getpid())})
 
     @app.get("/v1/streams/{stream_id}", responses=openapi.STATUS)
     async def stream_status(stream_id: str, request: Request) -> dict:
@@ -334,16 +262,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # sends clients elsewhere.
         status = "draining" if ctx.draining else "ok" if ctx.store.ready else "store_unavailable"
         body = {"status": status, "active_streams": ctx.stats.active_streams,
-                "kept_streams": len(ctx.store.local())}
+                "kept_streams": len(ctx.store.local()), "pid": os.getpid(), "worker": settings.worker}
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS)
-    async def metrics() -> Response:
-        return Response(generate_latest(ctx.stats.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(worker: Annotated[Literal["self", "all"], Query()] = "all") -> Response:
+        if settings.worker is None or len(settings.worker_ports) < 2 or worker == "self":
+            body = generate_latest(ctx.stats.registry)
+        else:  # `serve --workers`: every worker's figures, labelled (gateway/workers.py)
+            body = await fleet_metrics(ctx.stats.registry, settings.worker, settings.worker_ports)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

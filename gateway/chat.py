@@ -26,7 +26,7 @@ from .models import ChatMessage, SimParams, StreamRequest
 from .transports.http import EventStream
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .service import Context
     from .log import EventLog
     from .stream import Stream, Subscriber
 

@@ -7,23 +7,54 @@ import copy
 import importlib
 import sys
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "serve", "SERVERS"]
 
 
-def serve(host: str | None = None, port: int | None = None) -> None:
-    import uvicorn
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+SERVERS = ("uvicorn", "hypercorn", "granian")
+
+
+def serve(host: str | None = None, port: int | None = None, server: str = "uvicorn", workers: int | None = None,
+          fds: str | None = None) -> int:
+    """Run the gateway on `server`; each drains on SIGTERM (gateway/drain.py, from the lifespan). With
+    `workers` other than 1, a supervisor of that many uvicorn processes on the port (gateway/workers.py)."""
+    import os
 
     from .app import create_app
-    from .drain import DrainingServer
-    from .gate import Gate, gated
     from .settings import get_settings
 
     try:
         settings = get_settings()
+        if fds is None:
+            n = workers if workers is not None else settings.workers
+            if n == 0:
+                n = (os.cpu_count() or 1) if settings.stream_store == "redis" else 1
+            if n != 1:
+                from . import workers as pool
+
+                return pool.run(n, host or settings.host, port or settings.port, server)
         app = create_app(settings)
     except ValueError as exc:  # a setting that cannot work: say which, without a traceback
         sys.exit(f"gateway: {exc}")
+    host, port = host or settings.host, port or settings.port
+    if server == "uvicorn":
+        _uvicorn(app, settings, host, port, fds)
+    elif server == "hypercorn":
+        _hypercorn(app, settings, host, port)
+    elif server == "granian":
+        del app  # granian's worker process builds its own, from the same settings
+        _granian(settings, host, port)
+    else:
+        raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
+    return 0
+
+
+def _uvicorn(app, settings, host: str, port: int, fds: str | None = None) -> None:
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from .adapter.uvicorn import FastPath
+    from .gate import Gate, gated
+
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                         "propagate": False}
@@ -32,9 +63,9 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     gate = Gate(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections,
                 settings.max_pending_connections, app.state.ctx.stats.refused)
     config = uvicorn.Config(
-        app,
-        host=host or settings.host,
-        port=port or settings.port,
+        FastPath(app),  # offers the fast path per connection, after a capability check
+        host=host,
+        port=port,
         loop="uvloop",
         http=gated(HttpToolsProtocol, gate),
         h11_max_incomplete_event_size=settings.max_header_bytes,
@@ -47,7 +78,53 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    DrainingServer(config, app.state.ctx).run()
+    server = uvicorn.Server(config)
+    if fds is None:
+        server.run()
+        return
+    # A worker of `serve --workers`: its own socket on the shared port (bound now that the app is
+    # built, so the kernel routes nothing here before), and its private one from the supervisor.
+    import socket
+
+    from .drain import stop_listening
+    from .workers import listen
+
+    app.state.ctx.stop_listening = lambda: stop_listening(server)
+    server.run(sockets=[listen(host, port), socket.socket(fileno=int(fds))])
+
+
+def _hypercorn(app, settings, host: str, port: int) -> None:
+    import asyncio
+    import signal
+
+    import uvloop
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.websocket_max_message_size = settings.ws_max_message_bytes
+    config.graceful_timeout = 5
+    config.loglevel = settings.log_level.upper()
+    config.accesslog = None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # The drain (installed by the lifespan) runs first, then hands the signal on to this.
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
+
+    uvloop.run(main())
+
+
+def _granian(settings, host: str, port: int) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian("gateway.app:create_app", factory=True, address=host, port=port, interface=Interfaces.ASGI,
+            loop=Loops.uvloop, log_level=settings.log_level, websockets=True).serve()
 
 
 # Tools that live beside the server package (loadtests/, installed with the lab extra): the server never
@@ -71,11 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the gateway (simulated model by default)")
     p.add_argument("--host", help="bind address (default 127.0.0.1, or GATEWAY_HOST)")
     p.add_argument("--port", type=int, help="port (default 8000, or GATEWAY_PORT)")
+    p.add_argument("--server", choices=SERVERS, default="uvicorn",
+                   help="ASGI server (default uvicorn; see docs/servers.md)")
+    p.add_argument("--workers", type=int, help="uvicorn processes on the one port (default: one per core with "
+                   "the Redis store, else 1; GATEWAY_WORKERS); more than 1 needs GATEWAY_STREAM_STORE=redis")
+    p.add_argument("--fds", help=argparse.SUPPRESS)  # a worker's private socket, from the supervisor
     for name in TOOLS:
         sub.add_parser(name, help=f"a tool in loadtests/: python -m gateway {name} --help")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.host, args.port)
+        return serve(args.host, args.port, args.server, args.workers, args.fds)
     return 0
 
 

@@ -28,13 +28,16 @@ from websockets.asyncio.client import connect as ws_connect
 
 from . import backoff
 from .codecs import ndjson, sse, ws
+from .codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
 from .events import Done, Error, Event, Heartbeat, Meta, Reconnect, Token
 from .fallback import Fallback
 
-__all__ = ["Client", "StreamResult", "GatewayError", "PathRefused", "Transport", "Transports", "TRANSPORTS"]
+__all__ = ["Client", "StreamResult", "GatewayError", "PathRefused", "Transport", "Transports", "TRANSPORTS",
+           "responses_body"]
 
-Transport = Literal["sse", "ndjson", "ws"]
-TRANSPORTS: tuple[Transport, ...] = ("sse", "ndjson", "ws")
+Transport = Literal["sse", "ndjson", "ws", "responses"]
+TRANSPORTS: tuple[Transport, ...] = ("sse", "ndjson", "ws")  # the gateway's own; "responses" is OpenAI's
+# Responses API: a streamed background response, resumed with starting_after = seq + 3.
 # "auto": WebSocket, falling back to SSE over fetch, then NDJSON, where a path refuses or kills one.
 Transports = Transport | Literal["auto"] | Sequence[Transport]
 _UNAVAILABLE = ("draining", "store_unavailable", "http_503")  # WebSocket refusals worth another replica
@@ -277,7 +280,14 @@ class Client:
             async for item in self._ws(body, stream_id, after, result):
                 yield item
             return
-        if stream_id is None:
+        if transport == "responses":
+            if stream_id is None:
+                request = self.http.build_request("POST", f"{self.base_url}/v1/responses", json=responses_body(body))
+            else:
+                request = self.http.build_request(
+                    "GET", f"{self.base_url}/v1/responses/{RESPONSE_PREFIX}{stream_id}",
+                    params={"stream": "true", "starting_after": after + OFFSET})
+        elif stream_id is None:
             request = self.http.build_request("POST", f"{self.base_url}/v1/{transport}", json=body)
         elif transport == "sse":
             headers = {"Last-Event-ID": str(after)} if after >= 0 else {}
@@ -287,7 +297,7 @@ class Client:
             params = {"after": after} if after >= 0 else {}
             request = self.http.build_request("GET", f"{self.base_url}/v1/streams/{stream_id}/ndjson",
                                               params=params)
-        decoder = sse.Decoder() if transport == "sse" else ndjson.Decoder()
+        decoder = {"sse": sse.Decoder, "responses": EventDecoder}.get(transport, ndjson.Decoder)()
         response = await self.http.send(request, stream=True)
         try:
             if response.status_code >= 400:
@@ -331,6 +341,15 @@ class Client:
                     if status or (stream_id is None and not result.events):
                         raise GatewayError(status, {"title": event.code, "detail": event.message})
                 yield event, at
+
+
+def responses_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A stream request (prompt, max_tokens, seed, sim, model) as a streamed background Responses request."""
+    out = {"input": body.get("prompt", ""), "stream": True, "background": True}
+    for ours, theirs in (("max_tokens", "max_output_tokens"), ("seed", "seed"), ("sim", "sim"), ("model", "model")):
+        if body.get(ours) is not None:
+            out[theirs] = body[ours]
+    return out
 
 
 def _check(status: int, content: bytes) -> None:

@@ -1,11 +1,13 @@
-"""Graceful drain on SIGTERM, before uvicorn's own shutdown.
+"""Graceful drain on SIGTERM/SIGINT, before the server's own shutdown, on any server.
 
-uvicorn's shutdown first waits for open connections, and a stream's connection stays open until the
-stream ends: so the drain has to start earlier, from the signal. It refuses new streams and clients
-(503 problem, /healthz 503), tells attached clients to reconnect elsewhere (SSE `retry` + a
+A server's shutdown first waits for open connections, and a stream's connection stays open until the
+stream ends: so the drain has to start earlier, from the signal. `install` (called from the lifespan,
+on the main thread) puts a handler in front of the server's: the first signal refuses new streams and
+clients (503 problem, /healthz 503), tells attached clients to reconnect elsewhere (SSE `retry` + a
 `reconnect` event, NDJSON a `reconnect` line, WebSocket close 1012: with a shared store another
 replica resumes them), keeps generating in-flight streams up to `drain_timeout_s`, then ends the rest
-with an in-band `shutdown` error. Only then does uvicorn shut down. A second signal skips the wait.
+with an in-band `shutdown` error. Only then is the signal handed to the server's handler, which shuts
+down as usual. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -13,22 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from types import FrameType
-from typing import TYPE_CHECKING
-
-import uvicorn
+import threading
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .service import Context
 
-__all__ = ["drain", "DrainingServer"]
+__all__ = ["drain", "install", "stop_listening"]
 
 log = logging.getLogger("gateway")
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def drain(ctx: Context) -> None:
     store = ctx.store
     ctx.draining = True
+    if ctx.stop_listening is not None:  # a worker: its siblings take the new connections
+        ctx.stop_listening()
     generating = [s for s in store.local() if s.generation is not None]
     log.info("draining: %d streams generating, up to %g s", len(generating), ctx.settings.drain_timeout_s)
     loop = asyncio.get_running_loop()
@@ -36,7 +39,7 @@ async def drain(ctx: Context) -> None:
         # Other replicas read the same store: clients continue there, with no gap.
         for stream in store.local():
             stream.kick()
-        # Let every connection say goodbye before uvicorn's shutdown closes it.
+        # Let every connection say goodbye before the server's shutdown closes it.
         until = loop.time() + 2.0
         while loop.time() < until and any(sub.kicked for s in store.local() for sub in s.subs):
             await asyncio.sleep(0.02)
@@ -52,28 +55,58 @@ async def drain(ctx: Context) -> None:
     await store.flush(5.0)
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, with `drain` between the first SIGTERM/SIGINT and the shutdown."""
+def stop_listening(server: Any) -> bool:
+    """Close a uvicorn server's listening sockets, keeping its connections: True if it could.
 
-    def __init__(self, config: uvicorn.Config, ctx: Context) -> None:
-        super().__init__(config)
-        self.ctx = ctx
-        self.drain_requested = False
-        self.drain_task: asyncio.Task | None = None
+    uvicorn keeps its asyncio servers in `servers` (set in `startup`, closed in `shutdown`);
+    `asyncio.Server.close` stops listening and leaves accepted connections alone. Without that
+    attribute (another uvicorn) the worker keeps accepting and refuses with 503 while it drains.
+    """
+    servers = getattr(server, "servers", None)
+    if not servers:
+        log.warning("draining: cannot stop listening (no uvicorn `servers`); new connections get 503")
+        return False
+    for listener in servers:
+        listener.close()
+    return True
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.drain_requested or sig not in (signal.SIGTERM, signal.SIGINT):
-            super().handle_exit(sig, frame)
+
+def install(ctx: Context) -> bool:
+    """Drain on the first SIGTERM/SIGINT, then pass the signal on; False off the main thread (no drain)."""
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+    task: asyncio.Task | None = None
+
+    def hand_on(sig: int) -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        handler = previous[sig]
+        if callable(handler):
+            handler(sig, None)
+        else:  # the default action (or ignore), as if we had never been here
+            signal.raise_signal(sig)
+
+    def on_signal(sig: int) -> None:
+        nonlocal task
+        if task is not None:  # a second signal: stop waiting
+            task.cancel()
             return
-        # In a signal handler: only set a flag; `on_tick` starts the drain inside the loop.
-        self.drain_requested = True
-        self._captured_signals.append(sig)
+        task = loop.create_task(drain(ctx))
 
-    async def on_tick(self, counter: int) -> bool:
-        if self.drain_requested and self.drain_task is None:
-            self.drain_task = asyncio.get_running_loop().create_task(drain(self.ctx))
-        if self.drain_task is not None and self.drain_task.done() and not self.should_exit:
-            if self.drain_task.exception() is not None:
-                log.error("drain failed", exc_info=self.drain_task.exception())
-            self.should_exit = True
-        return await super().on_tick(counter)
+        def drained(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("drain failed", exc_info=t.exception())
+            hand_on(sig)
+
+        task.add_done_callback(drained)
+
+    def handler(sig: int, frame: object) -> None:
+        # In a signal handler, between two bytecodes of whatever runs: only schedule.
+        loop.call_soon_threadsafe(on_signal, sig)
+
+    if threading.current_thread() is not threading.main_thread():
+        return False  # signals go to the main thread only (an app served from a thread, as some tests do)
+    for sig in SIGNALS:
+        previous[sig] = signal.getsignal(sig)
+        signal.signal(sig, handler)
+    return True

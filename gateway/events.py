@@ -15,7 +15,7 @@ import orjson
 
 __all__ = [
     "Meta", "Token", "Heartbeat", "Reconnect", "Error", "Done", "Event",
-    "DecodeError", "to_json", "from_obj", "from_json", "token_json", "HEARTBEAT",
+    "DecodeError", "to_json", "from_obj", "from_json", "token_json", "HEARTBEAT", "KINDS", "KIND",
 ]
 
 
@@ -72,9 +72,11 @@ class Done:
 Event = Union[Meta, Token, Heartbeat, Reconnect, Error, Done]
 HEARTBEAT = Heartbeat()
 TERMINAL = frozenset({"done", "error"})
+KINDS = ("meta", "token", "error", "done")  # the kinds a stream's log holds, by their number there
+KIND = {name: i for i, name in enumerate(KINDS)}
 
 _FIELDS: dict[str, tuple[type, tuple[tuple[str, type], ...]]] = {
-    "meta": (Meta, (("stream_id", str), ("model", str), ("created", (int, float)), ("seq", int))),
+    "meta": (Meta, (("seq", int), ("stream_id", str), ("model", str), ("created", (int, float)))),
     "token": (Token, (("seq", int), ("text", str))),
     "heartbeat": (Heartbeat, ()),
     "reconnect": (Reconnect, (("retry_ms", int),)),

@@ -1,8 +1,8 @@
 """Who may come in, and how often: pure ASGI middleware, O(1) per request, nothing per event.
 
-`Edge` is the outermost layer: it refuses connections over the process limit
-(503 before accept) and notes how to abort the connection (for slow
-consumers). `Guard` sits inside CORS: API key or attach token, the
+`Edge` is the app's outermost layer: it refuses connections over the process
+limit (503 before accept) and runs a stream's deferred body once the layers
+inside it have returned. `Guard` sits inside CORS: API key or attach token, the
 WebSocket `Origin` allow-list, and the per-key request rate (429).
 """
 
@@ -18,14 +18,13 @@ from .limits import Buckets
 from .problems import Problem
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .service import Context
 
-__all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ATTACH", "ABORT", "DEFER", "ATTACH_KINDS"]
+__all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ATTACH", "DEFER", "ATTACH_KINDS"]
 
 KEY = "gateway.key"  # scope entry: the caller's key id (None with auth off)
 # scope entry on a connection let in by an attach token: (the one stream it may read, the token's expiry)
 ATTACH = "gateway.attach"
-ABORT = "gateway.abort"  # scope entry: drops the connection at once, buffered bytes and all
 DEFER = "gateway.defer"  # scope entry: what to run once every layer inside the edge has returned
 ATTACH_KINDS = ("sse", "ndjson", "ws")
 _EXEMPT = frozenset(("/healthz", "/metrics"))  # a full replica still answers its load balancer and monitoring
@@ -50,11 +49,6 @@ class Edge:
             self.ctx.stats.refused["connections"] += 1
             return await refuse(Problem(503, "Too many connections", f"this process serves at most {self.limit}",
                                         retry_after=1, code="too_many_connections"), scope, receive, send)
-        # uvicorn's send is a method of the connection's protocol; its transport can abort. A transport
-        # that only closes waits for the peer to read what is buffered: a stalled reader never does.
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        if transport is not None:
-            scope[ABORT] = transport.abort
         self.open += 1
         scope[DEFER] = None
         try:
@@ -143,6 +137,9 @@ class Guard:
             if name == b"authorization":
                 header = value
                 break
+            if name == b"x-api-key" and scope["path"] == "/v1/messages":
+                header = b"Bearer " + value  # how Anthropic's SDKs send the key
+
         try:
             if header is None:
                 token = _token(scope)

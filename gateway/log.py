@@ -1,9 +1,9 @@
-"""One stream's events, encoded once and kept for resume.
+"""One stream's events, encoded once (by `events`) and kept for resume.
 
 Events live as NDJSON lines in one bytearray with an offset per event, so an
 NDJSON batch is a single slice, and memory per event is its bytes plus five.
-SSE frames wrap those same bytes as they are written (a format string per
-event), rather than keeping a second, larger copy of every stream.
+The codecs frame other formats from these same bytes as they are written
+(`codecs.sse.frames`, `codecs.ws.frames`), rather than keeping a second copy.
 """
 
 from __future__ import annotations
@@ -11,14 +11,9 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 
-from .codecs.ws import text_frame
+from .events import KIND, KINDS
 
-__all__ = ["EventLog", "KINDS"]
-
-KINDS = ("meta", "token", "error", "done")
-KIND = {name: i for i, name in enumerate(KINDS)}
-_NAMES = tuple(name.encode() for name in KINDS)
-_SSE = b"id: %d\nevent: %b\ndata: %b\n\n"
+__all__ = ["EventLog", "KINDS", "KIND"]
 
 
 class EventLog:
@@ -53,39 +48,11 @@ class EventLog:
         return max(start + 1, bisect_right(ends, base + limit, start, end))
 
     def ndjson(self, start: int, end: int) -> bytes:
-        """Events [start, end) as NDJSON lines."""
+        """Events [start, end) as NDJSON lines: the log's own bytes."""
         return bytes(self.lines[self.ends[start - 1] if start else 0 : self.ends[end - 1]])
-
-    def sse_frames(self, start: int, end: int) -> bytes:
-        """Events [start, end) as SSE blocks (the same bytes as `codecs.sse.frame`)."""
-        lines, ends, kinds = self.lines, self.ends, self.kinds
-        at = ends[start - 1] if start else 0
-        if end - start == 1:
-            return _SSE % (start, _NAMES[kinds[start]], lines[at : ends[start] - 1])
-        out = []
-        for i in range(start, end):
-            e = ends[i]
-            out.append(_SSE % (i, _NAMES[kinds[i]], lines[at : e - 1]))
-            at = e
-        return b"".join(out)
-
-    def ws_frames(self, start: int, end: int) -> bytes:
-        """Events [start, end) as WebSocket text frames, one per event, in one piece."""
-        lines, ends = self.lines, self.ends
-        at = ends[start - 1] if start else 0
-        out = []
-        for i in range(start, end):
-            e = ends[i]
-            out.append(text_frame(lines[at : e - 1]))
-            at = e
-        return out[0] if len(out) == 1 else b"".join(out)
 
     def json(self, i: int) -> bytes:
         return bytes(self.lines[self.ends[i - 1] if i else 0 : self.ends[i] - 1])
-
-    def texts(self, start: int, end: int) -> list[str]:
-        """Events [start, end) as JSON strings, one per WebSocket frame."""
-        return [line.decode() for line in self.ndjson(start, end)[:-1].split(b"\n")]
 
     def kind(self, i: int) -> str:
         return KINDS[self.kinds[i]]

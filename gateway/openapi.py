@@ -164,15 +164,21 @@ for _response in MESSAGES.values():  # the guard and the router answer problems
         _response["content"] = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Error responses are `application/problem+json`; request limits are this server's settings."""
+Bodies = list[tuple[str, type[BaseModel], tuple[str, ...]]]
+
+
+def install(app: FastAPI, settings: Settings, bodies: Bodies) -> None:
+    """Error responses are `application/problem+json`; request limits are this server's settings.
+
+    `bodies` are the routes that parse their own bodies (to answer errors in their API's shape):
+    (path, body model, fields capped at max_tokens_limit)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             components = schema["components"]["schemas"]
-            for path, model, limited in _bodies():
+            for path, model, limited in bodies:
                 operation = schema["paths"].get(path, {}).get("post")
                 if operation is None:
                     continue
@@ -213,17 +219,6 @@ def install(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
-
-
-def _bodies() -> list[tuple[str, type[BaseModel], tuple[str, ...]]]:
-    """Routes that parse their own bodies: (path, body model, fields capped at max_tokens_limit)."""
-    from .api.messages import MessagesRequest
-    from .api.responses import ResponsesRequest
-    from .chat import ChatRequest
-
-    return [("/v1/chat/completions", ChatRequest, ("max_tokens", "max_completion_tokens")),
-            ("/v1/responses", ResponsesRequest, ("max_output_tokens",)),
-            ("/v1/messages", MessagesRequest, ("max_tokens",))]
 
 
 def allowed(app: FastAPI, scope: Scope) -> str:

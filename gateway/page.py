@@ -1,4 +1,4 @@
-"""The browser page at `/`: four clients side by side, served from files shipped in the package.
+"""The browser page at `/`: five clients side by side, served from files shipped in the package.
 
 The page fetches nothing from anywhere but this origin (the markdown renderer
 is vendored under `static/vendor/`); its Content-Security-Policy makes the

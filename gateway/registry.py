@@ -18,7 +18,7 @@ from .metrics import Stats
 from .models import StreamRequest
 from .settings import Settings
 from .sources.base import Source
-from .sources.relay import build_sources
+from .sources.table import build_sources
 from .sources.simulated import SimulatedModel
 from .store.base import StreamStore
 from .problems import Problem

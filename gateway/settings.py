@@ -29,6 +29,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # `serve --workers` (gateway/workers.py): processes on the one port; 0: one per core with the
+    # Redis store, 1 with the memory store (whose streams one process cannot share).
+    workers: int = Field(0, ge=0, le=1024)
+    # Set by the supervisor in each worker: its index, and every worker's private loopback port.
+    worker: int | None = None
+    worker_ports: list[int] = []
 
     # Liveness: heartbeats on idle connections, an inactivity timeout on the
     # source, and never a limit on total duration.
@@ -99,6 +105,10 @@ class Settings(BaseSettings):
     docs_public: bool = False
     streams_per_key: int = Field(0, ge=0)  # streams generating at once
     max_connections: int = Field(10_000, ge=0)  # requests and WebSockets in flight per process
+    # Admission (gateway/admission.py): past capacity a new stream gets 503 + Retry-After at once.
+    # Streams generating per process, and how late (ms) the event loop may run; 0 switches one off.
+    max_streams: int = Field(0, ge=0)
+    admit_lag_ms: float = Field(0.0, ge=0)
     # The connection gate (gateway/gate.py), in front of the HTTP parser: a request head must come
     # whole within `header_timeout_s` (else 408) and within `max_header_bytes` (else 431); at most
     # `max_pending_connections` connections may be sending heads (the oldest is closed for a new one),

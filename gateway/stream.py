@@ -20,9 +20,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-
-from .events import dumps, from_json, token_json
-from .log import KIND, EventLog
+from .events import KIND, Done, Error, Meta, from_json, to_json, token_json
+from .log import EventLog
 
 if TYPE_CHECKING:
     from .sources.base import Generation
@@ -169,8 +168,7 @@ class Stream:
         self.progress_at = now
         self._on_event = on_event  # lifecycle hook (stream, what, subscriber=None): metrics and logs
         self.on_append: Callable[[Stream], None] | None = None  # a shared store persisting the log
-        meta = {"type": "meta", "seq": 0, "stream_id": stream_id, "model": model, "created": self.created}
-        self.log.append(_META, dumps(meta))
+        self.log.append(_META, to_json(Meta(stream_id, model, self.created)))
 
     # -- the sink a source writes into --------------------------------------
 
@@ -196,21 +194,19 @@ class Stream:
         if self.status is not RUNNING:
             return
         self.error_code = code
-        self._end(FAILED, _ERROR, {"type": "error", "seq": len(self.log), "code": code,
-                                   "message": message, "retryable": retryable})
+        self._end(FAILED, _ERROR, to_json(Error(len(self.log), code, message, retryable)))
 
     def finish(self, finish_reason: str = "stop") -> None:
         if self.status is not RUNNING:
             return
         self.finish_reason = finish_reason
-        self._end(DONE, _DONE, {"type": "done", "seq": len(self.log), "finish_reason": finish_reason,
-                                "tokens": self.tokens, "sha256": self.sha256})
+        self._end(DONE, _DONE, to_json(Done(len(self.log), finish_reason, self.tokens, self.sha256)))
 
-    def _end(self, status: str, kind: int, obj: dict) -> None:
+    def _end(self, status: str, kind: int, json: bytes) -> None:
         self.status = status
         if self.left_at is not None:
             self.wasted, self.left_at = self.tokens - self.left_at, None
-        self.log.append(kind, dumps(obj))
+        self.log.append(kind, json)
         self.generation = None
         self._on_event(self, "ended")
         if self.on_append is not None:

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     p.add_argument("--idle", type=float, default=20.0, help="idle gap to survive, in seconds (0: skip)")
     p.add_argument("--tokens", type=int, default=40, help="tokens per test stream")
     p.add_argument("--itl-ms", type=float, default=50.0, help="gap between tokens as sent")
+    p.add_argument("--profile", help="probe through a network profile (lab/links.py): good-4g, 3g, flaky-wifi, "
+                                     "train, half-open")
     p = sub.add_parser("path", help="run one lab path in the foreground (a container of compose.yaml)")
     p.add_argument("name", help="a lab path: nginx-tuned, haproxy, 3g, ...")
     p.add_argument("--listen", default="0.0.0.0:8080", help="host:port the proxy listens on")
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
                    args.idle if args.measure else None)
     from .probe import main as probe
 
-    return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms)
+    return probe(args.url, as_json=args.json, idle_s=args.idle, tokens=args.tokens, itl_ms=args.itl_ms,
+                 profile=args.profile)
 
 
 if __name__ == "__main__":

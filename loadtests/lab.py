@@ -190,7 +190,7 @@ class Lab:
                 self._spawn("redis", [redis, "--port", str(port), "--bind", self.host, "--save", "",
                                       "--appendonly", "no", "--dir", str(tmp)], port, None, 2,
                             stdout=subprocess.DEVNULL)
-                replica_env = {"GATEWAY_STREAM_STORE": "redis",
+                replica_env = {"GATEWAY_STREAM_STORE": "redis", "GATEWAY_WORKERS": "1",  # one process each
                                "GATEWAY_REDIS_URL": f"redis://{self.host}:{port}/0"}
                 self.notes["nginx-lb"] = "(Redis store)"
             else:

@@ -31,6 +31,7 @@ import json
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -276,11 +277,13 @@ async def _locust_dead(upstream: str, transport: str, streams: int, break_after:
                 client.close()
             return run
 
-        tasks = [asyncio.create_task(asyncio.to_thread(one)) for _ in range(streams)]
-        await asyncio.sleep(break_after)
-        relay.break_all()
-        broke = relay.stats.breaks[-1]
-        runs = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(streams) as pool:  # every stream at once (the default pool has a few threads)
+            tasks = [loop.run_in_executor(pool, one) for _ in range(streams)]
+            await asyncio.sleep(break_after)
+            relay.break_all()
+            broke = relay.stats.breaks[-1]
+            runs = await asyncio.wait_for(asyncio.gather(*tasks), 60)
     return [_after_break(r.cuts, r.token_arrivals, broke) for r in runs]
 
 
@@ -390,51 +393,58 @@ def _fmt(f: dict | None, unit: str = "s") -> str:
     return f"{f['value']:.2f}{span} {unit} (n={f['samples']})"
 
 
-def markdown(m: dict) -> str:
-    """The four rows as markdown tables, each figure with its interval and sample count."""
-    lines = [f"Runs: {m['runs']} per cell; gateway heartbeat {m['heartbeat_s']:g} s; client read timeout "
-             f"{m['read_timeout_s']:g} s; {m.get('seconds', '?')} s in all.", ""]
+def tables(m: dict) -> list:
+    """The four rows' tables (the report's Table: markdown and HTML from the same cells)."""
+    from .compare.report import Table
+
+    out = []
     d = m.get("dead_connections")
     if d:
-        lines += ["### Dead connections (a half-open break: no FIN, no RST)", "",
-                  f"Gateway heartbeat {d['heartbeat_s']:g} s; WebSocket ping: {d['ws_ping']}.", "",
-                  "| client | read timeout | break to noticing | break to the next new token | resumed |",
-                  "|---|---|---|---|---|"]
+        t = Table("Dead connections: a half-open break (no FIN, no RST)",
+                  ["client", "read timeout", "break to noticing", "break to the next new token", "resumed"],
+                  note=f"Gateway heartbeat {d['heartbeat_s']:g} s; WebSocket ping: {d['ws_ping']}. "
+                       f"Verdict (fastest back to streaming): {d['verdict']}.", id="dead-connections")
         for client, r in d["clients"].items():
             read = f"{r['read_timeout_s']:g} s" if r["read_timeout_s"] else "none"
             never = f"not within {r['limit_s']:g} s" if r.get("limit_s") else "-"
-            lines.append(f"| {client} | {read} | {_fmt(r['notice_s']) if r['notice_s'] else never} | "
-                         f"{_fmt(r['resume_s']) if r['resume_s'] else never} | {r['resumed']}/{r['streams']} |")
-        lines += ["", f"Verdict (fastest back to streaming): {d['verdict']}", ""]
+            t.rows.append([client, read, _fmt(r["notice_s"]) if r["notice_s"] else never,
+                           _fmt(r["resume_s"]) if r["resume_s"] else never, f"{r['resumed']}/{r['streams']}"])
+        out.append(t)
     s = m.get("strict_proxies")
     if s:
-        lines += ["### Strict proxies", "", "| path | SSE | NDJSON | WebSocket | auto: time to fall back | "
-                  "auto: TTFT | auto: exact |", "|---|---|---|---|---|---|---|"]
+        t = Table("Strict proxies", ["path", "SSE", "NDJSON", "WebSocket", "auto: time to fall back", "auto: TTFT",
+                                     "auto: exact"], id="strict-proxies",
+                  note="One stream per transport, then the automatic client (WebSocket -> SSE -> NDJSON).")
         for path, r in s.items():
-            t, a = r["transports"], r["auto"]
-            lines.append(f"| {path} | {t['sse']} | {t['ndjson']} | {t['ws']} | {_fmt(a['fallback_s'])} | "
-                         f"{_fmt(a['ttft_s'])} | {a['exact']}/{a['streams']} on {a['ended_on']} |")
-        lines.append("")
-    t = m.get("many_tabs")
-    if t:
-        lines += ["### Many tabs (8 streams of one kind from one page, Chromium)", "",
-                  "| protocol and kind | streaming at once, per run |", "|---|---|"]
-        for key, r in t.items():
-            counts = ", ".join(f"{c}/{r['opened']}" for c in r["streaming"])
-            lines.append(f"| {key} | {counts} |")
-        lines.append("")
+            tr, a = r["transports"], r["auto"]
+            t.rows.append([path, tr["sse"], tr["ndjson"], tr["ws"], _fmt(a["fallback_s"]), _fmt(a["ttft_s"]),
+                           f"{a['exact']}/{a['streams']} on {a['ended_on']}"])
+        out.append(t)
+    tabs = m.get("many_tabs")
+    if tabs:
+        t = Table("Many tabs: 8 streams of one kind from one page (Chromium)", ["protocol and kind",
+                  "streaming at once, per run"], id="many-tabs")
+        for key, r in tabs.items():
+            t.rows.append([key, ", ".join(f"{c}/{r['opened']}" for c in r["streaming"])])
+        out.append(t)
     mob = m.get("mobile_networks")
     if mob:
-        lines += ["### Mobile networks (the Python client, each stream on its own link)", "",
-                  "| profile | transport | TTFT | longest wait between tokens | exact | resumes | bytes/token |",
-                  "|---|---|---|---|---|---|---|"]
+        t = Table("Mobile networks: the Python client, each stream on its own link",
+                  ["profile", "transport", "TTFT", "longest wait between tokens", "exact", "resumes",
+                   "bytes/token"], id="mobile-networks")
         for name, p in mob.items():
             for tr, r in p["transports"].items():
-                lines.append(f"| {name} ({p['profile']}) | {tr} | {_fmt(r['ttft_s'])} | {_fmt(r['longest_wait_s'])} "
-                             f"| {r['exact']}/{r['streams']} | {r['reconnects']} | {r['bytes_per_token']} |")
-            lines.append(f"| {name} | verdict by {p['judged_by']} | {p['verdict']} | | | | |")
-        lines.append("")
-    return "\n".join(lines)
+                t.rows.append([f"{name} ({p['profile']})", tr, _fmt(r["ttft_s"]), _fmt(r["longest_wait_s"]),
+                               f"{r['exact']}/{r['streams']}", str(r["reconnects"]), str(r["bytes_per_token"])])
+            t.rows.append([name, f"verdict by {p['judged_by']}", p["verdict"], "", "", "", ""])
+        out.append(t)
+    return out
+
+
+def markdown(m: dict) -> str:
+    head = (f"Runs: {m['runs']} per cell; gateway heartbeat {m['heartbeat_s']:g} s; client read timeout "
+            f"{m['read_timeout_s']:g} s; {m.get('seconds', '?')} s in all.\n\n")
+    return head + "\n".join(t.markdown() for t in tables(m))
 
 
 def main(argv: list[str] | None = None) -> int:

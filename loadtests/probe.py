@@ -33,7 +33,7 @@ from gateway.client import TRANSPORTS, Client, GatewayError, StreamResult, Trans
 from gateway.codecs import ndjson, sse, ws
 from gateway.events import Event, Token
 
-__all__ = ["probe", "arrival", "report_table", "main"]
+__all__ = ["probe", "probe_through", "arrival", "report_table", "main"]
 
 _ENCODE = {"sse": sse.encode, "ndjson": ndjson.encode, "ws": lambda e: ws.encode(e).encode()}
 
@@ -207,7 +207,8 @@ def report_table(report: dict[str, Any]) -> str:
                           "or sticky routing")
         rows.append((t, "yes", ttft, arr, idle_text, resume_text))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    head = (f"probe {report['url']}: {p['tokens']} tokens sent {p['itl_ms']:g} ms apart, "
+    via = f" through the {report['profile']} profile" if report.get("profile") else ""
+    head = (f"probe {report['url']}{via}: {p['tokens']} tokens sent {p['itl_ms']:g} ms apart, "
             f"the first after {p['ttft_ms']:g} ms")
     lines = [head, ""] + ["  ".join(f"{c:<{w}}" for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     lines.append("")
@@ -216,9 +217,26 @@ def report_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(url: str, *, as_json: bool = False, idle_s: float = 20.0, tokens: int = 40, itl_ms: float = 50.0) -> int:
+async def probe_through(url: str, profile: str, **kw: Any) -> dict[str, Any]:
+    """`probe` with a network profile (lab/links.py) between this client and `url`, e.g. "3g"."""
+    from urllib.parse import urlsplit
+
+    from lab.links import Relay
+
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError("a network profile relays plain http URLs (put it in front of the TLS proxy instead)")
+    async with Relay(profile, (parts.hostname, parts.port or 80)) as relay:
+        report = await probe(relay.url + parts.path, **kw)
+    report["url"], report["profile"] = url, profile
+    return report
+
+
+def main(url: str, *, as_json: bool = False, idle_s: float = 20.0, tokens: int = 40, itl_ms: float = 50.0,
+         profile: str | None = None) -> int:
     """Exit status 0 when every transport passes, 1 when the path has a problem."""
-    report = asyncio.run(probe(url, idle_s=idle_s, tokens=tokens, itl_ms=itl_ms))
+    kw = {"idle_s": idle_s, "tokens": tokens, "itl_ms": itl_ms}
+    report = asyncio.run(probe_through(url, profile, **kw) if profile else probe(url, **kw))
     print(json.dumps(report, indent=2) if as_json else report_table(report))
     sys.stdout.flush()
     return 0 if report["ok"] else 1

@@ -191,7 +191,8 @@ class GatewayProcess(GatewayView):
         out = self._log if self._log is not None else log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            cwd=ROOT, env={**os.environ, "GATEWAY_LOG_LEVEL": "warning", **(env or {})},
+            # One process unless asked for workers (the Redis store defaults to one per core).
+            cwd=ROOT, env={**os.environ, "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_WORKERS": "1", **(env or {})},
             stdout=out, stderr=out,
         )
         self.pid = self.proc.pid

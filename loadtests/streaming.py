@@ -44,7 +44,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from gateway import backoff
-from gateway.client import GatewayError, PathRefused, StreamResult, _check
+from gateway.client import GatewayError, PathRefused, StreamResult, _check, responses_body
 from gateway.codecs import ndjson, sse, ws
 from gateway.codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
 from gateway.events import Done, Error, Event, Meta, Token
@@ -328,12 +328,6 @@ def post_complete(session: requests.Session, base_url: str, body: dict[str, Any]
     r = session.post(base_url.rstrip("/") + "/v1/complete", json=body, timeout=(10, timeout))
     _check(r.status_code, r.content)
     return orjson.loads(r.content), len(r.content)
-
-
-def responses_body(body: dict[str, Any]) -> dict[str, Any]:
-    """A stream request as a streamed background Responses request (seed and sim as extensions)."""
-    return {"model": body.get("model", "sim"), "input": body["prompt"], "max_output_tokens": body["max_tokens"],
-            "stream": True, "background": True, "seed": body["seed"], "sim": body["sim"]}
 
 
 def request_body(prompt_bytes: int, max_tokens: int, seed: int, **sim: Any) -> dict[str, Any]:

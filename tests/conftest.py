@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
-from .support import gateway
+from .support import SERVERS, gateway
 
 # Hypothesis' 200 ms deadline fails examples that a loaded 2-core machine merely delays; sockets or not,
 # no test here is about the speed of one example.
@@ -22,8 +22,21 @@ FAST = {
 }
 
 
+def pytest_generate_tests(metafunc):
+    # A test marked `every_server` runs on each server `gateway serve --server` offers; the rest on
+    # the default only, so the suite's length grows by the core subset, not threefold.
+    if "server" in metafunc.fixturenames and metafunc.definition.get_closest_marker("every_server"):
+        metafunc.parametrize("server", SERVERS, scope="module")
+
+
 @pytest.fixture(scope="module")
-def gw():
-    """One real gateway (uvicorn on a free loopback port) per test module."""
-    with gateway(FAST) as g:
+def server() -> str:
+    """The ASGI server under test: the default, unless the test is marked `every_server`."""
+    return "uvicorn"
+
+
+@pytest.fixture(scope="module")
+def gw(server):
+    """One real gateway (on `server`, a free loopback port) per test module and server."""
+    with gateway(FAST, server=server) as g:
         yield g

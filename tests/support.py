@@ -50,11 +50,13 @@ def run(coro, timeout: float = 120.0):
 
 
 Gateway = GatewayProcess  # a gateway process for a test; `url` is its base URL
+SERVERS = ("uvicorn", "hypercorn", "granian")  # `gateway serve --server`; uvicorn is the default
 
 
 @contextlib.contextmanager
-def gateway(env: dict[str, str] | None = None, **kw):
-    gw = Gateway(env, **kw)
+def gateway(env: dict[str, str] | None = None, server: str = "uvicorn", args: tuple[str, ...] = (), **kw):
+    """A gateway process on `server` for the block."""
+    gw = Gateway(env, args=(*args, "--server", server), **kw)
     try:
         yield gw
     finally:

@@ -239,4 +239,4 @@ def test_log_ws_frames_are_one_frame_per_event(texts):
         log.append(KIND["token"], token_json(i, text))
     expected = b"".join(Frame(Opcode.TEXT, token_json(i, t)).serialize(mask=False, extensions=[])
                         for i, t in enumerate(texts))
-    assert log.ws_frames(0, len(texts)) == expected
+    assert ws.frames(log, 0, len(texts)) == expected

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
+
+from loadtests.compare import report
 from loadtests.compare.rules import recommend
 
 
@@ -65,3 +70,45 @@ def test_throughput_counts_the_most_streams_kept_at_pace():
     assert summary["sse_post"]["held_users"] == 10 and summary["sse_post"]["slipped_at"] == 50
     assert summary["ws"]["held_users"] == 50
     assert winners(r)["highest throughput"] == "ws"
+
+
+# The report end to end from fixed figures: the verdicts printed in summary.md are compared with verdicts
+# fixed here, never with another output of the same `recommend()` call. The frame (matrix, paths, baseline,
+# memory) is a real `compare --preset tiny` run's results.json, kept in tests/golden/compare_results.json.
+FRAME = json.loads((Path(__file__).parent / "golden" / "compare_results.json").read_text())
+QUICK = {"ttft": 150.0, "itl": 30.0, "rec": 60.0, "wire": 50.0, "cpu": 40.0}  # keeps pace with a 20 ms gap
+SLOWER = {"ttft": 250.0, "itl": 38.0, "rec": 200.0, "wire": 90.0, "cpu": 80.0}  # keeps pace, behind on each
+
+
+def report_verdicts(tmp_path: Path, figures: dict[str, dict]) -> dict[str, str]:
+    r = copy.deepcopy(FRAME)
+    for c in r["cells"]:
+        f = figures[c["transport"]]
+        c["locust"] = cell(c["transport"], c["users"], f["ttft"], f["itl"], kind=c["kind"],
+                           reconnect_p95=f["rec"] if c["kind"] == "reconnect" else None)["locust"]
+        c["locust"]["inter_token"]["p50"] = r["matrix"]["itl_ms"]
+        for row in c["locust"].values():
+            for key in ("p50", "p95", "p99"):
+                row.setdefault(key, 0.0)
+            row.setdefault("mean", row["p50"])
+            row.setdefault("max", row["p99"])
+        c["gateway"]["cpu_us_per_token"] = f["cpu"]
+    for w in r["wire"]:
+        w["wire_bytes_per_token"] = figures[w["transport"]]["wire"]
+    r["recommendations"] = recommend(r)
+    (tmp_path / "raw").mkdir(parents=True)
+    report.write(tmp_path, r)
+    md = (tmp_path / "summary.md").read_text()
+    rows = md.split("### Which transport for which need", 1)[1].split("\n###", 1)[0]
+    cells = [[x.strip() for x in line.strip("|").split("|")] for line in rows.splitlines() if line.startswith("|")]
+    head = cells[0]
+    return {row[head.index("need")]: row[head.index("winner")] for row in cells[2:]}
+
+
+def test_printed_verdicts_from_fixed_figures(tmp_path):
+    assert report_verdicts(tmp_path / "a", {"sse_post": QUICK, "ws": SLOWER}) == {
+        "browser client": "sse_post", "bidirectional control": "ws", "strict proxies": "sse_post",
+        "resumability": "sse_post", "mobile networks": "sse_post", "highest throughput": "sse_post"}
+    assert report_verdicts(tmp_path / "b", {"sse_post": SLOWER, "ws": QUICK}) == {
+        "browser client": "ws", "bidirectional control": "ws", "strict proxies": "ws",
+        "resumability": "ws", "mobile networks": "ws", "highest throughput": "ws"}

@@ -236,7 +236,7 @@ def test_a_lone_surrogate_is_422_and_the_connection_stays(tmp_path):
                 await sock.send('{"type": "start", "prompt": "\\ud800"}')
                 return wsc.decode(await sock.recv())
 
-        refused = asyncio.run(ws())
+        refused = run(ws())
         assert refused.type == "error" and refused.code in ("bad_message", "invalid_request")  # (the codec refuses it)
 
 
@@ -346,7 +346,7 @@ def test_an_upstream_retry_after_is_parsed_as_rfc_9110_and_bounded(relayed, mode
             await sock.send(wsc.start(max_tokens=2, sim={"ttft_ms": 1, "itl_ms": 1}))  # the socket stays usable
             return refused, [wsc.decode(await sock.recv()).type for _ in range(4)]
 
-    refused, events = asyncio.run(ws())
+    refused, events = run(ws())
     assert refused.type == "error" and refused.code == "upstream_503"
     assert events == ["meta", "token", "token", "done"]
 
@@ -393,7 +393,7 @@ def test_kept_streams_are_bounded_oldest_ended_evicted_first(tmp_path):
                 return await asyncio.gather(*(client.post("/v1/streams", json=body, headers=AUTH) for _ in range(200)),
                                             client.post("/v1/streams", json={"max_tokens": 5}, headers=other))
 
-        *mine, theirs = asyncio.run(flood())
+        *mine, theirs = run(flood())
         codes = [r.status_code for r in mine]
         # (ended ones are evicted as new ones come: more than 1.5 MB / 520 kB go through, never all)
         assert 1 <= codes.count(201) <= 40 and codes.count(429) >= 160, sorted(codes)

@@ -144,3 +144,52 @@ def test_resume_in_pieces_through_the_load_balancer():
             done = reads[-1].terminal
             assert done["sha256"] == hashlib.sha256(text.encode()).hexdigest() and done["tokens"] == n
             assert len(reads) >= n // piece
+
+
+EVENTSOURCE = """([sid]) => {
+  const ev = window.__ev = {seqs: [], reconnects: 0, errors: 0, done: null, opened: 0};
+  const es = new EventSource(`/v1/streams/${sid}/sse`);
+  es.onopen = () => ev.opened++;
+  es.onerror = () => ev.errors++;
+  const seq = (e) => ev.seqs.push(JSON.parse(e.data).seq);
+  es.addEventListener("meta", seq);
+  es.addEventListener("token", seq);
+  es.addEventListener("reconnect", () => ev.reconnects++);
+  es.addEventListener("done", (e) => { seq(e); ev.done = JSON.parse(e.data); es.close(); });
+}"""
+
+
+def test_eventsource_in_chromium_follows_a_drain_to_the_other_replica():
+    """A real EventSource through the load balancer; its replica gets SIGTERM mid-stream. The drain answers
+    with `retry:` and a `reconnect` event, EventSource reconnects by itself with Last-Event-ID, and the
+    other replica carries on from Redis: every seq once, in order, to `done`."""
+    for tool in ("nginx", "redis-server"):
+        require(tool)
+    chromium = require("chromium")
+    from playwright.sync_api import sync_playwright
+
+    env = {"GATEWAY_DRAIN_TIMEOUT_S": "3", "GATEWAY_SSE_RETRY_MS": "200"}
+    with Lab(port=0, proxies=("nginx-lb",), gateway_env=env) as lab:
+        lb = lab.urls["nginx-lb"]
+        n = 300  # 6 s of tokens
+        sid = httpx.post(lb + "/v1/streams", json={"prompt": "es", "max_tokens": n, "seed": 4,
+                                                   "sim": {"ttft_ms": 50, "itl_ms": 20, "jitter": 0}}).json()["id"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.goto(lb + "/")
+                page.evaluate(EVENTSOURCE, [sid])
+                page.wait_for_function("() => window.__ev.seqs.length >= 20", timeout=30_000)
+                serving = [c for c in lab._children if c.name.startswith("replica")
+                           and 'gateway_connections{transport="sse"} 1.0' in httpx.get(c.url + "/metrics").text]
+                assert len(serving) == 1, [c.name for c in serving]
+                serving[0].proc.send_signal(signal.SIGTERM)
+                page.wait_for_function("() => window.__ev.done !== null", timeout=60_000)
+                ev = page.evaluate("() => window.__ev")
+            finally:
+                browser.close()
+        assert ev["seqs"] == list(range(0, n + 2))  # meta, n tokens, done: nothing twice, nothing skipped
+        assert ev["reconnects"] >= 1 and ev["opened"] >= 2  # told to go, and it went by itself
+        assert ev["done"]["tokens"] == n
+        assert ev["done"]["sha256"] == hashlib.sha256(expected_text("es", 4, n).encode()).hexdigest()

@@ -205,7 +205,7 @@ def test_break_all_silences_open_connections_and_new_ones_work():
             assert relay.stats.half_open == 1
             writer.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 @pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
@@ -234,8 +234,78 @@ def test_python_client_notices_a_silent_connection_by_its_read_timeout_and_resum
                 await asyncio.wait_for(task, 30)
         return r, broke
 
-    r, broke = asyncio.run(main())
+    r, broke = run(main())
     assert r.text == expected_text("dead", 0, 60) and r.done is not None
     assert (r.gaps, r.duplicates) == (0, 0)
     noticed = r.cuts[0] - broke
     assert 1.0 < noticed < 4.0, noticed  # the 1.5 s read timeout (heartbeats every 0.3 s keep it from firing)
+
+
+def test_probe_through_a_profile_reports_the_link(gw):
+    """`probe --profile 3g`: the same checks through the 3G link: reachable, spaced, resumable, later."""
+    from loadtests.probe import probe, probe_through
+
+    async def main():
+        return (await probe_through(gw.url, "3g", idle_s=0, tokens=10),
+                await probe(gw.url, idle_s=0, tokens=10))
+
+    slow, direct = run(main())
+    assert slow["profile"] == "3g" and slow["url"] == gw.url
+    for t in ("sse", "ndjson", "ws"):
+        s, d = slow["transports"][t], direct["transports"][t]
+        assert s["ok"] and s["arrival"]["spaced"], (t, s)
+        assert s["ttft_overhead_s"] >= 0.3 > d["ttft_overhead_s"], t  # a 300 ms round trip at least
+
+
+def test_relay_rate_matches_the_kernels_token_bucket_on_a_veth():
+    """The relay's rate against the real thing: the same download through tc tbf (780 kbit/s) on a veth into
+    a network namespace this test creates and removes. The two take about as long."""
+    import os
+    import subprocess
+    import sys
+
+    from .support import require
+
+    ip, tc = require("ip"), require("tc")
+    ns, size = f"gwlinks{os.getpid() % 100000}", 200_000
+    host_if, ns_if = f"{ns[:9]}h", f"{ns[:9]}n"
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    server = None
+    sh(ip, "netns", "add", ns)
+    try:
+        sh(ip, "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
+        sh(ip, "addr", "add", "10.231.77.1/30", "dev", host_if)
+        sh(ip, "link", "set", host_if, "up")
+        sh(ip, "netns", "exec", ns, ip, "addr", "add", "10.231.77.2/30", "dev", ns_if)
+        sh(ip, "netns", "exec", ns, ip, "link", "set", ns_if, "up")
+        sh(ip, "netns", "exec", ns, tc, "qdisc", "add", "dev", ns_if, "root", "tbf", "rate", "780kbit",
+           "burst", "4kb", "latency", "400ms")
+        server = subprocess.Popen(
+            [ip, "netns", "exec", ns, sys.executable, "-c",
+             "import socket; s = socket.create_server(('10.231.77.2', 9)); print('ready', flush=True)\n"
+             f"while True:\n c, _ = s.accept(); c.sendall(b'y' * {size}); c.close()"],
+            stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+
+        async def download(host: str, port: int) -> float:
+            t = time.monotonic()
+            reader, writer = await asyncio.open_connection(host, port)
+            assert len(await reader.read(-1)) == size
+            writer.close()
+            return time.monotonic() - t
+
+        async def main():
+            kernel = await download("10.231.77.2", 9)
+            sh(ip, "netns", "exec", ns, tc, "qdisc", "del", "dev", ns_if, "root")  # unshaped: the relay alone
+            async with Relay(replace(PROFILES["3g"], rtt_ms=0), ("10.231.77.2", 9)) as relay:
+                ours = await download("127.0.0.1", relay.port)
+            return kernel, ours
+
+        kernel, ours = run(main())
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run([ip, "netns", "del", ns], capture_output=True)  # removes the veth pair too
+    assert 1.8 < kernel < 4.0, kernel  # 200 KB at 780 kbit/s: 2.05 s
+    assert 0.75 < ours / kernel < 1.33, (ours, kernel)

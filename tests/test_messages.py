@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import anthropic
@@ -10,6 +9,8 @@ import httpx
 import pytest
 
 from gateway.sources.simulated import expected_text
+
+from .support import run
 
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 PROMPT = "anthropic sdk"
@@ -88,7 +89,7 @@ def test_mid_stream_failure_is_an_error_event_the_sdk_raises(gw, mode):
                 for text in s.text_stream:
                     got.append(text)
         else:
-            asyncio.run(run_async())
+            run(run_async())
     assert info.value.status_code == 200  # after the 200: in band
     assert info.value.body["type"] == "error"
     assert info.value.body["error"]["type"] == "overloaded_error"  # retryable
@@ -143,3 +144,17 @@ def test_client_leaving_cancels_the_generation(gw):
         time.sleep(0.05)
     assert cancelled() == before + 1
     assert gw.metrics()['gateway_connections{transport="messages"}'] == 0
+
+
+def test_the_sdks_api_key_header_authenticates():
+    """Anthropic's SDK sends `x-api-key`, not `Authorization: Bearer`: with API keys on, it works."""
+    from .conftest import FAST
+    from .support import gateway
+
+    with gateway({**FAST, "GATEWAY_API_KEYS": "team=sk-ant-test-0123456789"}) as g:
+        with anthropic.Anthropic(base_url=g.url, api_key="sk-ant-test-0123456789", max_retries=0) as client:
+            r = client.messages.create(model="sim", max_tokens=5, messages=MESSAGES, extra_body={"sim": FAST_SIM})
+            assert r.content[0].text == expected_text(PROMPT, 0, 5)
+        with anthropic.Anthropic(base_url=g.url, api_key="wrong-key", max_retries=0) as client:
+            with pytest.raises(anthropic.AuthenticationError):
+                client.messages.create(model="sim", max_tokens=5, messages=MESSAGES)

@@ -1,4 +1,4 @@
-"""The page at `/` in real Chromium (Playwright) against a real gateway: four clients, one answer."""
+"""The page at `/` in real Chromium (Playwright) against a real gateway: five clients, one answer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from gateway.sources.simulated import expected_text
 
 from .support import ROOT, gateway, require
 
-KINDS = ["eventsource", "fetch-sse", "fetch-ndjson", "websocket"]
+KINDS = ["eventsource", "fetch-sse", "fetch-ndjson", "websocket", "fetch-responses"]
 PROMPT = "Why stream model output, and over which transport?"  # the page's default prompt
 SCREENSHOT = ROOT / "docs" / "browser-page.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,10 +57,10 @@ DRAWN_AND_WHOLE = """(panel) => {
 
 
 @pytest.fixture(scope="module")
-def gw():
+def gw(server):
     # A quick EventSource retry; a long grace so a slow resume on a busy machine still finds its stream.
     with gateway({"GATEWAY_SSE_RETRY_MS": "200", "GATEWAY_DETACH_GRACE_S": "30",
-                  "GATEWAY_HEARTBEAT_S": "0.5"}) as g:
+                  "GATEWAY_HEARTBEAT_S": "0.5"}, server=server) as g:
         yield g
 
 
@@ -133,10 +133,11 @@ def test_page_and_vendored_files_are_served(gw):
     assert "://" not in r.text  # no absolute URL anywhere in the page: everything is same-origin
 
 
+@pytest.mark.every_server
 def test_four_panels_end_with_the_same_text_and_sha(page):
     # Accessible: every control has a label, the answer areas are named regions.
     assert page.evaluate("[...document.querySelectorAll('input, textarea')].every(e => e.labels.length > 0)")
-    assert page.get_by_role("region", name="streamed answer").count() == 4
+    assert page.get_by_role("region", name="streamed answer").count() == len(KINDS)
 
     n = 1300  # past the whole corpus: every kind of markdown in it streams by
     start(page, max_tokens=n, seed=3, itl_ms=2)
@@ -173,11 +174,12 @@ def test_four_panels_end_with_the_same_text_and_sha(page):
     assert watch["tailMax"] <= 2
     blocks = page.evaluate("[...document.querySelectorAll('.output')].map(o => o.firstChild.children.length)")
     assert min(blocks) >= 3, blocks  # drawn a piece at a time, not in one go at the end
-    # The page used all four ways in.
+    # The page used all five ways in.
     paths = {urlsplit(u).path for u in page.urls}
-    assert {"/v1/streams", "/v1/sse", "/v1/ndjson", "/v1/ws"} <= paths
+    assert {"/v1/streams", "/v1/sse", "/v1/ndjson", "/v1/ws", "/v1/responses"} <= paths
 
 
+@pytest.mark.every_server
 def test_dropped_connection_resumes_without_a_lost_or_repeated_word(page, gw, tmp_path):
     before = gw.metrics()
     start(page, max_tokens=160, seed=5, fault="drop", after=40)
@@ -195,9 +197,10 @@ def test_dropped_connection_resumes_without_a_lost_or_repeated_word(page, gw, tm
     after = gw.metrics()
     # Each client resumed on the server's resume paths (not by starting a new generation).
     resumed = {t: after.get(f'gateway_resumes_total{{transport="{t}"}}', 0)
-               - before.get(f'gateway_resumes_total{{transport="{t}"}}', 0) for t in ("sse", "ndjson", "ws")}
+               - before.get(f'gateway_resumes_total{{transport="{t}"}}', 0) for t in ("sse", "ndjson", "ws", "responses")}
     assert resumed["sse"] >= 2 and resumed["ndjson"] >= 1 and resumed["ws"] >= 1, resumed
-    assert after["gateway_streams_created_total"] - before["gateway_streams_created_total"] == 4
+    assert resumed["responses"] >= 1, resumed  # GET /v1/responses/{id}?stream=true&starting_after=N
+    assert after["gateway_streams_created_total"] - before["gateway_streams_created_total"] == len(KINDS)
 
     # The README's screenshot: UPDATE_SCREENSHOT=1 python -m pytest tests/test_page.py -k dropped
     shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / SCREENSHOT.name
@@ -222,7 +225,7 @@ def test_cancel_stops_each_panel(page, gw):
     time.sleep(0.5)
     later = {s["kind"]: s["tokens"] for s in page.evaluate("demo.state()")}
     assert later == {k: state[k]["tokens"] for k in KINDS}  # nothing arrives after the cancel
-    # The server stopped all four generations, each by its own route.
+    # The server stopped all five generations, each by its own route.
     after = wait_idle(gw)
     assert after["gateway_active_streams"] == 0
 
@@ -233,6 +236,7 @@ def test_cancel_stops_each_panel(page, gw):
     assert cancelled("delete") == 1  # EventSource: DELETE /v1/streams/{id}
     assert cancelled("client_cancel") == 1  # WebSocket: {"type": "cancel"}
     assert cancelled("abort") == 2  # both fetch clients: POST /v1/streams/{id}/cancel
+    assert cancelled("cancel") == 1  # Responses: POST /v1/responses/{id}/cancel
     assert cancelled("client_gone") == cancelled("detached") == 0  # a closed connection is not a cancel
 
 

@@ -3,7 +3,6 @@ SDK hides what matters: exact bytes, every resume point)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -15,7 +14,7 @@ from gateway.codecs.responses import OFFSET, Decoder
 from gateway.sources.simulated import expected_text
 
 from .conftest import FAST
-from .support import gateway
+from .support import gateway, run
 
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 PROMPT = "responses sdk"
@@ -292,7 +291,7 @@ def test_a_responses_stream_resumes_on_the_gateways_transports(gw):
             return await c.stream(transport, stream_id=stream_id, after=12 - OFFSET)
 
     for transport in ("sse", "ndjson", "ws"):
-        result = asyncio.run(rest(transport))
+        result = run(rest(transport))
         assert result.tokens[0].seq == 12 - OFFSET + 1
         assert deltas(first) + result.text == expected and result.done is not None
 
@@ -311,10 +310,24 @@ def test_a_gateway_stream_resumes_as_responses(gw):
                     if len(got) == 9:
                         return created["id"], got
 
-    stream_id, got = asyncio.run(begin())
+    stream_id, got = run(begin())
     with sdk(gw) as client:
         rest = list(client.responses.retrieve("resp_" + stream_id, stream=True,
                                               starting_after=got[-1].seq + OFFSET))
     assert rest[0].sequence_number == got[-1].seq + OFFSET + 1
     assert "".join(t.text for t in got) + deltas(rest) == expected_text(PROMPT, 19, n)
     assert rest[-1].type == "response.completed"
+
+
+def test_the_python_client_streams_and_resumes_responses(gw):
+    """gateway.client's one resume loop over the Responses API: a cut (drop_after) resumed with
+    starting_after, the exact text, every seq once."""
+
+    async def main():
+        async with Client(gw.url) as c:
+            return await c.stream("responses", PROMPT, max_tokens=50, seed=20, sim={**FAST_SIM, "drop_after": 17})
+
+    result = asyncio.run(main())
+    assert result.text == expected_text(PROMPT, 20, 50) and result.done is not None
+    assert result.reconnects == 1 and result.gaps == result.duplicates == 0
+    assert [t.seq for t in result.tokens] == list(range(1, 51))

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 IDLE_S = 2.0
 FAST = {
     "GATEWAY_STREAM_STORE": "redis",
+    "GATEWAY_WORKERS": "1",  # one process per replica (the Redis store's default is one per core)
     "GATEWAY_HEARTBEAT_S": "0.3",
     "GATEWAY_IDLE_TIMEOUT_S": str(IDLE_S),
     "GATEWAY_DETACH_GRACE_S": "3.0",

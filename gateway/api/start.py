@@ -15,7 +15,7 @@ from ..registry import UnknownModel
 from ..sources.base import PreStreamError
 
 if TYPE_CHECKING:
-    from ..app import Context
+    from ..service import Context
     from ..models import StreamRequest
     from ..stream import Stream
 

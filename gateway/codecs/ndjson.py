@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..events import HEARTBEAT, DecodeError, Event, from_json, to_json
 
-__all__ = ["MEDIA_TYPE", "HEARTBEAT_LINE", "encode", "Lines", "Decoder"]
+if TYPE_CHECKING:
+    from ..log import EventLog
+
+__all__ = ["MEDIA_TYPE", "HEARTBEAT_LINE", "encode", "frames", "Lines", "Decoder"]
 
 MEDIA_TYPE = "application/x-ndjson"
 HEARTBEAT_LINE = b'{"type":"heartbeat"}\n'
@@ -14,6 +19,11 @@ def encode(event: Event) -> bytes:
     if event is HEARTBEAT:
         return HEARTBEAT_LINE
     return to_json(event) + b"\n"
+
+
+def frames(log: EventLog, start: int, end: int) -> bytes:
+    """Log events [start, end) as NDJSON lines: the log keeps them so, one slice."""
+    return log.ndjson(start, end)
 
 
 class Lines:

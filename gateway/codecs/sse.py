@@ -8,11 +8,15 @@ to events. `frame` and `encode` are the server side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..events import HEARTBEAT, Event, Reconnect, from_json, to_json
+from ..events import HEARTBEAT, KINDS, Event, Reconnect, from_json, to_json
+
+if TYPE_CHECKING:
+    from ..log import EventLog
 
 __all__ = [
-    "MEDIA_TYPE", "HEARTBEAT_FRAME", "frame", "encode", "retry",
+    "MEDIA_TYPE", "HEARTBEAT_FRAME", "frame", "frames", "encode", "retry",
     "Message", "Comment", "Parser", "Decoder",
 ]
 
@@ -20,9 +24,27 @@ MEDIA_TYPE = "text/event-stream"
 HEARTBEAT_FRAME = b": hb\n\n"
 
 
+_FRAME = b"id: %d\nevent: %b\ndata: %b\n\n"
+_NAMES = tuple(name.encode() for name in KINDS)
+
+
 def frame(seq: int, kind: str, json: bytes) -> bytes:
     """One event as an SSE block; JSON never holds a raw newline, so one data line."""
-    return b"id: %d\nevent: %s\ndata: %b\n\n" % (seq, kind.encode(), json)
+    return _FRAME % (seq, kind.encode(), json)
+
+
+def frames(log: EventLog, start: int, end: int) -> bytes:
+    """Log events [start, end) as SSE blocks (what `frame` gives), from the log's bytes."""
+    lines, ends, kinds = log.lines, log.ends, log.kinds
+    at = ends[start - 1] if start else 0
+    if end - start == 1:
+        return _FRAME % (start, _NAMES[kinds[start]], lines[at : ends[start] - 1])
+    out = []
+    for i in range(start, end):
+        e = ends[i]
+        out.append(_FRAME % (i, _NAMES[kinds[i]], lines[at : e - 1]))
+        at = e
+    return b"".join(out)
 
 
 def encode(event: Event) -> bytes:

@@ -7,11 +7,14 @@ payloads to events and control messages, and validates what clients send.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import orjson
 
 from ..events import HEARTBEAT, Event, from_json, to_json
+
+if TYPE_CHECKING:
+    from ..log import EventLog
 
 __all__ = [
     "HEARTBEAT_TEXT", "encode", "decode",
@@ -19,7 +22,7 @@ __all__ = [
     "start", "cancel", "resume", "parse_control",
     "CLOSE_NORMAL", "CLOSE_GOING_AWAY", "CLOSE_UNSUPPORTED", "CLOSE_INVALID",
     "CLOSE_POLICY", "CLOSE_TOO_BIG", "CLOSE_INTERNAL", "CLOSE_RESTART", "CLOSE_TRY_AGAIN",
-    "text_frame",
+    "text_frame", "frames", "texts",
 ]
 
 CLOSE_NORMAL = 1000
@@ -50,6 +53,23 @@ def text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return b"\x81\x7e%b%b" % (n.to_bytes(2, "big"), payload)
     return b"\x81\x7f%b%b" % (n.to_bytes(8, "big"), payload)
+
+
+def frames(log: EventLog, start: int, end: int) -> bytes:
+    """Log events [start, end) as server text frames, one per event, in one piece."""
+    lines, ends = log.lines, log.ends
+    at = ends[start - 1] if start else 0
+    out = []
+    for i in range(start, end):
+        e = ends[i]
+        out.append(text_frame(lines[at : e - 1]))
+        at = e
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
+def texts(log: EventLog, start: int, end: int) -> list[str]:
+    """Log events [start, end) as message payloads, one per event (for the library to frame)."""
+    return [line.decode() for line in log.ndjson(start, end)[:-1].split(b"\n")]
 
 
 def decode(message: str | bytes) -> Event:

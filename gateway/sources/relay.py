@@ -28,7 +28,7 @@ from .base import PreStreamError, Sink
 if TYPE_CHECKING:
     from ..models import StreamRequest
 
-__all__ = ["Relay", "RelayGeneration", "upstream_status", "build_sources"]
+__all__ = ["Relay", "RelayGeneration", "upstream_status"]
 
 log = logging.getLogger("gateway.relay")
 
@@ -220,12 +220,3 @@ def _error_message(raw: bytes) -> str:
     if isinstance(obj, dict) and obj.get("detail"):
         return str(obj["detail"])[:500]
     return raw[:200].decode("utf-8", "replace")
-
-
-def build_sources(models: dict[str, ModelSpec], read_timeout_s: float) -> dict[str, Relay]:
-    from .ollama import OllamaRelay
-    from .openai import OpenAIRelay
-    from .responses import ResponsesRelay
-
-    kinds = {"openai": OpenAIRelay, "ollama": OllamaRelay, "responses": ResponsesRelay}
-    return {name: kinds[spec.kind](name, spec, read_timeout_s) for name, spec in models.items()}

@@ -1,4 +1,4 @@
-// Four clients of one gateway, side by side. No framework, no build step, nothing from another origin.
+// Five clients of one gateway, side by side. No framework, no build step, nothing from another origin.
 // Wire format: docs/wire-contract.md. Every client keeps the last seq it saw and resumes after it.
 "use strict";
 
@@ -191,9 +191,11 @@
 
   const EVENT_TYPES = new Set(["meta", "token", "done", "error"]);
 
-  // Incremental SSE parser (WHATWG HTML, "event stream interpretation").
+  // Incremental SSE parser (WHATWG HTML, "event stream interpretation"); `types`: the event names to
+  // keep (null: all).
   class SSEFraming {
-    constructor() {
+    constructor(types = EVENT_TYPES) {
+      this.types = types;
       this.buf = "";
       this.data = null;
       this.type = "";
@@ -216,7 +218,7 @@
 
     line(line, out) {
       if (line === "") {
-        if (this.data !== null && EVENT_TYPES.has(this.type)) out.push(JSON.parse(this.data));
+        if (this.data !== null && (this.types === null || this.types.has(this.type))) out.push(JSON.parse(this.data));
         this.data = null;
         this.type = "";
         return;
@@ -244,6 +246,35 @@
       const lines = (this.buf + text).split("\n");
       this.buf = lines.pop();
       return lines.filter((l) => l.trim()).map((l) => JSON.parse(l));
+    }
+  }
+
+  // OpenAI Responses events back to the gateway's events (docs/wire-contract.md): a delta's
+  // sequence_number is its seq + 3, response.created is meta, the terminal response is done or error.
+  // `done.text` is the server's whole text (the client hashes it, to compare with its own deltas).
+  const OFFSET = 3;
+  class ResponsesFraming {
+    constructor() {
+      this.sse = new SSEFraming(null);
+    }
+
+    feed(text) {
+      const out = [];
+      for (const ev of this.sse.feed(text)) {
+        const r = ev.response;
+        if (ev.type === "heartbeat") out.push(ev);
+        else if (ev.type === "response.created") out.push({ type: "meta", seq: 0, stream_id: r.id.slice(5), model: r.model });
+        else if (ev.type === "response.output_text.delta") out.push({ type: "token", seq: ev.sequence_number - OFFSET, text: ev.delta });
+        else if (ev.type === "response.completed" || ev.type === "response.incomplete") {
+          const text = r.output.length ? r.output[0].content.map((c) => c.text).join("") : "";
+          out.push({ type: "done", seq: ev.sequence_number - OFFSET - 3, finish_reason: ev.type === "response.completed" ? "stop" : "length",
+                     tokens: r.usage.output_tokens, sha256: null, text });
+        } else if (ev.type === "response.failed") {
+          const e = r.error || {};
+          out.push({ type: "error", seq: ev.sequence_number - OFFSET, code: e.code || "failed", message: e.message || "", retryable: !!e.retryable });
+        }
+      }
+      return out;
     }
   }
 
@@ -492,7 +523,7 @@
   }
 
   // ---------------------------------------------------------------------------------------------
-  // The four clients. Each has start(body) and cancel().
+  // The five clients. Each has start(body) and cancel().
 
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -500,7 +531,7 @@
   async function problem(resp) {
     try {
       const body = await resp.json();
-      return [`http_${resp.status}`, body.detail || body.title || resp.statusText];
+      return [`http_${resp.status}`, body.detail || body.title || (body.error && body.error.message) || resp.statusText];
     } catch {
       return [`http_${resp.status}`, resp.statusText];
     }
@@ -609,9 +640,13 @@
       return [`${base}?after=${after}`, {}];
     }
 
+    firstRequest(body) {
+      return [`/v1/${this.format}`, jsonInit(body)];
+    }
+
     async start(body) {
       const panel = this.panel;
-      let [url, init] = panel.streamId === null ? [`/v1/${this.format}`, jsonInit(body)] : this.resumeRequest();
+      let [url, init] = panel.streamId === null ? this.firstRequest(body) : this.resumeRequest();
       for (;;) {
         let reason = "the response ended without a terminal event";
         const tokens = panel.tokens;
@@ -645,6 +680,10 @@
       }
     }
 
+    framing() {
+      return this.format === "sse" ? new SSEFraming() : new NDJSONFraming();
+    }
+
     fallBack(body) {
       const next = new FetchClient(this.panel, "ndjson", this.fallback);
       this.panel.fellBack(this.transport, next.transport);
@@ -654,7 +693,7 @@
 
     async read(resp) {
       const panel = this.panel;
-      const framing = this.format === "sse" ? new SSEFraming() : new NDJSONFraming();
+      const framing = this.framing();
       const reader = resp.body.getReader();
       const decoder = new TextDecoder();
       for (;;) {
@@ -663,6 +702,7 @@
         if (!this.live) return reader.cancel();
         panel.addBytes(value.byteLength);
         for (const ev of framing.feed(decoder.decode(value, { stream: true }))) {
+          if (ev.type === "done" && ev.text !== undefined) ev.sha256 = await sha256Hex(ev.text);
           panel.event(ev);
           if (panel.ended) return reader.cancel();
         }
@@ -679,6 +719,36 @@
 
     detach() {
       this.abort.abort();
+    }
+  }
+
+  // 5. OpenAI's Responses API: a streamed background response; after a cut, GET it again from the
+  // last sequence number (seq + 3); POST …/cancel stops it.
+  class ResponsesClient extends FetchClient {
+    constructor(panel) {
+      super(panel, "responses");
+    }
+
+    firstRequest(body) {
+      const request = { input: body.prompt, max_output_tokens: body.max_tokens, stream: true, background: true,
+                        seed: body.seed, sim: body.sim };
+      return ["/v1/responses", jsonInit(request)];
+    }
+
+    resumeRequest() {
+      const id = encodeURIComponent(this.panel.streamId);
+      return [`/v1/responses/resp_${id}?stream=true&starting_after=${this.panel.lastSeq + OFFSET}`, {}];
+    }
+
+    framing() {
+      return new ResponsesFraming();
+    }
+
+    cancel() {
+      // A background response runs on when its connection closes: only the cancel endpoint stops it.
+      this.abort.abort();
+      if (this.id) fetch(`/v1/responses/resp_${encodeURIComponent(this.id)}/cancel`, { method: "POST", keepalive: true }).catch(() => {});
+      this.panel.cancelled("cancelled (fetch aborted, POST …/cancel)");
     }
   }
 
@@ -717,6 +787,13 @@
           panel.fellBack(this.transport, next.transport);
           panel.client = next;
           return next.start(this.body);
+        }
+        if (panel.streamId === null && opened) {
+          // Cut before even `meta` came (a busy server, a proxy that cuts at once): start again.
+          if (++panel.tries > MAX_TRIES) return panel.end("cut", "cut", reason, `cut before the stream started: ${reason}`);
+          await backoff(panel);
+          if (!panel.ended && this.live) this.open(first);
+          return;
         }
         if (!panel.cut(reason)) return;
         await backoff(panel);
@@ -764,6 +841,7 @@
     "fetch-sse": (p) => new FetchClient(p, "sse"),
     "fetch-ndjson": (p) => new FetchClient(p, "ndjson"),
     "websocket": (p) => new WebSocketClient(p),
+    "fetch-responses": (p) => new ResponsesClient(p),
   };
 
   // ---------------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ class Mirror(Stream):
         self.owner = meta[b"owner"].decode()
         self.created = float(meta[b"created"])
         self.log = EventLog()  # refilled from Redis: the meta event too, byte for byte
-        self.key = _log_key(stream_id).encode()
+        self.key = store._log_key(stream_id).encode()
         self.last_at = now  # when the last event arrived: generator_lost counts from here
         self.checked_at = now
         self.feed(entries, now)
@@ -255,6 +255,17 @@ class RedisStore:
         self.reserved: dict[str, str | None] = {}  # stream id -> key id, held in gw:running:<key>
         stats.registry.register(_Metrics(self))
 
+    # Key layout; the cluster store (gateway/store/cluster.py) puts streams in a few shared slots.
+    def _log_key(self, stream_id: str) -> str:
+        return _log_key(stream_id)
+
+    def _meta_key(self, stream_id: str) -> str:
+        return _meta_key(stream_id)
+
+    def _group(self, stream_id: str) -> Any:
+        """Streams whose appends can share one script call (their keys share a slot)."""
+        return None
+
     def mirror_event(self, stream: Stream, what: str, sub: Any = None) -> None:
         """Lifecycle lines for the clients this replica serves from a mirror (the owner logs the rest)."""
         if what == "attached":
@@ -321,11 +332,11 @@ class RedisStore:
         sid = stream.id
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(_meta_key(sid), mapping=_meta_fields(self.rid, stream))
-                pipe.execute_command("XADD", _log_key(sid), "MAXLEN", "~", self.maxlen, "1-0",
+                pipe.hset(self._meta_key(sid), mapping=_meta_fields(self.rid, stream))
+                pipe.execute_command("XADD", self._log_key(sid), "MAXLEN", "~", self.maxlen, "1-0",
                                      "k", _META, "j", stream.log.json(0))
-                pipe.pexpire(_log_key(sid), self.live_ttl_ms)
-                pipe.pexpire(_meta_key(sid), self.live_ttl_ms + _TOMBSTONE_S * 1000)
+                pipe.pexpire(self._log_key(sid), self.live_ttl_ms)
+                pipe.pexpire(self._meta_key(sid), self.live_ttl_ms + _TOMBSTONE_S * 1000)
                 await pipe.execute()
         except _DOWN as exc:
             self._failing("add", exc)
@@ -393,7 +404,7 @@ class RedisStore:
 
     async def expired(self, stream_id: str, owner_key: str | None = None) -> bool:
         try:
-            key = await self.redis.hget(_meta_key(stream_id), "key")
+            key = await self.redis.hget(self._meta_key(stream_id), "key")
             return key is not None and (key.decode() or None) == owner_key
         except _DOWN:
             raise StoreUnavailable() from None
@@ -402,7 +413,7 @@ class RedisStore:
         rec = self.owned.get(stream_id)
         if rec is not None:
             return rec.stream.cancel(reason)
-        meta_key = _meta_key(stream_id)
+        meta_key = self._meta_key(stream_id)
         try:
             meta = await self.redis.hgetall(meta_key)
             if not meta:
@@ -483,8 +494,8 @@ class RedisStore:
             # attaches must not starve the flusher and the lease, nor look like an outage.
             async with self._loads:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.hgetall(_meta_key(stream_id))
-                    pipe.xrange(_log_key(stream_id), "-", "+")
+                    pipe.hgetall(self._meta_key(stream_id))
+                    pipe.xrange(self._log_key(stream_id), "-", "+")
                     meta, entries = await pipe.execute()
         except _DOWN as exc:
             self._failing("load", exc)
@@ -582,10 +593,9 @@ class RedisStore:
 
     async def _write(self, batch: dict[str, Stream]) -> None:
         now = self.clock.now()
-        plan: list[tuple[_Owned, int, int]] = []  # stream, events start..end
+        # One append call per group (`_group`: one for every stream here; one per slot in a cluster).
+        groups: dict[Any, tuple[list, list[str], list[Any]]] = {}  # group -> plan, keys, args
         after: list[tuple[str, bool]] = []  # streams whose keys' TTLs to set: id, ended
-        keys: list[str] = []
-        args: list[Any] = [self.maxlen]
         count = 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid, stream in batch.items():
@@ -599,46 +609,55 @@ class RedisStore:
                     self._dirty.setdefault(sid, stream)  # the next round trip
                     self._kick.set()
                     continue
-                keys.append(_log_key(sid))
+                plan, keys, args = groups.setdefault(self._group(sid), ([], [], [self.maxlen]))
+                keys.append(self._log_key(sid))
                 args += (start, log.kinds[start:end].translate(_DIGITS), log.ndjson(start, end))
                 plan.append((rec, start, end))
                 count += end - start
                 ended = not stream.running
                 if start == 0:  # Redis lost it: the meta goes back with the log
-                    pipe.hset(_meta_key(sid), mapping=_meta_fields(self.rid, stream))
+                    pipe.hset(self._meta_key(sid), mapping=_meta_fields(self.rid, stream))
                 if ended or start == 0 or now - rec.refreshed_at > self.ttl_ms / 2000:
                     rec.refreshed_at = now
                     after.append((sid, ended))
                     if ended:
-                        pipe.hset(_meta_key(sid), mapping=_end_fields(stream))
+                        pipe.hset(self._meta_key(sid), mapping=_end_fields(stream))
                         if sid in self.reserved:
                             pipe.zrem(_running_key(self.reserved.pop(sid)), sid)
-            if not plan:
+            if not groups:
                 return
             at = len(pipe)
-            pipe.evalsha(_APPEND_SHA, len(keys), *keys, *args)
+            for _, keys, args in groups.values():
+                pipe.evalsha(_APPEND_SHA, len(keys), *keys, *args)
             for sid, ended in after:  # after the append, which may create the log
                 ttl = self.ttl_ms if ended else self.live_ttl_ms
-                pipe.pexpire(_log_key(sid), ttl)
-                pipe.pexpire(_meta_key(sid), ttl + _TOMBSTONE_S * 1000)
-            results = (await pipe.execute(raise_on_error=False))[at]
+                pipe.pexpire(self._log_key(sid), ttl)
+                pipe.pexpire(self._meta_key(sid), ttl + _TOMBSTONE_S * 1000)
+            replies = (await pipe.execute(raise_on_error=False))[at:at + len(groups)]
         self.flushes += 1
-        if isinstance(results, NoScriptError):
-            # Redis restarted and lost the script: load it, then write the round again.
-            await self.redis.script_load(_APPEND)
-            for rec, _, _ in plan:
-                self._touch(rec.stream)
-            return
-        if isinstance(results, Exception):
-            raise RedisConnectionError(str(results))
-        for (rec, start, end), result in zip(plan, results):
-            if isinstance(result, Exception):
-                raise result
-            if result == end:
-                rec.flushed = end
-                self.events_written += end - start
-            else:
-                self._lost(rec, result)
+        failed = None  # a group not written (a cluster node down); the others count as written
+        for (plan, _, _), results in zip(groups.values(), replies):
+            if isinstance(results, NoScriptError):
+                # Redis restarted and lost the script: load it, then write the round again.
+                await self.redis.script_load(_APPEND)
+                for rec, _, _ in plan:
+                    self._touch(rec.stream)
+                continue
+            if isinstance(results, Exception):
+                for rec, _, _ in plan:  # written again; what went in is skipped as a retried round trip
+                    self._touch(rec.stream)
+                failed = results
+                continue
+            for (rec, start, end), result in zip(plan, results):
+                if isinstance(result, Exception):
+                    raise result
+                if result == end:
+                    rec.flushed = end
+                    self.events_written += end - start
+                else:
+                    self._lost(rec, result)
+        if failed is not None:
+            raise RedisConnectionError(str(failed))
 
     def _lost(self, rec: _Owned, result: int) -> None:
         stream = rec.stream
@@ -673,7 +692,7 @@ class RedisStore:
     async def _end_remote(self, stream_id: str, code: str, message: str, retryable: bool,
                           owner: str | None = None) -> bool | None:
         """Append a terminal error for a stream whose generator cannot: True if it did so."""
-        log_key, meta_key = _log_key(stream_id), _meta_key(stream_id)
+        log_key, meta_key = self._log_key(stream_id), self._meta_key(stream_id)
         for _ in range(8):
             if owner is not None and await self.redis.exists(_lease_key(owner)):
                 return None  # its generator is alive after all

@@ -1,30 +1,34 @@
-"""SSE and NDJSON over one long chunked HTTP response, written through raw ASGI `send`."""
+"""SSE and NDJSON over one long chunked HTTP response, written through ASGI `send`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..adapter import Writer, connection
 from ..codecs import ndjson, sse
 from ..events import Reconnect
-from ..guard import ABORT, defer
+from ..guard import defer
 from ..stream import RUNNING
-from .direct import Writer, http_writer
-from .eager import Parked, finish, send_now
 
 if TYPE_CHECKING:
-    from ..app import Context
+    from ..service import Context
     from ..log import EventLog
     from ..stream import Stream, Subscriber
 
-__all__ = ["EventStream", "DropConnection", "streaming_headers"]
+__all__ = ["EventStream", "DropConnection", "streaming_headers", "WORKER_HEADER"]
 
 
 class DropConnection(Exception):
-    """Fault injection: cut the connection with no terminal event (the server logs nothing)."""
+    """Cut the connection with no terminal event (fault injection, a slow consumer): the server logs nothing."""
+
+
+# Which process served the response (`serve --workers`: which worker).
+WORKER_HEADER = (b"x-gateway-worker", str(os.getpid()).encode())
 
 
 def streaming_headers(media_type: str, accel_off: bool, stream_id: str) -> list[tuple[bytes, bytes]]:
@@ -33,6 +37,7 @@ def streaming_headers(media_type: str, accel_off: bool, stream_id: str) -> list[
         # no-transform also asks intermediaries not to compress (and so buffer) the body.
         (b"cache-control", b"no-cache, no-transform"),
         (b"x-stream-id", stream_id.encode()),
+        WORKER_HEADER,
     ]
     if accel_off:
         headers.append((b"x-accel-buffering", b"no"))
@@ -43,17 +48,14 @@ class EventStream(Response):
     """An ASGI response that streams one subscriber's view of a stream."""
 
     def __init__(self, ctx: Context, stream: Stream, sub: Subscriber, fmt: str, status: int = 200) -> None:
+        super().__init__(status_code=status)
         self.ctx = ctx
         self.stream = stream
         self.sub = sub
         self.fmt = fmt
-        self.status_code = status
         self.client_left = False
-        self.background = None
-        self.send: Send | None = None
-        self.parked: Parked | None = None  # a push whose send blocked: the task finishes it
-        self.failed: BaseException | None = None
-        self.write: Writer | None = None  # the push path's write without `send` (direct.py)
+        self.task: asyncio.Task | None = None
+        self.write: Writer | None = None  # the fast path's write without `send` (gateway/adapter)
         self.stats = ctx.stats[fmt]
         self.batch = ctx.settings.max_batch_bytes
         self.media_type = ndjson.MEDIA_TYPE if fmt == "ndjson" else sse.MEDIA_TYPE
@@ -67,7 +69,9 @@ class EventStream(Response):
         ctx, stream, sub, stats = self.ctx, self.stream, self.sub, self.stats
         headers = streaming_headers(self.media_type, ctx.settings.x_accel_buffering, stream.id)
         stats.connections += 1
-        sub.abort = scope.get(ABORT)
+        conn = connection(scope)
+        self.task = asyncio.current_task()
+        sub.abort = conn.abort if conn is not None else self._abort
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
@@ -75,17 +79,27 @@ class EventStream(Response):
                 # `retry` first, so the headers and this go out before the first token.
                 await send({"type": "http.response.body", "body": sse.retry(ctx.settings.sse_retry_ms),
                             "more_body": True})
-            self.send = scope.get("gateway.send", send)
-            self.write = http_writer(self.send)
-            await self._pump(self.send, stats)
+            if conn is not None:
+                self.write = conn.http_writer()
+            await self._pump(send, stats)
+        except asyncio.CancelledError:
+            if sub.cut is None or self.client_left:
+                raise
+            self.task.uncancel()  # our own cancel (`_abort`): the connection ends here
+            raise DropConnection(stream.id) from None
         finally:
             watcher.cancel()
             stats.connections -= 1
             stream.detach(sub, ctx.clock.now(), self.client_left)
 
+    def _abort(self) -> None:
+        """The portable cut of a slow consumer: cancel the task blocked in `send`."""
+        if self.task is not None:
+            self.task.cancel()
+
     def frames(self, log: EventLog, start: int, end: int) -> bytes:
         """Log events [start, end) as body bytes (a subclass may map them to another format)."""
-        return log.sse_frames(start, end) if self.fmt == "sse" else log.ndjson(start, end)
+        return sse.frames(log, start, end) if self.fmt == "sse" else ndjson.frames(log, start, end)
 
     def reconnect(self) -> bytes:
         """The last bytes before the server closes to drain: where to resume (a subclass may send none)."""
@@ -105,17 +119,12 @@ class EventStream(Response):
         heartbeat = self.heartbeat
         wait = stream.wait
         clock = asyncio.get_running_loop().time
-        batch = self.ctx.settings.max_batch_bytes
+        batch = self.batch
+        push = self._push if self.write is not None else None
         while True:
-            sub.push = self._push
+            sub.push = push
             await wait(sub)
             sub.push = None
-            if self.parked is not None:
-                parked, self.parked = self.parked, None
-                await finish(parked)
-                sub.sending = 0.0
-            if self.failed is not None:
-                raise self.failed
             if sub.gone:
                 if sub.kicked and not self.client_left:
                     await send({"type": "http.response.body", "body": self.reconnect(), "more_body": False})
@@ -148,7 +157,7 @@ class EventStream(Response):
                 return
 
     def _push(self, sub: Subscriber) -> bool:
-        """Write the new events from the batch flush; False hands anything unusual to the task."""
+        """Write the new events from the batch flush; False hands anything else to the task."""
         stream = self.stream
         if sub.gone or sub.beat or sub.drop_at is not None or stream.status is not RUNNING:
             return False
@@ -159,19 +168,10 @@ class EventStream(Response):
         last = end
         end = log.batch_end(cursor, end, self.batch)
         body = self.frames(log, cursor, end)
+        if not self.write(body):
+            return False  # paused or closing: the task awaits `send`, which waits or raises
         sub.cursor = end
         stats = self.stats
         stats.events += end - cursor
         stats.bytes += len(body)
-        write = self.write
-        if write is not None and write(body):
-            return end == last  # a capped batch: the task writes the rest
-        try:
-            self.parked = send_now(self.send, {"type": "http.response.body", "body": body, "more_body": True})
-        except Exception as exc:
-            self.failed = exc
-            return False
-        if self.parked is not None:
-            sub.sending = self.ctx.clock.now()  # blocked: the task finishes it, the sweep watches it
-            return False
-        return end == last
+        return end == last  # a capped batch: the task writes the rest

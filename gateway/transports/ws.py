@@ -11,23 +11,22 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..adapter import Writer, connection
 from ..codecs import ws as codec
 from ..events import Reconnect
 from ..auth import check_expiry
-from ..guard import ABORT, ATTACH, KEY
+from ..guard import ATTACH, KEY
 from ..limits import Bucket
 from ..models import StreamRequest
 from ..problems import Problem
 from ..sources.base import PreStreamError
 from ..stream import RUNNING
-from .direct import Writer, ws_writer
-from .eager import Parked, finish, send_now
 from .http import DropConnection
 
 if TYPE_CHECKING:
-    from ..app import Context
+    from ..service import Context
     from ..stream import Stream, Subscriber
 
 __all__ = ["WSSession", "error_text"]
@@ -52,11 +51,8 @@ class WSSession:
         self.task: asyncio.Task | None = None
         self.dropped = False
         self.kicked = False
-        # Events go straight to the server's send (no Starlette wrapper on the hot path).
-        self.send = websocket.scope.get("gateway.send") or websocket.send
-        self.parked: Parked | None = None  # a push whose send blocked: the pump finishes it
-        self.failed: BaseException | None = None
-        self.write: Writer | None = None  # the push path's write without `send` (direct.py), once open
+        self.conn = connection(websocket.scope)
+        self.write: Writer | None = None  # the fast path's write without `send` (gateway/adapter), once open
         self.key = websocket.scope.get(KEY)
         # Let in by an attach token: that one stream, while the token lasts; no new streams.
         self.attach_only: tuple[str, float] | None = websocket.scope.get(ATTACH)
@@ -75,6 +71,7 @@ class WSSession:
         except asyncio.CancelledError:
             if self.dropped:
                 client_left = False
+                self.task.uncancel()  # our own cancel (a drop, or `_abort`): the connection ends here
                 raise DropConnection() from None
             raise
         finally:
@@ -181,11 +178,11 @@ class WSSession:
 
     def _attach(self, stream: Stream, after: int) -> None:
         self._stop(False)
-        if self.write is None:
-            self.write = ws_writer(self.send)
+        if self.write is None and self.conn is not None:
+            self.write = self.conn.ws_writer()
         self.stream = stream
         self.sub = stream.attach(after, "ws", self.ctx.clock.now())
-        self.sub.abort = self.ws.scope.get(ABORT)
+        self.sub.abort = self.conn.abort if self.conn is not None else self._abort
         if after >= 0:
             self.stats.resumes += 1
         self.pump = asyncio.get_running_loop().create_task(self._pump(stream, self.sub))
@@ -202,22 +199,22 @@ class WSSession:
             self.sub = None
             self.stream = None
 
+    def _abort(self) -> None:
+        """The portable cut of a slow consumer: end the socket's task; its pump is blocked in `send`."""
+        if self.task is not None:
+            self.dropped = True
+            self.task.cancel()
+
     async def _pump(self, stream: Stream, sub: Subscriber) -> None:
-        log, stats, send = stream.log, self.stats, self.send
+        log, stats, send = stream.log, self.stats, self.ws.send
         clock = asyncio.get_running_loop().time
         batch = self.ctx.settings.max_batch_bytes
+        push = self._push if self.write is not None else None
         try:
             while True:
-                sub.push = self._push
+                sub.push = push
                 await stream.wait(sub)
                 sub.push = None
-                if self.parked is not None:
-                    parked, self.parked = self.parked, None
-                    await finish(parked)
-                    sub.sending = 0.0
-                if self.failed is not None:
-                    failed, self.failed = self.failed, None
-                    raise failed
                 if sub.gone:
                     if sub.kicked:
                         await self._reconnect(stream, sub)
@@ -228,7 +225,7 @@ class WSSession:
                     drop = sub.drop_at is not None and end >= sub.drop_at
                     if drop:
                         end = sub.drop_at
-                    texts = log.texts(cursor, end)
+                    texts = codec.texts(log, cursor, end)
                     sub.cursor = end
                     terminal = not stream.running and end == len(log)
                 else:
@@ -251,7 +248,7 @@ class WSSession:
                         self.sub = None
                         self.stream = None
                     return
-        except OSError:
+        except (OSError, WebSocketDisconnect):
             # The client is gone; the reader sees the disconnect and cleans up.
             return
 
@@ -266,7 +263,7 @@ class WSSession:
             self.stream = None
 
     def _push(self, sub: Subscriber) -> bool:
-        """Send the new events from the batch flush; False hands anything unusual to the pump."""
+        """Write the new events from the batch flush; False hands anything else to the pump."""
         stream = self.stream
         if sub is not self.sub or sub.gone or sub.beat or sub.drop_at is not None or stream.status is not RUNNING:
             return False
@@ -276,27 +273,13 @@ class WSSession:
             return True
         last = end
         end = log.batch_end(cursor, end, self.batch)
-        stats, send, write = self.stats, self.send, self.write
-        if write is not None:
-            frames = log.ws_frames(cursor, end)
-            if write(frames):
-                sub.cursor = end
-                stats.events += end - cursor
-                stats.bytes += log.ends[end - 1] - (log.ends[cursor - 1] if cursor else 0) - (end - cursor)
-                return end == last  # a capped batch: the pump sends the rest
-        for text in log.texts(cursor, end):
-            sub.cursor += 1
-            stats.events += 1
-            stats.bytes += len(text)
-            try:
-                self.parked = send_now(send, {"type": "websocket.send", "text": text})
-            except Exception as exc:
-                self.failed = exc
-                return False
-            if self.parked is not None:
-                sub.sending = self.ctx.clock.now()  # blocked: the pump finishes it, the sweep watches it
-                return False
-        return end == len(log)  # a capped batch: the pump sends the rest
+        if not self.write(codec.frames(log, cursor, end)):
+            return False  # paused or closing: the pump awaits `send`, which waits or raises
+        sub.cursor = end
+        stats = self.stats
+        stats.events += end - cursor
+        stats.bytes += log.ends[end - 1] - (log.ends[cursor - 1] if cursor else 0) - (end - cursor)
+        return end == last  # a capped batch: the pump sends the rest
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
         await self.ws.send_text(error_text(code, message))

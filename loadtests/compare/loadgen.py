@@ -28,7 +28,7 @@ _SAMPLE_S = 0.5
 
 
 USER_CLASSES = {"sse_get": "SseGetUser", "sse_post": "SsePostUser", "ndjson": "NdjsonUser", "ws": "WsUser",
-                "complete": "CompleteUser"}
+                "responses": "ResponsesUser", "complete": "CompleteUser"}
 
 
 def locust_args(cell: Cell, matrix: Matrix, url: str) -> list[str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 __all__ = ["Matrix", "Cell", "PRESETS", "PATHS", "TRANSPORTS", "from_args"]
 
 # Transports as the Locust users name them (request_type, loadtests/locustfile.py).
-TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws")
+TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws", "responses")  # responses: OpenAI's Responses API
 # Deployment paths: "direct" to the gateway, the others are the proxy lab's paths (loadtests/lab.py).
 PATHS = ("direct", "nginx-defaults", "nginx-accel", "nginx-tuned", "haproxy", "haproxy-tuned")
 

@@ -13,7 +13,8 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 __all__ = ["COLORS", "latency_cdf", "concurrency", "baseline", "cost", "reconnect"]
 
-COLORS = {"sse_post": "#2563eb", "sse_get": "#7c3aed", "ndjson": "#059669", "ws": "#ea580c", "complete": "#6b7280"}
+COLORS = {"sse_post": "#2563eb", "sse_get": "#7c3aed", "ndjson": "#059669", "ws": "#ea580c", "responses": "#db2777",
+          "complete": "#6b7280"}
 _STYLE = {
     "font.family": "DejaVu Sans", "font.size": 9.5, "axes.titlesize": 10.5, "axes.titleweight": "bold",
     "axes.titlelocation": "left", "axes.spines.top": False, "axes.spines.right": False,

@@ -18,6 +18,8 @@ CAPABILITIES = {
     "sse_get": {"browser_api": "EventSource", "browser_resumes": True, "talks_back": False},
     "ndjson": {"browser_api": "fetch + ReadableStream", "browser_resumes": False, "talks_back": False},
     "ws": {"browser_api": "WebSocket", "browser_resumes": False, "talks_back": True},
+    # OpenAI's Responses API (SSE with `event:` names, resumed by `starting_after`): what an SDK speaks.
+    "responses": {"browser_api": "fetch + ReadableStream", "browser_resumes": False, "talks_back": False},
 }
 # A cell slips when one of these holds.
 SLIP = {"itl_p99_factor": 2.0, "ttft_p95_extra_ms": 250.0, "failure_share": 0.01}

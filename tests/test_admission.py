@@ -1,0 +1,88 @@
+"""Admission: past capacity a new stream is refused at once with 503 + Retry-After; existing streams are not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+import websockets
+
+from gateway.admission import Admission
+from gateway.metrics import Stats
+from gateway.problems import Problem
+from gateway.settings import Settings
+
+from .support import gateway, run
+
+LONG = {"prompt": "hold", "max_tokens": 2000, "sim": {"ttft_ms": 10, "itl_ms": 50, "jitter": 0}}
+
+
+@pytest.fixture(scope="module")
+def gw():
+    with gateway({"GATEWAY_MAX_STREAMS": "3"}) as g:
+        yield g
+
+
+def test_past_max_streams_new_streams_get_503_and_existing_ones_go_on(gw):
+    ids = []
+    for _ in range(3):
+        r = httpx.post(gw.url + "/v1/streams", json=LONG, timeout=10)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    try:
+        r = httpx.post(gw.url + "/v1/streams", json=LONG, timeout=10)
+        assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "over_capacity" and 1 <= int(r.headers["retry-after"]) <= 3
+        # A one-shot stream too, before its first byte; a WebSocket `start` gets close 1013 (try again).
+        r = httpx.post(gw.url + "/v1/sse", json=LONG, timeout=10)
+        assert r.status_code == 503 and r.json()["code"] == "over_capacity"
+
+        async def ws_start():
+            async with websockets.connect(gw.ws_url + "/v1/ws") as ws:
+                await ws.send(json.dumps({"type": "start", **LONG}))
+                try:
+                    while True:
+                        await ws.recv()
+                except websockets.ConnectionClosed as exc:
+                    return exc.rcvd.code if exc.rcvd else None
+
+        assert run(ws_start(), 30) == 1013
+        # Attaching to a running stream is never refused here.
+        with httpx.stream("GET", f"{gw.url}/v1/streams/{ids[0]}/ndjson", timeout=10) as r:
+            assert r.status_code == 200
+            assert json.loads(next(r.iter_lines()))["type"] == "meta"
+        refused = gw.metrics()['gateway_refused_total{reason="capacity"}']
+        assert refused == 3
+    finally:
+        for sid in ids:
+            httpx.delete(f"{gw.url}/v1/streams/{sid}", timeout=10)
+    # Below capacity again: admitted.
+    deadline = time.monotonic() + 10
+    while httpx.get(gw.url + "/healthz").json()["active_streams"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = httpx.post(gw.url + "/v1/streams", json={**LONG, "max_tokens": 2}, timeout=10)
+    assert r.status_code == 201, r.text
+
+
+def test_a_late_loop_refuses_new_streams_until_it_catches_up():
+    async def go():
+        admission = Admission(Settings(admit_lag_ms=300), Stats())
+        admission.start()
+        try:
+            await asyncio.sleep(0.2)
+            admission.check()  # an idle loop is on time
+            time.sleep(1.0)  # the loop is busy: every callback is ~1 s late
+            await asyncio.sleep(0.06)
+            with pytest.raises(Problem) as refused:
+                admission.check()
+            assert refused.value.status == 503 and refused.value.extra["code"] == "over_capacity"
+            assert admission.stats.refused["capacity"] == 1
+            await asyncio.sleep(1.0)  # on time again: the figure halves per probe, back under the bound
+            admission.check()
+        finally:
+            admission.stop()
+
+    asyncio.run(go())
