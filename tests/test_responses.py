@@ -327,7 +327,7 @@ def test_the_python_client_streams_and_resumes_responses(gw):
         async with Client(gw.url) as c:
             return await c.stream("responses", PROMPT, max_tokens=50, seed=20, sim={**FAST_SIM, "drop_after": 17})
 
-    result = asyncio.run(main())
+    result = run(main())
     assert result.text == expected_text(PROMPT, 20, 50) and result.done is not None
     assert result.reconnects == 1 and result.gaps == result.duplicates == 0
     assert [t.seq for t in result.tokens] == list(range(1, 51))

@@ -1,7 +1,11 @@
-"""A Responses stream across replicas sharing Redis: begun on A, resumed on B with `starting_after`,
-and read as Responses on B after being begun over NDJSON on A (one seq space, every format, any replica)."""
+"""A Responses stream across replicas sharing Redis: begun on A, resumed on B with `starting_after`;
+read as Responses on B after being begun over NDJSON on A (one seq space, every format, any replica);
+and its generator lost with its replica (`response.failed`)."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import openai
 import pytest
@@ -10,7 +14,7 @@ from gateway.codecs.responses import OFFSET
 from gateway.sources.simulated import expected_text
 
 from .support import RedisServer, run
-from .test_replicas import FAST, start
+from .test_replicas import start
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
@@ -18,13 +22,18 @@ PROMPT = "across replicas"
 
 
 @pytest.fixture(scope="module")
-def pair():
-    redis = RedisServer()
+def redis():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(redis):
     gws = start(redis, 2, GATEWAY_TTL_S="30", GATEWAY_DETACH_GRACE_S="10")
     yield gws
     for gw in gws:
         gw.stop()
-    redis.stop()
 
 
 def sdk(gw) -> openai.OpenAI:
@@ -76,3 +85,36 @@ def test_begun_over_ndjson_on_a_read_as_responses_on_b(pair):
         rest = list(client.responses.retrieve("resp_" + stream_id, stream=True, starting_after=got[-1].seq + OFFSET))
     assert "".join(t.text for t in got) + deltas(rest) == expected_text(PROMPT, 2, n)
     assert rest[-1].type == "response.completed"
+
+
+def test_a_lost_generator_is_response_failed_with_the_partial_text(pair, redis):
+    """The replica generating a background response dies (kill -9): a reader on B gets `response.failed`
+    (`generator_lost`) with the partial text, never `response.completed`."""
+    a, b = pair
+    victim = start(redis, 1, GATEWAY_TTL_S="30")[0]
+    try:
+        with sdk(victim) as client:
+            created = client.responses.create(model="sim", input="lost", max_output_tokens=2000, background=True,
+                                              extra_body={"seed": 6, "sim": SIM})
+        box: dict = {}
+
+        def follow() -> None:
+            with sdk(b) as client:
+                box["events"] = list(client.responses.retrieve(created.id, stream=True, starting_after=-1))
+
+        reader = threading.Thread(target=follow)
+        reader.start()
+        time.sleep(0.8)
+        victim.proc.kill()
+        reader.join(60)
+    finally:
+        victim.stop()
+    events = box["events"]
+    final = events[-1]
+    assert final.type == "response.failed" and final.response.error.code == "generator_lost"
+    text = deltas(events)
+    assert len(text) > 0 and expected_text("lost", 6, 2000).startswith(text)
+    assert final.response.output[0].content[0].text == text
+    assert "response.completed" not in {e.type for e in events}
+    with sdk(b) as client:
+        assert client.responses.retrieve(created.id).status == "failed"

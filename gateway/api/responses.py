@@ -132,21 +132,9 @@ def _stream_id(response_id: str) -> str:
     return response_id[len(RESPONSE_PREFIX):] if response_id.startswith(RESPONSE_PREFIX) else response_id
 
 
-async def _owned(request: Request, response_id: str) -> Stream:
-    try:
-        return await context(request).owned(_stream_id(response_id), request.scope.get(KEY))
-    except Problem as exc:
-        raise _as_openai(exc) from None
-
-
-class _OpenAIProblem(Exception):
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
-
-
-def _as_openai(exc: Problem) -> _OpenAIProblem:
-    return _OpenAIProblem(openai_error(exc.status, exc.detail or exc.title, exc.extra.get("code"),
-                                       retry_after=exc.retry_after))
+def _openai(exc: Problem) -> JSONResponse:
+    """A refusal in OpenAI's error shape, so the SDK raises its usual exception."""
+    return openai_error(exc.status, exc.detail or exc.title, exc.extra.get("code"), retry_after=exc.retry_after)
 
 
 @router.post("/v1/responses", response_class=JSONResponse, responses=openapi.RESPONSES)
@@ -177,8 +165,9 @@ async def create_response(request: Request):
 async def retrieve_response(response_id: str, request: Request, stream: bool = False, starting_after: int = -1):
     """The response so far; with `stream=true`, its events after `starting_after` (exclusive)."""
     ctx = context(request)
+    key = request.scope.get(KEY)
     try:
-        found = await _owned(request, response_id)
+        found = await ctx.owned(_stream_id(response_id), key)
         if not stream:
             return JSONResponse(snapshot(found))
         if starting_after < -1:
@@ -187,12 +176,9 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
         if cursor is None:
             return openai_error(409, f"no events after sequence_number {starting_after}: the response has ended",
                                 "past_end", param="starting_after")
-        try:
-            found = await ctx.find(found.id, cursor.after, request.scope.get(KEY))
-        except Problem as exc:
-            raise _as_openai(exc) from None
-    except _OpenAIProblem as exc:
-        return exc.response
+        found = await ctx.find(found.id, cursor.after, key)
+    except Problem as exc:
+        return _openai(exc)
     if starting_after >= 0:
         ctx.stats["responses"].resumes += 1
     sub = found.attach(cursor.after, "responses", ctx.clock.now())
@@ -203,9 +189,9 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
 async def cancel_response(response_id: str, request: Request):
     """Stop the generation; the stream ends with `response.failed` (status `cancelled`). Idempotent."""
     try:
-        found = await _owned(request, response_id)
-    except _OpenAIProblem as exc:
-        return exc.response
+        found = await context(request).owned(_stream_id(response_id), request.scope.get(KEY))
+    except Problem as exc:
+        return _openai(exc)
     cancelled = await context(request).store.cancel(found.id, "cancel")
     return JSONResponse(snapshot(found, "cancelled" if cancelled else None))
 
