@@ -145,7 +145,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", default="100,1000,2000", help="concurrent streams, comma-separated")
-    p.add_argument("--transports", default="sse,ndjson,ws")
+    p.add_argument("--transports", default="sse,ndjson,ws",
+                   help="sse, ndjson, ws; sse_get (create, then attach by id: the gateway only, with --peers none)")
     p.add_argument("--peers", default="all", help="'all', 'none', or a comma-separated list of "
                    + ", ".join(PEERS))
     p.add_argument("--windows", default="0", help="gateway write windows in ms, comma-separated (0: one "

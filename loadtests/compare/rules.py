@@ -417,8 +417,24 @@ def recommend(results: dict) -> dict:
         else:
             winner, verdict, why = fn(s)
         table.append({"need": need, "winner": winner, "verdict": verdict, "rule": rule, "why": why})
+    if results.get("networks"):
+        table = with_networks(table, results["networks"])
     return {"table": table, "summary": _plain(s),
             "baseline": baseline_verdict(results.get("baseline", []), results["matrix"]["itl_ms"])}
+
+
+def with_networks(table: list[dict], measured: dict) -> list[dict]:
+    """The verdict rows a networks run decides (loadtests/networks.py: mobile networks, strict proxies,
+    many tabs, dead connections) in place of loopback's, the new ones after them."""
+    from ..networks import verdicts
+
+    rows = {r["need"]: r for r in verdicts(measured)}
+    for r in table:
+        if r["need"] in rows and r["need"] == "strict proxies" and r["verdict"] != "not measured":
+            # Both measured: the comparison's proxy paths under load, and the lab's strict paths.
+            rows[r["need"]]["why"] = f"{r['why']}; lab paths: {rows[r['need']]['why']}"
+    out = [rows.pop(r["need"], r) for r in table]
+    return out + list(rows.values())
 
 
 def _plain(value):
