@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = []
     # Limits; 0 switches one off.
     rate_per_key: float = Field(0.0, ge=0)  # requests per second, with a burst of twice that
+    # Requests with a wrong or no key, per client address and second (burst twice that); over it, 429.
+    unauthorized_per_s: float = Field(5.0, ge=0)
+    # With keys on, /metrics and the API docs (/docs, /redoc, /openapi.json) need a key unless opened here.
+    metrics_public: bool = False
+    docs_public: bool = False
     streams_per_key: int = Field(0, ge=0)  # streams generating at once
     max_connections: int = Field(10_000, ge=0)  # requests and WebSockets in flight per process
     # Admission (gateway/admission.py): past capacity a new stream gets 503 + Retry-After at once.
