@@ -38,6 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..events import dumps
 from ..journal import Journal
 from ..log import KIND, EventLog
 from ..stream import DONE, FAILED, Stream
@@ -195,7 +196,7 @@ class Mirror(Stream):
         """End this copy only (the store cannot be read): clients get an in-band error."""
         if not self.running:
             return
-        self.log.append(_ERROR, orjson.dumps({"type": "error", "seq": len(self.log), "code": code,
+        self.log.append(_ERROR, dumps({"type": "error", "seq": len(self.log), "code": code,
                                               "message": message, "retryable": True}))
         self.status, self.error_code = FAILED, code
         self.ended_at = self.store.clock.now()
@@ -713,7 +714,7 @@ class RedisStore:
             top = int(eid[2:])
             if int(fields[b"k"]) in (_DONE, _ERROR):
                 return False
-            event = orjson.dumps({"type": "error", "seq": top + 1, "code": code, "message": message,
+            event = dumps({"type": "error", "seq": top + 1, "code": code, "message": message,
                                   "retryable": retryable})
             try:
                 [result] = await self.redis.evalsha(_APPEND_SHA, 1, log_key, self.maxlen, top + 1,

@@ -33,6 +33,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="reconnection cells: the user closes its socket (client, default) or the gateway cuts")
     p.add_argument("--locustfile", type=Path, help="another locustfile with the same arguments and rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--networks", metavar="measure|FILE",
+                   help="decide mobile networks, strict proxies, many tabs and dead connections from the lab's "
+                        "profiles and paths: 'measure' runs them (about 16 min), or a networks.json from "
+                        "python -m loadtests networks")
     return p
 
 
@@ -41,6 +45,6 @@ def main(args: argparse.Namespace) -> int:
 
     matrix = from_args(args)
     out = args.out or Path("reports") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
-    index = run(matrix, out, locustfile=args.locustfile, quiet=args.quiet)
+    index = run(matrix, out, locustfile=args.locustfile, quiet=args.quiet, networks=args.networks)
     print(index)
     return 0

@@ -119,7 +119,7 @@ def build(results: dict) -> dict:
                  note=(f"Model: first token after {fmt(m['ttft_ms'])} ms, a token every {fmt(m['itl_ms'])} ms "
                        f"({fmt(m['token_rate'])} tokens/s per stream). A cell slips when ITL p99 > "
                        f"{SLIP['itl_p99_factor']:g} x the gap, TTFT p95 > the model's + {SLIP['ttft_p95_extra_ms']:g}"
-                       f" ms, or failures > {SLIP['failure_share']:.0%} of streams (means of the runs)."), id="load")
+                       f" ms (each by the low end of its 95% interval), or failures > {SLIP['failure_share']:.0%} of streams."), id="load")
     for cid, cr in cells.items():
         c = cr[0]
         if c["kind"] != "load":
@@ -322,6 +322,15 @@ def write_csv(path: Path, results: dict) -> None:
                             c["load_generator"]["saturated"]])
 
 
+def _network_tables(results: dict) -> list[Table]:
+    """The rows of a networks run (python -m loadtests networks, or compare --networks), if any."""
+    if not results.get("networks"):
+        return []
+    from ..networks import tables
+
+    return tables(results["networks"])
+
+
 def _markdown(results: dict, tables: dict[str, Table], warnings: list[str]) -> str:
     c = results["conditions"]
     bv = results["recommendations"]["baseline"]
@@ -333,7 +342,9 @@ def _markdown(results: dict, tables: dict[str, Table], warnings: list[str]) -> s
               tables["latency"].markdown(), tables["load"].markdown(), tables["reconnect"].markdown()]
     parts.append(tables["proxies"].markdown() if tables["proxies"].rows
                  else "### Proxy effect\n\nNo proxy path ran (see the warnings).\n")
-    parts += [tables["cost"].markdown(), tables["capabilities"].markdown(), _conditions(results).markdown()]
+    parts += [tables["cost"].markdown(), tables["capabilities"].markdown()]
+    parts += [t.markdown() for t in _network_tables(results)]
+    parts.append(_conditions(results).markdown())
     return "\n".join(parts)
 
 
@@ -400,6 +411,15 @@ def _classes(table: Table, col: str, good: str) -> list[list[str]]:
             for row in table.rows]
 
 
+def _networks_html(results: dict) -> str:
+    extra = _network_tables(results)
+    if not extra:
+        return ""
+    return ('<h2 id="networks">Networks and hard paths</h2><p class="note">From lab/links.py profiles and the '
+            "lab's strict, HTTP/2 and TLS paths (docs/networks.md).</p>"
+            + "".join(f'<div class="card">{t.html()}</div>' for t in extra))
+
+
 def _html(results: dict, tables: dict[str, Table], figs: dict[str, str], warnings: list[str]) -> str:
     c = results["conditions"]
     bv = results["recommendations"]["baseline"]
@@ -440,6 +460,7 @@ traffic (flags) and the verdicts follow the numbers.</p>
 {_fig(figs.get('cost'))}
 <div class="card">{tables['cost'].html()}</div>
 <div class="card">{tables['capabilities'].html()}</div>
+{_networks_html(results)}
 <h2>Conditions</h2>
 <div class="card">{_conditions(results).html()}</div>
 </main>"""

@@ -107,7 +107,8 @@ def _estimates(matrix: Matrix, paths: list[str]) -> list[tuple[str, float]]:
     return steps
 
 
-def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool = False) -> Path:
+def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool = False,
+        networks: str | None = None) -> Path:
     """Run everything the matrix asks for and write the report folder `out`; returns index.html."""
     from . import report, rules
 
@@ -153,6 +154,13 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
     progress.step()
     results["conditions"]["loadavg_end"] = list(os.getloadavg())
     results["conditions"]["duration_s"] = round(time.monotonic() - started, 1)
+    if networks == "measure":
+        from .. import networks as net
+        from ..lab import find_tool
+
+        results["networks"] = net.run(max(matrix.runs, 3), chromium=find_tool("chromium"))
+    elif networks:
+        results["networks"] = json.loads(Path(networks).read_text())
     results["figures"] = rules.figures(results)
     results["recommendations"] = rules.recommend(results)
     (raw / "results.json").write_text(json.dumps(results, indent=1))
