@@ -19,6 +19,6 @@ CMD ["python", "-m", "gateway", "serve"]
 
 FROM server AS lab
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nginx haproxy redis-server gettext-base openssl curl \
+    && apt-get install -y --no-install-recommends nginx haproxy redis-server openssl curl \
     && rm -rf /var/lib/apt/lists/*
 RUN uv sync --locked --no-cache --extra lab

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .api import messages, responses
-from .auth import install_redaction
+from .auth import install_log_filters
 from .chat import ChatRequest, add_openai_routes
 from .codecs import sse
 from .events import Reconnect
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        install_redaction()  # attach tokens ride in query strings, which servers log
+        install_log_filters()  # attach tokens out of the servers' request lines; refused upgrades quiet
         configure_journal(settings)
         set_write_window(settings.write_window_ms / 1000)
         await ctx.store.open()

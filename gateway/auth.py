@@ -18,10 +18,11 @@ import secrets
 import time
 from pathlib import Path
 
+from .limits import Bucket
 from .problems import Problem
 from .settings import Settings
 
-__all__ = ["Auth", "Unauthorized", "RedactTokens", "redact", "install_redaction", "check_expiry"]
+__all__ = ["Auth", "Unauthorized", "RedactTokens", "redact", "install_log_filters", "QuietDenials", "check_expiry"]
 
 
 class Unauthorized(Problem):
@@ -64,16 +65,46 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class QuietDenials(logging.Filter):
+    """Refused WebSocket upgrades (a denial response before accept) are the client's business: uvicorn
+    logs each at INFO plus an ERROR ("returned without completing handshake"). Here they are INFO,
+    and at most `rate` such lines a second (burst twice that) get through: no log flooding."""
+
+    _LINES = ("connection rejected", "ASGI callable returned without completing handshake")
+
+    def __init__(self, rate: float = 5.0) -> None:
+        super().__init__()
+        self.bucket = Bucket(rate, 2 * rate, time.monotonic())
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        denial = message.startswith(self._LINES) or (
+            message.startswith('%s - "WebSocket %s" ') and not message.endswith("[accepted]"))
+        if not denial:
+            return True
+        if record.levelno > logging.INFO:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        if self.bucket.take(time.monotonic()):
+            self.dropped += 1
+            return False
+        return True
+
+
 # The loggers whose lines carry request targets, by server.
 REQUEST_LOGGERS = ("uvicorn.error", "uvicorn.access", "hypercorn.error", "hypercorn.access",
                    "granian.access", "_granian")
 
 
-def install_redaction() -> None:
+def install_log_filters() -> None:
+    """Tokens out of the servers' request lines; refused upgrades at INFO, rate limited."""
     for name in REQUEST_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietDenials) for f in logger.filters):
+        logger.addFilter(QuietDenials())
 
 
 def _entries(settings: Settings) -> list[str]:

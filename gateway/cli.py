@@ -27,7 +27,7 @@ def serve(host: str | None = None, port: int | None = None, server: str = "uvico
         if fds is None:
             n = workers if workers is not None else settings.workers
             if n == 0:
-                n = (os.cpu_count() or 1) if settings.stream_store == "redis" else 1
+                n = (os.cpu_count() or 1) if settings.stream_store != "memory" else 1
             if n != 1:
                 from . import workers as pool
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -26,11 +25,10 @@ import orjson
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from . import backoff
 from .codecs import ndjson, sse, ws
 from .codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
-from .events import Done, Error, Event, Heartbeat, Meta, Reconnect, Token
-from .fallback import Fallback
+from .events import Event
+from .resume import CLOSE, LAST, SKIP, STOP, GatewayError, PathRefused, Resume, StreamResult
 
 __all__ = ["Client", "StreamResult", "GatewayError", "PathRefused", "Transport", "Transports", "TRANSPORTS",
            "responses_body"]
@@ -40,99 +38,8 @@ TRANSPORTS: tuple[Transport, ...] = ("sse", "ndjson", "ws")  # the gateway's own
 # Responses API: a streamed background response, resumed with starting_after = seq + 3.
 # "auto": WebSocket, falling back to SSE over fetch, then NDJSON, where a path refuses or kills one.
 Transports = Transport | Literal["auto"] | Sequence[Transport]
-_UNAVAILABLE = ("draining", "store_unavailable", "http_503")  # WebSocket refusals worth another replica
 _CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.ConnectError,
         websockets.ConnectionClosed, OSError)
-
-
-class GatewayError(Exception):
-    """A refusal before streaming: the HTTP status and its problem body."""
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        super().__init__(f"{status}: {problem.get('title', '')} {problem.get('detail', '')}".strip())
-        self.status = status
-        self.problem = problem
-
-
-class PathRefused(GatewayError):
-    """The path would not carry a transport at all: a WebSocket upgrade answered without 101."""
-
-
-@dataclass
-class StreamResult:
-    events: list[Event] = field(default_factory=list)  # meta, tokens and the terminal event, in order
-    arrivals: list[float] = field(default_factory=list)  # perf_counter() when each event arrived
-    started: float = 0.0
-    stream_id: str | None = None
-    reconnects: int = 0
-    reconnect_requests: int = 0  # the server asked us to go elsewhere (it was draining)
-    heartbeats: int = 0
-    gaps: int = 0
-    duplicates: int = 0
-    bytes: int = 0
-    last_seq: int = -1  # the last seq received (or the resume point to start from)
-    transport: str | None = None  # the transport in use (the last one, after fallbacks)
-    fallbacks: list[tuple[str, str, float]] = field(default_factory=list)  # (from, to, perf_counter())
-    cuts: list[float] = field(default_factory=list)  # perf_counter() when each cut was noticed
-
-    @property
-    def tokens(self) -> list[Token]:
-        return [e for e in self.events if type(e) is Token]
-
-    @property
-    def text(self) -> str:
-        return "".join(e.text for e in self.tokens)
-
-    @property
-    def terminal(self) -> Done | Error | None:
-        last = self.events[-1] if self.events else None
-        return last if isinstance(last, (Done, Error)) else None
-
-    @property
-    def done(self) -> Done | None:
-        t = self.terminal
-        return t if isinstance(t, Done) else None
-
-    @property
-    def error(self) -> Error | None:
-        t = self.terminal
-        return t if isinstance(t, Error) else None
-
-    @property
-    def cut(self) -> bool:
-        """Ended without a terminal event: the text is partial."""
-        return self.terminal is None
-
-    @property
-    def token_arrivals(self) -> list[float]:
-        return [t for e, t in zip(self.events, self.arrivals) if type(e) is Token]
-
-    @property
-    def ttft(self) -> float | None:
-        arr = self.token_arrivals
-        return arr[0] - self.started if arr else None
-
-    def take(self, event: Event, at: float) -> bool:
-        """Record an arrival; False for a heartbeat or a duplicate (not to be passed on).
-
-        A seq at or below `last_seq` is a duplicate; one beyond `last_seq + 1`
-        means events were skipped (a gap).
-        """
-        if type(event) is Heartbeat:
-            self.heartbeats += 1
-            return False
-        seq, last = event.seq, self.last_seq
-        if seq <= last and last >= 0:
-            self.duplicates += 1
-            return False
-        if seq > last + 1:
-            self.gaps += 1
-        self.last_seq = seq
-        if type(event) is Meta:
-            self.stream_id = event.stream_id
-        self.events.append(event)
-        self.arrivals.append(at)
-        return True
 
 
 class Client:
@@ -157,11 +64,6 @@ class Client:
     def ws_url(self) -> str:
         url = self.base_url
         return "ws" + url[4:] if url.startswith("http") else url
-
-    def _next_base(self) -> bool:
-        """Move to the next base URL; False if there is only one."""
-        self._at = (self._at + 1) % len(self.base_urls)
-        return len(self.base_urls) > 1
 
     async def __aenter__(self) -> Client:
         return self
@@ -216,63 +118,43 @@ class Client:
         (`gateway.fallback`), resuming the same stream on the next one;
         `result.fallbacks` records each switch.
         """
-        fallback = Fallback.of(transport)
         result = result if result is not None else StreamResult()
         result.started = time.perf_counter()
         result.stream_id = stream_id
-        body = {"prompt": prompt, **fields}
         result.last_seq = after
-        attempt = 0
+        body = {"prompt": prompt, **fields}
+        machine = Resume(result, transport=transport, resume=resume, max_resumes=self.max_resumes,
+                         urls=len(self.base_urls))
         while True:
-            delay = None  # gateway/backoff.py's, unless the server names one (a `reconnect` event)
-            refused = progressed = False
-            result.transport = fallback.transport
-            opened = time.perf_counter()
-            connection = self._connect(fallback.transport, body, result.stream_id, result.last_seq, result)
+            machine.opened(time.perf_counter())
+            self._at = machine.url
+            connection = self._connect(machine.transport, body, result.stream_id, machine.after, result)
             try:
                 async for event, at in connection:
-                    if type(event) is Reconnect:
-                        result.reconnect_requests += 1
-                        delay = event.retry_ms / 1000
-                        break
-                    if not result.take(event, at):
+                    action = machine.event(event, at)
+                    if action is SKIP:
                         continue
-                    progressed = progressed or type(event) is not Meta
+                    if action is CLOSE:
+                        break
                     yield event, at
-                    if isinstance(event, (Done, Error)):
+                    if action is LAST:
                         return
+                step = machine.cut(time.perf_counter())
             except PathRefused as exc:
-                if not fallback.refused():
-                    raise exc.__cause__ or exc from None
-                result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
-                continue  # at once: nothing was streaming
-            except _CUT:
-                pass  # a cut, a refused or dead replica: the backoff keeps it from spinning
+                try:
+                    step = machine.path_refused(exc)
+                except PathRefused:
+                    raise exc.__cause__ or exc from None  # the library's own error, as without fallback
             except GatewayError as exc:
-                # A draining or storeless replica: another one may take us.
-                if exc.status != 503 or len(self.base_urls) == 1 or attempt >= self.max_resumes:
-                    raise
-                refused = True
+                step = machine.refused(exc)  # a draining or storeless replica: later, or another one
+            except _CUT:
+                step = machine.cut(time.perf_counter())  # a drop, a dead replica: the backoff keeps it from spinning
             finally:
                 await connection.aclose()
-            if not refused:
-                result.cuts.append(time.perf_counter())
-            if fallback.ended(progressed, time.perf_counter() - opened):
-                result.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
-                delay = 0.0  # a new transport: at once
-            # Cut: no terminal event. Resume if we can; with transports to fall back on, a connection cut
-            # before the stream's id arrived starts it again (nothing was delivered).
-            unknown = result.stream_id is None and (result.events or len(fallback.order) == 1)
-            if not refused and (not resume or unknown or attempt >= self.max_resumes):
+            if step is STOP:
                 return
-            attempt += 1
-            result.reconnects += 1
-            if delay is None:
-                delay = backoff.delay(attempt)
-            if self._next_base():
-                delay = min(delay, 0.05 * attempt)  # another replica is there now
-            if delay:
-                await asyncio.sleep(delay)
+            if step.delay:
+                await asyncio.sleep(step.delay)
 
     async def _connect(self, transport: Transport, body: dict, stream_id: str | None, after: int,
                        result: StreamResult) -> AsyncIterator[tuple[Event, float]]:
@@ -301,7 +183,7 @@ class Client:
         response = await self.http.send(request, stream=True)
         try:
             if response.status_code >= 400:
-                _check(response.status_code, await response.aread())
+                _check(response.status_code, await response.aread(), response.headers.get("retry-after"))
             async for chunk in response.aiter_bytes():
                 at = time.perf_counter()
                 result.bytes += len(chunk)
@@ -334,13 +216,7 @@ class Client:
                     raise
                 at = time.perf_counter()
                 result.bytes += len(message)
-                event = ws.decode(message)
-                if type(event) is Error and event.seq < 0:
-                    # Refused: before the stream existed, or this replica cannot serve (try another).
-                    status = 503 if event.code in _UNAVAILABLE else 0
-                    if status or (stream_id is None and not result.events):
-                        raise GatewayError(status, {"title": event.code, "detail": event.message})
-                yield event, at
+                yield ws.decode(message), at  # an error about the connection (seq -1): the machine raises
 
 
 def responses_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -352,10 +228,14 @@ def responses_body(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check(status: int, content: bytes) -> None:
+def _check(status: int, content: bytes, retry_after: str | None = None) -> None:
     if status >= 400:
         try:
             problem = orjson.loads(content)
         except orjson.JSONDecodeError:
             problem = {"title": content[:200].decode("utf-8", "replace")}
-        raise GatewayError(status, problem)
+        try:
+            seconds = float(retry_after) if retry_after is not None else None
+        except ValueError:  # an HTTP date: not worth parsing for a retry
+            seconds = None
+        raise GatewayError(status, problem, seconds)

@@ -85,9 +85,24 @@ _FIELDS: dict[str, tuple[type, tuple[tuple[str, type], ...]]] = {
 }
 
 
+# Line and paragraph separators JSON leaves raw, which line splitters (str.splitlines, JavaScript
+# before ES2019) take for line ends: events carry them escaped, so an NDJSON line or SSE data line
+# is one line to every reader.
+_SEPARATORS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
+
+
+def dumps(obj: object) -> bytes:
+    """Every event's JSON goes through here (one encoding, escaped the same way everywhere)."""
+    out = orjson.dumps(obj)
+    if b"\xe2\x80" in out or b"\xc2\x85" in out:
+        for raw, escaped in _SEPARATORS:
+            out = out.replace(raw, escaped)
+    return out
+
+
 def token_json(seq: int, text: str) -> bytes:
     """The hot path's encoder: one token as JSON, without building an object."""
-    return b'{"type":"token","seq":%d,"text":%b}' % (seq, orjson.dumps(text))
+    return b'{"type":"token","seq":%d,"text":%b}' % (seq, dumps(text))
 
 
 def to_json(event: Event) -> bytes:
@@ -96,7 +111,7 @@ def to_json(event: Event) -> bytes:
     obj = {"type": event.type}
     for name, _ in _FIELDS[event.type][1]:
         obj[name] = getattr(event, name)
-    return orjson.dumps(obj)
+    return dumps(obj)
 
 
 def from_obj(obj: object) -> Event:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .limits import Buckets
 from .problems import Problem
 
 if TYPE_CHECKING:
@@ -92,10 +93,16 @@ class Guard:
         s = ctx.settings
         self.origins = set(s.allowed_origins)
         self.check_origin = bool(self.origins) and "*" not in self.origins
+        # With keys on, these need a key too unless a setting opens them.
+        self.closed = frozenset(([] if s.metrics_public else ["/metrics"])
+                                + ([] if s.docs_public else ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"]))
+        # Failed authentication, per client address: 401s past this rate become 429s.
+        self.failures = Buckets(s.unauthorized_per_s) if s.unauthorized_per_s else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan" or not scope["path"].startswith("/v1/"):
+        path = scope.get("path", "")
+        if kind == "lifespan" or not (path.startswith("/v1/") or (path in self.closed and self.ctx.auth.enabled)):
             return await self.app(scope, receive, send)
         try:
             if kind == "websocket" and self.check_origin:
@@ -142,9 +149,20 @@ class Guard:
                     scope[ATTACH] = (stream_id, expires)  # this connection may read that stream only
                     return key_id
             return auth.key_id(header)
-        except Problem:
-            self.ctx.stats.refused["unauthorized"] += 1
-            raise
+        except Problem as exc:
+            ctx = self.ctx
+            ctx.stats.refused["unauthorized"] += 1
+            if self.failures is not None:  # guessing keys costs time: the same address is slowed down
+                client = scope.get("client")
+                address = client[0] if client else None
+                if len(self.failures.buckets) > 10_000:
+                    self.failures.buckets.clear()
+                wait = self.failures.take(address, ctx.clock.now())
+                if wait:
+                    ctx.stats.refused["unauthorized_rate"] += 1
+                    raise Problem(429, "Too many failed attempts", "too many requests with a wrong or no key "
+                                  "from this address", retry_after=wait, code="rate_limited") from None
+            raise exc
 
 
 def _token(scope: Scope) -> str | None:

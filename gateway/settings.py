@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # An ended stream stays readable (for resume) this long.
     ttl_s: float = Field(300.0, gt=0)
     sse_retry_ms: int = Field(1000, ge=0)
+    # Each connection's `retry` (and reconnect hint) adds up to this fraction of it at random: the
+    # clients of a replica that drains or dies then come back spread out (docs/scale.md).
+    sse_retry_jitter: float = Field(0.0, ge=0, le=10)
     # Switch off only to show what proxies do without it (the proxy lab).
     x_accel_buffering: bool = True
 
@@ -67,7 +70,8 @@ class Settings(BaseSettings):
     sim_itl_ms: float = Field(25.0, ge=0)
     sim_jitter: float = Field(0.3, ge=0, le=1)
 
-    stream_store: Literal["memory", "redis"] = Field(
+    # redis-cluster: REDIS_URL names any node of a Redis (or Valkey) Cluster (gateway/store/cluster.py).
+    stream_store: Literal["memory", "redis", "redis-cluster"] = Field(
         "memory", validation_alias=AliasChoices("GATEWAY_STREAM_STORE", "STREAM_STORE")
     )
     redis_url: str = Field(
@@ -77,6 +81,9 @@ class Settings(BaseSettings):
     # Redis store: connections per replica are this pool plus one reader and one pub/sub
     # connection, whatever the number of clients and streams (README "Several replicas").
     redis_pool_size: int = Field(8, ge=2, le=1024)
+    # Redis Cluster: streams spread over this many hash tags, one reader each; set it to the number
+    # of primaries (the tags fall one per primary with redis-cli's even slot layout).
+    redis_shards: int = Field(3, ge=1, le=256)
     # In-flight streams ride out a Redis outage this long, then end with `store_unavailable`.
     redis_outage_s: float = Field(5.0, gt=0)
     # On SIGTERM: keep generating in-flight streams this long, then end them with `shutdown`.
@@ -98,6 +105,11 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = []
     # Limits; 0 switches one off.
     rate_per_key: float = Field(0.0, ge=0)  # requests per second, with a burst of twice that
+    # Requests with a wrong or no key, per client address and second (burst twice that); over it, 429.
+    unauthorized_per_s: float = Field(5.0, ge=0)
+    # With keys on, /metrics and the API docs (/docs, /redoc, /openapi.json) need a key unless opened here.
+    metrics_public: bool = False
+    docs_public: bool = False
     streams_per_key: int = Field(0, ge=0)  # streams generating at once
     max_connections: int = Field(10_000, ge=0)  # requests and WebSockets in flight per process
     # Admission (gateway/admission.py): past capacity a new stream gets 503 + Retry-After at once.

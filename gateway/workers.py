@@ -43,7 +43,7 @@ def check(workers: int, store: str, server: str = "uvicorn") -> str | None:
         return "--workers must be at least 1"
     if workers > 1 and server != "uvicorn":
         return f"--workers {workers} runs uvicorn workers; {server} has its own workers option"
-    if workers > 1 and store != "redis":
+    if workers > 1 and store == "memory":
         return (f"--workers {workers} needs the Redis store (GATEWAY_STREAM_STORE=redis, GATEWAY_REDIS_URL): "
                 "each worker is its own process, and a stream created on one must be attachable and "
                 "resumable through the others. Use --workers 1 with the memory store.")

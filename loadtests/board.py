@@ -30,6 +30,8 @@ log = logging.getLogger("loadtests")
 ORDER = ("sse_get", "sse_post", "ndjson", "ws", "complete")
 METRICS = ("ttft", "inter_token", "reconnect", "stream", "gap", "duplicate")
 WINDOW_S = 10.0
+HISTORY_POINTS = 3600  # an hour at one point a second
+CHARTED = ("ttft_p95", "itl_p99", "tokens_per_s")
 # (key, title) of each column of the tab, the JSON rows and the transports CSV, in order.
 COLUMNS = (
     ("transport", "Transport"), ("active", "Open streams"), ("streams", "Streams"),
@@ -94,12 +96,17 @@ class Board:
         self.cpu_warn = cpu_warn
         self.warned = False
         self.scenario: dict[str, Any] = {}  # what the shape decided (throughput ramp: the knee)
+        # Once a second, per transport: (seconds into the run, {transport: {ttft_p95, itl_p99, tokens_per_s}}).
+        self.history: deque[tuple[float, dict[str, dict]]] = deque(maxlen=HISTORY_POINTS)
+        self.started = time.monotonic()
 
     def reset(self) -> None:
         self.pending.clear()
         self.totals.clear()
         self.samples.clear()
         self.scenario.clear()
+        self.history.clear()
+        self.started = time.monotonic()
         self.warned = False
 
     # -- where users run (local runner or worker) -----------------------------
@@ -204,6 +211,11 @@ class Board:
                 "note": "",
             })
         return rows
+
+    def record(self, rows: list[dict[str, Any]]) -> None:
+        """One point of the chart over time: the windowed figures of now."""
+        point = {r["transport"]: {k: r[k] for k in CHARTED} for r in rows}
+        self.history.append((round(time.monotonic() - self.started, 1), point))
 
     def generator(self) -> dict[str, Any]:
         workers = list(self.workers.values())

@@ -1,12 +1,12 @@
 """The proxy lab: the gateway behind real nginx and HAProxy, as local processes on loopback ports.
 
-    python -m gateway lab              # gateway on :8000, proxies on :8001-8006; Ctrl-C stops all
+    python -m gateway lab              # gateway on :8000, each path on 8000 + its offset; Ctrl-C stops all
     python -m gateway lab --port 0     # free ports
 
 Each path is a proxy configuration from `lab/` (top of the repository) in
 front of a gateway process. The configurations hold `${NAME}` placeholders
-(`VARIABLES`), filled here at start; compose.yaml mounts the same files and
-fills them with envsubst (nginx) or the environment (HAProxy).
+(`VARIABLES`), filled here at start (`prepare`); each container of compose.yaml
+runs one path through the same function (`python -m loadtests path NAME`).
 """
 
 from __future__ import annotations

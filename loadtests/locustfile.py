@@ -559,7 +559,8 @@ def tab_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     10 s while a run goes on, the whole run once it stopped (the `Percentiles over` column says which)."""
     g = result["generator"]
     health = (f"{g['processes']} process(es), CPU {g['cpu_percent']}%, "
-              f"loop late {g['lag_ms_p90']} ms p90 / {g['lag_ms_p99']} ms p99")
+              f"loop late {g['lag_ms_p90']} ms p90 / {g['lag_ms_p99']} ms p99; "
+              "per-transport chart over time: /transports/chart")
     if g["saturated"]:
         health = "SATURATED (timings include its delay): " + health
     blank = {key: None for key, _ in COLUMNS}
@@ -575,6 +576,8 @@ def _tick(environment) -> None:
         if not isinstance(runner, MasterRunner):
             board.merge("local", board.report(runner.current_cpu_usage))
         board.sample(runner.stats)
+        if runner.state in ("spawning", "running"):
+            board.record(board.rows(runner, window=True))
         gevent.sleep(1.0)
 
 
@@ -618,6 +621,14 @@ def _extend_web_ui(environment) -> None:
     @app.route("/transports")
     def transports():
         return jsonify(answer(environment))
+
+    @app.route("/transports/history")
+    def transports_history():
+        return jsonify([{"t": t, "transports": point} for t, point in board.history])
+
+    @app.route("/transports/chart")
+    def transports_chart():
+        return app.response_class(CHART_PAGE, mimetype="text/html")
 
     @app.route("/transports/csv")
     def transports_csv():
@@ -665,6 +676,36 @@ def _open_streams_out(environment, path: str) -> None:
         path = f"{path}.{os.getpid()}"
     _streams_out[:] = [open(path, "w", buffering=1 << 16)]
     environment.events.quitting.add_listener(lambda **_kw: _streams_out[0].close())
+
+
+# The chart over time (TTFT p95, inter-token p99, tokens/s per transport, 10 s windows), drawn as inline
+# SVG from /transports/history every 2 s: no script from another origin.
+CHART_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Transports over time</title>
+<style>body{font:14px sans-serif;margin:16px}svg{border:1px solid #ddd;background:#fff;margin:6px 0}
+.k{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}</style></head><body>
+<h2>Transports over time <small>(each point: the last 10 s)</small></h2><div id="legend"></div><div id="charts"></div>
+<script>
+const COLORS = {sse_get: "#7c3aed", sse_post: "#2563eb", ndjson: "#059669", ws: "#ea580c", complete: "#6b7280"};
+const CHARTS = [["ttft_p95", "TTFT p95 (ms)"], ["itl_p99", "inter-token p99 (ms)"], ["tokens_per_s", "tokens/s"]];
+async function draw() {
+  const points = await (await fetch("history")).json();
+  const names = [...new Set(points.flatMap((p) => Object.keys(p.transports)))];
+  document.getElementById("legend").innerHTML = names.map((n) =>
+    `<span class="k" style="background:${COLORS[n] || "#000"}"></span>${n}`).join("");
+  const W = 900, H = 170, t1 = Math.max(10, ...points.map((p) => p.t));
+  document.getElementById("charts").innerHTML = CHARTS.map(([key, title]) => {
+    const top = Math.max(1, ...points.flatMap((p) => Object.values(p.transports).map((r) => r[key] || 0)));
+    const lines = names.map((n) => {
+      const xy = points.filter((p) => p.transports[n] && p.transports[n][key] != null)
+        .map((p) => `${(40 + (W - 50) * p.t / t1).toFixed(1)},${(H - 20 - (H - 40) * p.transports[n][key] / top).toFixed(1)}`);
+      return `<polyline fill="none" stroke-width="2" stroke="${COLORS[n] || "#000"}" points="${xy.join(" ")}"/>`;
+    }).join("");
+    return `<div>${title}</div><svg width="${W}" height="${H}"><text x="4" y="16" font-size="11">${Math.round(top)}</text>`
+      + `<text x="4" y="${H - 22}" font-size="11">0</text><text x="${W - 60}" y="${H - 4}" font-size="11">${Math.round(t1)} s</text>${lines}</svg>`;
+  }).join("");
+}
+draw(); setInterval(draw, 2000);
+</script></body></html>"""
 
 
 def _record_timings(environment, path: str) -> None:

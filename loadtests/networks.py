@@ -19,8 +19,8 @@ relays from lab/links.py in this process) and stops with it:
   Locust users' client (loadtests/streaming.py) and the page in Chromium.
 
 Each figure is the mean over `runs` runs of a per-run median, with a 95% interval over the runs
-(loadtests/compare/stats.py); verdicts use its rule (a winner only when its interval clears the
-runner-up's by 10%, else a tie).
+(loadtests/compare/stats.py); `verdicts()` applies its rule (a winner only when its interval clears the
+runner-up's by 10%, else a tie; under 200 samples or 3 runs, not judged) and gives the report its rows.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from lab.links import PROFILES, Profile, Relay
 
 from .lab import Lab
 
-__all__ = ["mobile", "strict", "many_tabs", "dead_connections", "run", "markdown", "main"]
+__all__ = ["mobile", "strict", "many_tabs", "dead_connections", "verdicts", "tables", "run", "markdown", "main"]
 
 TRANSPORTS = ("sse", "ndjson", "ws")
 HEARTBEAT_S = 1.0  # the lab gateway's heartbeat for these runs
@@ -58,7 +58,8 @@ def _hostport(url: str) -> tuple[str, int]:
 
 
 def _longest_wait(r: StreamResult) -> float | None:
-    times = [r.started, *r.token_arrivals]
+    """The longest gap between two tokens (after the first): a stall, or a cut and its resume."""
+    times = r.token_arrivals
     return max(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else None
 
 
@@ -73,19 +74,6 @@ def _figure(per_run: list[list[float]], of: str) -> dict | None:
     medians = [statistics.median(v) if v else None for v in per_run]
     f = figure(medians, sum(len(v) for v in per_run), of)
     return None if f is None else f.as_dict()
-
-
-def _verdict(figures: dict[str, dict | None], lower: bool = True) -> str:
-    from .compare.stats import Figure, decide
-
-    cands = {k: None if f is None else Figure(f["value"], f["lo"] if f["lo"] is not None else float("-inf"),
-                                               f["hi"] if f["hi"] is not None else float("inf"),
-                                               tuple(f["runs"]), f["samples"], f["of"])
-             for k, f in figures.items()}
-    d = decide(cands, lower=lower)
-    if d.unjudged and not d.order:
-        return "not judged (too few samples or runs): " + ", ".join(d.unjudged)
-    return d.label + (f" (not judged: {', '.join(d.unjudged)})" if d.unjudged else "")
 
 
 # -- mobile networks ----------------------------------------------------------------------------
@@ -109,8 +97,9 @@ async def mobile(lab: Lab, runs: int = 3, streams: int = 70, profiles: tuple[str
         per = {t: {"ttft": [], "wait": [], "exact": 0, "streams": 0, "reconnects": 0, "bytes": 0, "tokens": 0}
                for t in TRANSPORTS}
         for _ in range(runs):
-            results = await asyncio.gather(*(_through(profile, lab.urls["gateway"], t, streams, sim, n,
-                                                      READ_TIMEOUT_S) for t in TRANSPORTS))
+            # One transport at a time: `streams` links at once measure the links, not the load generator.
+            results = [await _through(profile, lab.urls["gateway"], t, streams, sim, n, READ_TIMEOUT_S)
+                       for t in TRANSPORTS]
             for t, rs in zip(TRANSPORTS, results):
                 p = per[t]
                 p["ttft"].append([r.ttft for r in rs if r.ttft is not None])
@@ -125,8 +114,7 @@ async def mobile(lab: Lab, runs: int = 3, streams: int = 70, profiles: tuple[str
                     "bytes_per_token": round(p["bytes"] / p["tokens"], 1) if p["tokens"] else None}
                 for t, p in per.items()}
         judge = "longest_wait_s" if profile.stall_every_s or profile.reset_every_s else "ttft_s"
-        out[name] = {"profile": profile.describe(), "seconds": seconds, "transports": rows, "judged_by": judge,
-                     "verdict": _verdict({t: r[judge] for t, r in rows.items()})}
+        out[name] = {"profile": profile.describe(), "seconds": seconds, "transports": rows, "judged_by": judge}
     return out
 
 
@@ -243,11 +231,19 @@ async def _python_dead(upstream: str, transport: str, streams: int, break_after:
                     pass
 
             tasks = [asyncio.create_task(one(r)) for r in results]
-            await asyncio.sleep(break_after)
+            await _streaming(results, break_after)
             relay.break_all()
             broke = relay.stats.breaks[-1]
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
     return [_after_break(r.cuts, r.token_arrivals, broke) for r in results]
+
+
+async def _streaming(results: list[StreamResult], at_least: float, limit: float = 20.0) -> None:
+    """Wait `at_least` seconds and until every stream has had a token (on a busy machine that takes longer)."""
+    await asyncio.sleep(at_least)
+    deadline = time.monotonic() + limit
+    while any(not r.token_arrivals for r in results) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def _after_break(cuts: list[float], arrivals: list[float], broke: float) -> dict:
@@ -267,9 +263,10 @@ async def _locust_dead(upstream: str, transport: str, streams: int, break_after:
     body = {"prompt": "dead", "max_tokens": 200, "seed": 0, "sim": {"ttft_ms": 100, "itl_ms": 50, "jitter": 0}}
     async with Relay(replace(PROFILES["half-open"], dead_after_s=0, rtt_ms=0, rate_kbit=0, hold_s=60),
                      _hostport(upstream)) as relay:
-        def one() -> Run:
+        runs = [Run() for _ in range(streams)]
+
+        def one(run: Run) -> Run:
             client = StreamClient(relay.url, read_timeout=READ_TIMEOUT_S)
-            run = Run()
             try:
                 for _ in client.events(transport, body, run):
                     pass
@@ -279,11 +276,11 @@ async def _locust_dead(upstream: str, transport: str, streams: int, break_after:
 
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(streams) as pool:  # every stream at once (the default pool has a few threads)
-            tasks = [loop.run_in_executor(pool, one) for _ in range(streams)]
-            await asyncio.sleep(break_after)
+            tasks = [loop.run_in_executor(pool, one, run) for run in runs]
+            await _streaming(runs, break_after)
             relay.break_all()
             broke = relay.stats.breaks[-1]
-            runs = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
     return [_after_break(r.cuts, r.token_arrivals, broke) for r in runs]
 
 
@@ -305,6 +302,7 @@ async def _page_dead(upstream: str, chromium: str, break_after: float, limit_s: 
             await page.fill("#itl_ms", "50")
             await page.click("#start")
             await asyncio.sleep(break_after)
+            await page.wait_for_function("() => demo.state().every((p) => p.tokens > 5)", timeout=30_000)
             before = {k: (rc, tok) for k, rc, tok, _ in await page.evaluate(PAGE_WATCH)}
             relay.break_all()
             broke = time.perf_counter()
@@ -339,12 +337,12 @@ async def dead_connections(lab: Lab, runs: int = 3, streams: int = 70, chromium:
     for t in ("sse_post", "ndjson", "ws"):
         notice, resume = [], []
         for _ in range(runs):
-            got = await _locust_dead(upstream, t, max(10, streams // 3), 1.0)
+            got = await _locust_dead(upstream, t, streams, 1.0)
             notice.append([g["notice_s"] for g in got if g["notice_s"] is not None])
             resume.append([g["resume_s"] for g in got if g["resume_s"] is not None])
         rows[f"locust {t}"] = {"notice_s": _figure(notice, "streams"), "resume_s": _figure(resume, "streams"),
                                "read_timeout_s": READ_TIMEOUT_S, "resumed": sum(map(len, resume)),
-                               "streams": runs * max(10, streams // 3)}
+                               "streams": runs * streams}
     if chromium:
         per: dict[str, dict[str, list]] = {}
         for _ in range(runs):
@@ -357,8 +355,97 @@ async def dead_connections(lab: Lab, runs: int = 3, streams: int = 70, chromium:
             rows[client] = {"notice_s": _figure(p["notice"], "runs"), "resume_s": _figure(p["resume"], "runs"),
                             "read_timeout_s": read, "resumed": sum(map(len, p["resume"])), "streams": runs,
                             "limit_s": p["limit_s"]}
-    return {"heartbeat_s": HEARTBEAT_S, "ws_ping": WS_PING, "read_timeout_s": READ_TIMEOUT_S, "clients": rows,
-            "verdict": _verdict({k: r["resume_s"] for k, r in rows.items()})}
+    return {"heartbeat_s": HEARTBEAT_S, "ws_ping": WS_PING, "read_timeout_s": READ_TIMEOUT_S, "clients": rows}
+
+
+# -- verdicts ------------------------------------------------------------------------------------
+
+# The report's transports: the Python client's one-shot SSE is a POST (sse_post); the page's EventSource is sse_get.
+_AS = {"sse": "sse_post", "ndjson": "ndjson", "ws": "ws"}
+RULES = {
+    "mobile networks": "Per profile (lab/links.py), every stream exact first; then on links without stalls or "
+                       "resets the lowest TTFT, with them the shortest longest wait between tokens; a winner only "
+                       "when it wins or ties on every profile and wins on one, else a tie.",
+    "strict proxies": "A transport must stream through every strict path (a proxy that refuses upgrades, one "
+                      "that cuts WebSocket after the upgrade, stock nginx); those tie. The automatic client's "
+                      "time to fall back is shown for the rest.",
+    "many tabs": "Streams of one kind opened at once from one page in Chromium: every one streaming wins; "
+                 "over HTTP/1.1 and over HTTP/2 separately.",
+    "dead connections": "Break to the next new token after a half-open break, per transport (the Python client, "
+                        "read timeout as shown); a client that never notices loses. Interval rule as above.",
+}
+
+
+def verdicts(m: dict) -> list[dict]:
+    """The four rows for the report's verdict table, from a networks run: need, winner, verdict, rule, why."""
+    from .compare.stats import Figure, decide
+
+    def fig(f: dict | None) -> Figure | None:
+        if f is None:
+            return None
+        inf = float("inf")
+        return Figure(f["value"], -inf if f["lo"] is None else f["lo"], inf if f["hi"] is None else f["hi"],
+                      tuple(f["runs"]), f["samples"], f["of"])
+
+    rows = []
+    mob = m.get("mobile_networks")
+    if mob:
+        per: dict[str, str] = {}
+        inexact = sorted({_AS[t] for p in mob.values() for t, r in p["transports"].items()
+                          if r["exact"] < r["streams"]})
+        tied_everywhere = set(_AS.values()) - set(inexact)
+        won = set()
+        for name, p in mob.items():
+            d = decide({_AS[t]: fig(r[p["judged_by"]]) for t, r in p["transports"].items()})
+            per[name] = d.label
+            tied_everywhere &= set(d.tied) if d.order else set()
+            if d.winner:
+                won.add(d.winner)
+        winner = next(iter(won & tied_everywhere)) if len(won & tied_everywhere) == 1 else None
+        label = winner or ("tie: " + ", ".join(sorted(tied_everywhere)) if tied_everywhere else "not judged")
+        why = "; ".join(f"{n}: {v}" for n, v in per.items())
+        if inexact:
+            why += f"; not every stream exact on {', '.join(inexact)}"
+        rows.append({"need": "mobile networks", "winner": winner, "verdict": label, "rule": RULES["mobile networks"],
+                     "why": why})
+    st = m.get("strict_proxies")
+    if st:
+        ok = [_AS[t] for t in TRANSPORTS if all(r["transports"][t] == "streams" for r in st.values())]
+        fails = "; ".join(f"{_AS[t]} via {p}: {r['transports'][t]}" for p, r in st.items() for t in TRANSPORTS
+                          if r["transports"][t] != "streams")
+        fall = "; ".join(f"auto via {p}: falls back in {_fmt(r['auto']['fallback_s'])}, "
+                         f"{r['auto']['exact']}/{r['auto']['streams']} exact" for p, r in st.items())
+        winner = ok[0] if len(ok) == 1 else None
+        rows.append({"need": "strict proxies", "winner": winner,
+                     "verdict": winner or ("tie: " + ", ".join(ok) if ok else "none"), "rule": RULES["strict proxies"],
+                     "why": "; ".join(x for x in (fails, fall) if x)})
+    tabs = m.get("many_tabs")
+    if tabs:
+        kinds = {"eventsource": "sse_get", "fetch": "sse_post", "websocket": "ws"}
+        parts, labels = [], []
+        for protocol in ("HTTP/1.1", "HTTP/2"):
+            full = [kinds[k] for k in kinds if f"{protocol} {k}" in tabs
+                    and all(c == tabs[f"{protocol} {k}"]["opened"] for c in tabs[f"{protocol} {k}"]["streaming"])]
+            labels.append(f"{protocol}: {', '.join(full) or 'none'}")
+            parts += [f"{protocol} {kinds[k]} {min(tabs[f'{protocol} {k}']['streaming'])}/"
+                      f"{tabs[f'{protocol} {k}']['opened']}" for k in kinds if f"{protocol} {k}" in tabs]
+        rows.append({"need": "many tabs", "winner": None, "verdict": "; ".join(labels), "rule": RULES["many tabs"],
+                     "why": "streaming at once (worst run): " + ", ".join(parts)})
+    dead = m.get("dead_connections")
+    if dead:
+        clients = dead["clients"]
+        cands = {_AS[t]: fig(clients[f"python {t}"]["resume_s"]) for t in TRANSPORTS if f"python {t}" in clients}
+        d = decide(cands)
+        never = [c for c, r in clients.items() if r["resume_s"] is None]
+        why = (", ".join(f"{k} {_fmt(clients[f'python {t}']['resume_s'])}" for t, k in _AS.items()
+                         if f"python {t}" in clients)
+               + f"; heartbeat {dead['heartbeat_s']:g} s, read timeout {dead['read_timeout_s']:g} s, "
+               f"WebSocket ping: {dead['ws_ping']}")
+        if never:
+            why += f"; never noticed: {', '.join(never)}"
+        rows.append({"need": "dead connections", "winner": d.winner, "verdict": d.label,
+                     "rule": RULES["dead connections"], "why": why})
+    return rows
 
 
 # -- the whole run ------------------------------------------------------------------------------
@@ -370,7 +457,7 @@ async def _measure(lab: Lab, runs: int, streams: int, chromium: str | None) -> d
     out: dict[str, Any] = {"runs": runs, "streams": streams, "heartbeat_s": HEARTBEAT_S,
                            "read_timeout_s": READ_TIMEOUT_S}
     out["dead_connections"] = await dead_connections(lab, runs, streams, chromium)
-    out["strict_proxies"] = await strict(lab, runs, max(10, streams // 3))
+    out["strict_proxies"] = await strict(lab, runs, streams)
     if chromium:
         out["many_tabs"] = await many_tabs(lab, chromium, runs=runs)
     out["mobile_networks"] = await mobile(lab, runs, streams)
@@ -402,8 +489,8 @@ def tables(m: dict) -> list:
     if d:
         t = Table("Dead connections: a half-open break (no FIN, no RST)",
                   ["client", "read timeout", "break to noticing", "break to the next new token", "resumed"],
-                  note=f"Gateway heartbeat {d['heartbeat_s']:g} s; WebSocket ping: {d['ws_ping']}. "
-                       f"Verdict (fastest back to streaming): {d['verdict']}.", id="dead-connections")
+                  note=f"Gateway heartbeat {d['heartbeat_s']:g} s; WebSocket ping: {d['ws_ping']}.",
+                  id="dead-connections")
         for client, r in d["clients"].items():
             read = f"{r['read_timeout_s']:g} s" if r["read_timeout_s"] else "none"
             never = f"not within {r['limit_s']:g} s" if r.get("limit_s") else "-"
@@ -436,15 +523,18 @@ def tables(m: dict) -> list:
             for tr, r in p["transports"].items():
                 t.rows.append([f"{name} ({p['profile']})", tr, _fmt(r["ttft_s"]), _fmt(r["longest_wait_s"]),
                                f"{r['exact']}/{r['streams']}", str(r["reconnects"]), str(r["bytes_per_token"])])
-            t.rows.append([name, f"verdict by {p['judged_by']}", p["verdict"], "", "", "", ""])
         out.append(t)
     return out
 
 
 def markdown(m: dict) -> str:
+    from .compare.report import Table
+
     head = (f"Runs: {m['runs']} per cell; gateway heartbeat {m['heartbeat_s']:g} s; client read timeout "
             f"{m['read_timeout_s']:g} s; {m.get('seconds', '?')} s in all.\n\n")
-    return head + "\n".join(t.markdown() for t in tables(m))
+    v = Table("Verdicts", ["need", "verdict", "measured", "rule"], id="network-verdicts")
+    v.rows = [[r["need"], r["verdict"], r["why"], r["rule"]] for r in verdicts(m)]
+    return head + "\n".join([v.markdown(), *(t.markdown() for t in tables(m))])
 
 
 def main(argv: list[str] | None = None) -> int:

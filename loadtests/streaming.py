@@ -43,12 +43,11 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from gateway import backoff
-from gateway.client import GatewayError, PathRefused, StreamResult, _check, responses_body
+from gateway.client import _check, responses_body
 from gateway.codecs import ndjson, sse, ws
 from gateway.codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
-from gateway.events import Done, Error, Event, Meta, Token
-from gateway.fallback import Fallback
+from gateway.events import Done, Error, Event, Token
+from gateway.resume import CLOSE, LAST, SKIP, STOP, Again, GatewayError, PathRefused, Resume, StreamResult
 
 __all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body", "responses_body"]
 
@@ -109,52 +108,49 @@ class StreamClient:
         """
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; one of {TRANSPORTS}")
-        fallback = Fallback.of(AUTO if transport == "auto" else transport)
         run.started = time.perf_counter()
         if transport == "sse_get":
             run.stream_id = self.create(body)
+        machine = Resume(run, transport=AUTO if transport == "auto" else transport,
+                         max_resumes=self.max_resumes, eventsource=transport == "sse_get")
         while True:
-            progressed = False
-            run.transport = fallback.transport
-            opened = time.perf_counter()
-            connection = self._connect(fallback.transport, body, run.stream_id, run.last_seq, run)
+            machine.opened(time.perf_counter())
+            connection = self._connect(machine.transport, body, run.stream_id, machine.after, run)
             try:
                 for event, at in connection:
-                    if not run.take(event, at):  # a heartbeat or a duplicate
+                    action = machine.event(event, at)
+                    if action is SKIP:
                         continue
-                    progressed = progressed or type(event) is not Meta
+                    if action is CLOSE:
+                        break
                     yield event, at
-                    if isinstance(event, (Done, Error)):
+                    if action is LAST:
                         return
                     if cut_after is not None and type(event) is Token and event.seq >= cut_after:
                         cut_after = None
                         run.client_cuts += 1
                         self._abrupt = True
                         break
-            except PathRefused:
-                if not fallback.refused():
-                    raise
-                run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
-                continue  # at once: nothing was streaming
+                step = self._cut(connection, machine)
+            except PathRefused as exc:
+                step = machine.path_refused(exc)
+            except GatewayError as exc:
+                step = machine.refused(exc)  # a draining replica: later (Retry-After), or another one
             except _CUT as exc:
                 run.cause = f"{type(exc).__name__}: {exc}"[:200]
+                step = self._cut(connection, machine)
             finally:
                 connection.close()
                 self._abrupt = False
-            # Cut: no terminal event. Resume after the last seq seen, as gateway.client does.
-            run.cuts.append(time.perf_counter())
-            switched = fallback.ended(progressed, time.perf_counter() - opened)
-            if switched:
-                run.fallbacks.append((*fallback.switches[-1], time.perf_counter()))
-            # With transports to fall back on, a connection cut before the stream's id arrived starts again.
-            unknown = run.stream_id is None and (run.events or len(fallback.order) == 1)
-            if unknown or run.reconnects >= self.max_resumes:
+            if step is STOP:
                 return
-            run.reconnects += 1
-            wait = (0.0 if switched else self.retry_ms / 1000 if transport == "sse_get"
-                    else backoff.delay(run.reconnects))
-            run.waited += wait
-            time.sleep(wait)  # gevent's, under Locust
+            run.waited += step.delay
+            time.sleep(step.delay)  # gevent's, under Locust
+
+    def _cut(self, connection: Iterator, machine: Resume) -> Again | str:
+        connection.close()  # first: an EventSource's reconnection time is the `retry:` it read
+        machine.retry_s = self.retry_ms / 1000
+        return machine.cut(time.perf_counter())
 
     # -- one connection -------------------------------------------------------
 
@@ -186,7 +182,7 @@ class StreamClient:
         ended = False
         try:
             if r.status_code >= 400:
-                _check(r.status_code, r.content)
+                _check(r.status_code, r.content, r.headers.get("retry-after"))
             if eventsource and r.status_code != 200:
                 # An EventSource fails for good on any answer but 200 (204 is how a server says stop).
                 raise GatewayError(r.status_code, {"title": f"EventSource stops on HTTP {r.status_code}"})
@@ -228,11 +224,7 @@ class StreamClient:
                 message = conn.recv()
                 at = time.perf_counter()
                 run.bytes += len(message)
-                event = ws.decode(message)
-                if type(event) is Error and event.seq < 0 and stream_id is None and not run.events:
-                    # Refused before the stream existed (a pre-stream error over WebSocket).
-                    raise GatewayError(0, {"title": event.code, "detail": event.message})
-                yield event, at
+                yield ws.decode(message), at  # an error about the connection (seq -1): the machine raises
                 if slow:
                     time.sleep(len(message) / slow)
         finally:

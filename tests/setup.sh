@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nginx haproxy redis-server chromium docker-compose gettext-base iproute2 openssl)
+APT_PACKAGES=(nginx haproxy redis-server chromium docker-compose iproute2 openssl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,4 +1,5 @@
-"""Admission: past capacity a new stream is refused at once with 503 + Retry-After; existing streams are not."""
+"""Admission: past capacity a new stream is refused at once with 503 + Retry-After; existing streams are not.
+And the jittered SSE `retry`, which spreads the clients of a drained or dead replica."""
 
 from __future__ import annotations
 
@@ -86,3 +87,14 @@ def test_a_late_loop_refuses_new_streams_until_it_catches_up():
             admission.stop()
 
     asyncio.run(go())
+
+
+def test_sse_retry_jitter_spreads_each_connections_retry():
+    with gateway({"GATEWAY_SSE_RETRY_MS": "1000", "GATEWAY_SSE_RETRY_JITTER": "0.5"}) as g:
+        seen = set()
+        for i in range(12):
+            with httpx.stream("POST", g.url + "/v1/sse", json={"prompt": "j", "max_tokens": 1}, timeout=10) as r:
+                first = next(r.iter_lines())
+            assert first.startswith("retry: ")
+            seen.add(int(first[7:]))
+        assert all(1000 <= ms < 1500 for ms in seen) and len(seen) > 1, seen

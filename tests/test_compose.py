@@ -40,7 +40,10 @@ def _upstreams(command: list[str]) -> list[str]:
 
 def test_services_cover_the_lab(compose):
     expected = {p.name for p in PROXIES} | set(GATEWAYS) | {"redis", "locust-master", "locust-worker"}
-    assert expected <= set(compose), f"compose.yaml has no service for {sorted(expected - set(compose))}"
+    assert expected <= set(compose), (
+        f"compose.yaml has no service for {sorted(expected - set(compose))}: add one like nginx-tuned's "
+        "(<<: *path, command: python -m loadtests path NAME --upstream ..., ports: 8000+offset:8080, "
+        "depends_on its gateways with condition: service_healthy)")
     for name in ("replica-a", "replica-b"):
         env = compose[name]["environment"]
         assert env["GATEWAY_STREAM_STORE"] == "redis" and env["GATEWAY_REDIS_URL"].startswith("redis://redis:")

@@ -98,7 +98,8 @@ def test_named_files_exist():
     stale = []
     for path in documents():
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            for name in re.findall(r"`((?:gateway|loadtests|lab|tests|docs)/[\w./-]+)(?:::\w+)?`", line):
+            for name in re.findall(r"`((?:gateway|loadtests|lab|tests|docs)/(?:[\w.-]+/)*(?:[\w-]+\.(?:py|md|conf|cfg|"
+                                   r"yaml|sh|png|json|js|css|html)|[\w-]+/)?)(?:::\w+)?`", line):
                 if not (ROOT / name).exists():
                     stale.append(f"{path.relative_to(ROOT)}:{n}: {name}")
     assert not stale, "the docs name files that do not exist (renamed or removed?):\n" + "\n".join(stale)

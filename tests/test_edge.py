@@ -404,7 +404,85 @@ def test_kept_streams_are_bounded_oldest_ended_evicted_first(tmp_path):
 
 
 def gw_metric(gw, name: str) -> float:
-    for line in httpx.get(gw.url + "/metrics").text.splitlines():
+    for line in httpx.get(gw.url + "/metrics", headers=AUTH).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"no {name}")
+
+
+# -- the low rows ---------------------------------------------------------------------------------
+
+
+def test_limits_for_keys_sockets_and_the_open_endpoints(tmp_path):
+    env = {**KEYS_ON, "GATEWAY_RATE_PER_KEY": "2", "GATEWAY_UNAUTHORIZED_PER_S": "2",
+           "GATEWAY_MAX_CONNECTIONS": "2"}
+    with proc(tmp_path, **env) as gw, httpx.Client(base_url=gw.url, timeout=20) as http:
+        # /metrics and the docs need a key while keys are on (GATEWAY_METRICS_PUBLIC / DOCS_PUBLIC open them).
+        for path in ("/metrics", "/docs", "/openapi.json"):
+            assert http.get(path).status_code == 401, path
+        assert http.get("/healthz").status_code == 200
+        # Wrong keys from one address: 401, then 429 once over the rate.
+        wrong = [http.get("/v1/streams/x", headers={"Authorization": "Bearer nope"}).status_code for _ in range(12)]
+        assert wrong[0] == 401 and wrong.count(429) >= 6, wrong
+
+        async def ws_starts():
+            async with connect(gw.ws_url + "/v1/ws", additional_headers=AUTH) as sock:
+                replies = []
+                for _ in range(8):  # a start per message: the key's request rate, like a POST
+                    await sock.send(wsc.start(max_tokens=1, sim={"ttft_ms": 0, "itl_ms": 0}))
+                    while True:
+                        event = wsc.decode(await sock.recv())
+                        if event.type in ("done", "error"):
+                            replies.append(event)
+                            break
+                return replies
+
+        time.sleep(1.5)  # the key's bucket refills
+        replies = asyncio.run(ws_starts())
+        assert sum(r.type == "done" for r in replies) <= 5
+        assert sum(r.type == "error" and r.code == "rate_limited" for r in replies) >= 3
+
+        # Denied upgrades: at INFO, and not one line pair per refusal when they come in a burst.
+        async def denied():
+            for _ in range(60):
+                try:
+                    async with connect(gw.ws_url + "/v1/ws"):
+                        pass
+                except Exception:
+                    pass
+
+        asyncio.run(denied())
+        time.sleep(0.3)
+        log = gw.text()
+        assert "ERROR" not in log, log[-1500:]
+        assert 0 < log.count("connection rejected") < 40
+
+        # At the connection cap, /healthz and /metrics still answer.
+        time.sleep(2.0)  # the key's bucket refills
+        held = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(2)]
+        for s in held:
+            body = b'{"max_tokens": 2000, "sim": {"ttft_ms": 10, "itl_ms": 50}}'
+            s.sendall(b"POST /v1/sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (KEY.encode(), len(body), body))
+            s.settimeout(10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        r = http.get("/v1/streams/x", headers=AUTH)
+        assert r.status_code == 503 and r.json()["code"] == "too_many_connections"
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/metrics", headers=AUTH).status_code == 200
+        for s in held:
+            s.close()
+
+
+def test_line_separators_are_escaped_in_every_encoding():
+    from gateway.codecs import ndjson, sse
+    from gateway.events import Error, Token, from_json
+
+    text = "a\u2028b\u2029c\x85d"
+    for event in (Token(1, text), Error(2, "x", text, False)):
+        for wire in (ndjson.encode(event), sse.encode(event)):
+            assert "\u2028".encode() not in wire and "\u2029".encode() not in wire and "\x85".encode() not in wire
+            assert len(wire.decode().splitlines()) == (1 if wire.endswith(b"\n") and b"data:" not in wire else
+                                                       len(wire.decode().split("\n")) - 1)
+        line = ndjson.encode(event).decode().splitlines()
+        assert len(line) == 1 and from_json(line[0]) == event

@@ -30,7 +30,7 @@ def run_locust(tmp_path: Path, host: str, *args: str, users: int = 8, seconds: i
     """Run Locust headless; return its stats rows {(type, name): row}, failures and transports JSON."""
     tmp_path.mkdir(exist_ok=True)
     prefix = tmp_path / "run"
-    cmd = [*LOCUST, "--host", host, "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
+    cmd = [*LOCUST, "--host", host, "--headless", "-u", str(users), "-r", str(users or 10), "-t", f"{seconds}s",
            "--csv", str(prefix), "--html", str(tmp_path / "report.html"), "--stop-timeout", "5",
            "--loglevel", "WARNING", *args]
     try:  # a Locust that does not stop is killed with its process group: a failure, never a hang
@@ -279,6 +279,17 @@ def test_tab_endpoint_on_a_master_with_two_workers(gw, tmp_path):
         tab = live["extended_stats"][0]
         assert tab["key"] == "transports"
         assert {r["transport"] for r in tab["data"]} >= {*STREAMING, "load generator"}
+        # The generator's health first (in view), with a link to the chart; windowed columns say so.
+        assert tab["data"][0]["transport"] == "load generator" and "/transports/chart" in tab["data"][0]["note"]
+        assert {r["window"] for r in tab["data"][1:]} <= {"last 10 s", "whole run"}
+        # The chart over time: a point a second per transport, TTFT p95, inter-token p99 and tokens/s.
+        history = httpx.get(f"http://127.0.0.1:{web}/transports/history").json()
+        assert len(history) >= 2 and history[-1]["t"] > history[0]["t"]
+        last = history[-1]["transports"]
+        assert set(STREAMING) <= set(last) and all(last[t]["tokens_per_s"] > 0 for t in STREAMING), last
+        assert all(last[t]["ttft_p95"] and last[t]["itl_p99"] for t in STREAMING), last
+        chart = httpx.get(f"http://127.0.0.1:{web}/transports/chart").text
+        assert "<svg" in chart and 'fetch("history")' in chart and "https://" not in chart
         assert httpx.get(f"http://127.0.0.1:{web}/transports/csv").text.startswith("transport,active,streams")
     finally:
         for p in (*workers, boss):
@@ -368,3 +379,14 @@ def test_a_run_that_does_not_end_is_killed_with_its_children(tmp_path):
     while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_shape_given_no_users_runs_its_own_default_and_says_so(gw, tmp_path):
+    # The web UI sends 0 users once a shape class is picked; the run used to be a silent single user.
+    out = run_locust(tmp_path, gw.url, "--max-tokens", "10", "--ttft-ms", "20", "--itl-ms", "10",
+                     "SsePostUser", users=0, seconds=4)
+    scenario = out["transports"]["scenario"]
+    assert scenario["users_default"].startswith("10 users: the shape's default for steady"), scenario
+    assert "no user count given (0); using the steady scenario's default of 10 users" in out["log"]
+    with open(tmp_path / "run_stats_history.csv") as f:
+        assert max(int(r["User Count"]) for r in csv.DictReader(f)) == 10

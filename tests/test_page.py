@@ -194,6 +194,15 @@ def test_dropped_connection_resumes_without_a_lost_or_repeated_word(page, gw, tm
         assert s["sha"] == s["doneSha"] == sha(text), kind
         assert panel(page, kind).locator(".reconnects").inner_text() == str(s["reconnects"])
         assert panel(page, kind).locator(".sha-mark").inner_text() == "✓"
+        # The resume stall a user saw (last token before the cut to the next new one), and no gap or repeat.
+        assert len(s["stalls"]) == s["reconnects"] and all(ms > 0 for ms in s["stalls"]), (kind, s["stalls"])
+        assert panel(page, kind).locator(".stall").inner_text() == f"{round(max(s['stalls']))} ms"
+        assert panel(page, kind).locator(".gapsdups").inner_text() == "0 / 0"
+        assert not s["flags"], (kind, s["flags"])
+    # EventSource waits the server's retry (200 ms here) before it resumes; the others the backoff's
+    # first step (75-150 ms).
+    assert min(state["eventsource"]["stalls"]) >= 200
+    assert page.locator("#path").inner_text() == f"path: {gw.url} over http/1.1"
     after = gw.metrics()
     # Each client resumed on the server's resume paths (not by starting a new generation).
     resumed = {t: after.get(f'gateway_resumes_total{{transport="{t}"}}', 0)

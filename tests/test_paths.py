@@ -136,7 +136,7 @@ def test_gateway_streams_over_http2_from_hypercorn(tmp_path):
         stop(proc)
 
 
-def wait_http_tls(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def wait_http_tls(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout

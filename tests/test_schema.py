@@ -63,6 +63,16 @@ def error_code(response) -> str | None:
     return (inner.get("code") if isinstance(inner, dict) else None) or body.get("code")
 
 
+def _lone_surrogates(body) -> bool:
+    import orjson
+
+    try:
+        orjson.dumps(body)
+    except TypeError:
+        return True
+    return False
+
+
 @schema.parametrize()
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms(case, base_url):
@@ -79,4 +89,6 @@ def test_api_conforms(case, base_url):
         excluded += [not_a_server_error, positive_data_acceptance]
     elif response.status_code in (502, 504) and code in ASKED:
         excluded.append(not_a_server_error)
+    elif response.status_code == 422 and _lone_surrogates(case.body):
+        excluded.append(positive_data_acceptance)  # not text: refused on purpose (issue 18), the schema cannot say so
     case.validate_response(response, headers=headers, excluded_checks=excluded)

@@ -200,7 +200,8 @@ def test_redis_at_maxmemory_503_errors_and_an_unready_replica():
 
 def test_streams_per_key_holds_under_concurrency_across_replicas():
     redis = RedisServer()
-    env = {"GATEWAY_API_KEYS": f"owner={KEY}", "GATEWAY_TOKEN_SECRET": "s" * 32, "GATEWAY_STREAMS_PER_KEY": "2"}
+    env = {"GATEWAY_API_KEYS": f"owner={KEY}", "GATEWAY_TOKEN_SECRET": "s" * 32, "GATEWAY_STREAMS_PER_KEY": "2",
+           "GATEWAY_METRICS_PUBLIC": "true"}
     a, b = start(redis, 2, **env)
     try:
         async def go():

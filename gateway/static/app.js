@@ -299,7 +299,7 @@
       this.ui = {
         mark: $(".mark"), state: $(".state"), ttft: $(".ttft"), rate: $(".rate"), tokens: $(".tokens"),
         bytes: $(".bytes"), reconnects: $(".reconnects"), shaMark: $(".sha-mark"), shaText: $(".sha-text"),
-        sha: $(".sha"), output: $(".output"),
+        sha: $(".sha"), output: $(".output"), stall: $(".stall"), gapsdups: $(".gapsdups"), flags: $(".flags"),
       };
       if (this.kind === "eventsource") {
         $(".bytes-label").textContent = "event bytes";
@@ -325,6 +325,10 @@
       this.bytes = 0;
       this.reconnects = 0;
       this.cuts = [];
+      this.stalls = [];  // ms from the last token before each cut to the next new token
+      this.stallFrom = null;  // when the last token before a pending cut came
+      this.flags = [];  // what the path did: "held until the end", "upgrade refused"
+      this.endAt = null;
       this.fallbacks = [];  // {from, to, ms}: when the panel gave up on a transport
       this.onSilence = null;
       clearTimeout(this.silence);
@@ -398,6 +402,10 @@
           this.tokens++;
           this.lastAt = performance.now();
           if (this.firstAt === null) this.firstAt = this.lastAt;
+          if (this.stallFrom !== null) {
+            this.stalls.push(this.lastAt - this.stallFrom);
+            this.stallFrom = null;
+          }
           if (this.section.dataset.status !== "streaming") this.setStatus("streaming", "streaming");
           break;
         case "done":
@@ -429,6 +437,7 @@
         return false;
       }
       this.reconnects++;
+      if (this.stallFrom === null) this.stallFrom = this.lastAt === null ? this.t0 : this.lastAt;
       this.cuts.push(`after seq ${this.lastSeq}: ${reason}`);
       this.setStatus("reconnecting", `reconnecting after seq ${this.lastSeq}…`);
       this.schedule();
@@ -443,9 +452,22 @@
       this.end("error", code, message, `error: ${code} (${message})`);
     }
 
+    // What the path did to this stream, shown on the panel (as gateway/probe.py flags it).
+    flag(what) {
+      if (!this.flags.includes(what)) this.flags.push(what);
+      this.ui.flags.textContent = "⚠ " + this.flags.join("; ");
+      this.ui.flags.hidden = false;
+    }
+
     end(status, code, message, label) {
       if (this.ended) return;
       this.ended = true;
+      this.endAt = performance.now();
+      // Held until the end: the first token came with (nearly) the whole answer: a buffering proxy.
+      if (status === "done" && this.tokens > 2 && this.firstAt !== null
+          && this.firstAt - this.t0 >= 0.8 * (this.endAt - this.t0) && this.lastAt - this.firstAt < 0.2 * (this.endAt - this.t0)) {
+        this.flag(`held until the end: first token at ${Math.round(this.firstAt - this.t0)} ms of ${Math.round(this.endAt - this.t0)} ms`);
+      }
       clearTimeout(this.silence);
       this.outcome = { status, code, message };
       cancelAnimationFrame(this.frame);
@@ -503,8 +525,15 @@
     paint() {
       const ui = this.ui;
       ui.ttft.textContent = this.firstAt === null ? "–" : `${Math.round(this.firstAt - this.t0)} ms`;
+      // Over the streaming span (first token to last), and only if the tokens were spread over it: a
+      // held answer arrives in one burst, where a rate means nothing.
       const span = (this.lastAt - this.firstAt) / 1000;
-      ui.rate.textContent = this.tokens > 1 && span > 0 ? ((this.tokens - 1) / span).toFixed(1) : "–";
+      const whole = ((this.endAt || performance.now()) - this.t0) / 1000;
+      ui.rate.textContent = this.tokens > 1 && span > 0.05 * whole && span > 0.01
+        ? ((this.tokens - 1) / span).toFixed(1) : this.tokens > 1 ? "– (one burst)" : "–";
+      ui.stall.textContent = this.stalls.length ? `${Math.round(Math.max(...this.stalls))} ms` : "–";
+      ui.stall.title = this.stalls.map((ms) => `${Math.round(ms)} ms`).join(", ");
+      ui.gapsdups.textContent = `${this.gaps} / ${this.duplicates}`;
       ui.tokens.textContent = String(this.tokens);
       ui.bytes.textContent = fmtBytes(this.bytes);
       ui.reconnects.textContent = String(this.reconnects);
@@ -516,6 +545,7 @@
         text: this.text, tokens: this.tokens, lastSeq: this.lastSeq, streamId: this.streamId,
         duplicates: this.duplicates, gaps: this.gaps, heartbeats: this.heartbeats, bytes: this.bytes,
         reconnects: this.reconnects, cuts: this.cuts, sha: this.sha, doneSha: this.done ? this.done.sha256 : null,
+        stalls: this.stalls, flags: this.flags,
         fallbacks: this.fallbacks, transport: this.client ? this.client.transport : this.kind,
         ttftMs: this.firstAt === null ? null : this.firstAt - this.t0,
       };
@@ -657,6 +687,7 @@
           const resp = await fetch(url, { ...init, signal: AbortSignal.any([this.abort.signal, connection.signal]) });
           this.id = resp.headers.get("x-stream-id") || this.id;
           if (!resp.ok) {
+            panel.flag(`refused: HTTP ${resp.status}`);
             const proxy = !(resp.headers.get("content-type") || "").startsWith("application/problem+json");
             if (proxy && this.live && this.fallback && this.fallback.refused()) return this.fallBack(body);
             const [code, detail] = await problem(resp);
@@ -782,6 +813,7 @@
         panel.watch(null);
         // Never opened: the path refused the upgrade. Opened, but no token came: barren.
         const barren = () => this.fallback.ended(panel.tokens > tokens, performance.now() - opened);
+        if (!opened) panel.flag(`upgrade refused (${reason})`);
         if (opened ? barren() : this.fallback.refused()) {
           const next = new FetchClient(panel, "sse", this.fallback);
           panel.fellBack(this.transport, next.transport);
@@ -846,6 +878,11 @@
 
   // ---------------------------------------------------------------------------------------------
   // The page.
+
+  // Which path this page came by, and its HTTP version (what the browser negotiated).
+  const nav = performance.getEntriesByType("navigation")[0];
+  document.getElementById("path").textContent =
+    `path: ${location.origin} over ${(nav && nav.nextHopProtocol) || "an unknown protocol"}`;
 
   const form = document.getElementById("controls");
   const cancelButton = document.getElementById("cancel");

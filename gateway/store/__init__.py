@@ -16,7 +16,11 @@ __all__ = ["StreamStore", "StoreUnavailable", "MemoryStore", "make_store"]
 
 
 def make_store(settings: Settings, clock: Clock, stats: Stats) -> StreamStore:
-    """The store `stream_store` names (STREAM_STORE=memory|redis)."""
+    """The store `stream_store` names (STREAM_STORE=memory|redis|redis-cluster)."""
+    if settings.stream_store == "redis-cluster":
+        from .cluster import ClusterStore
+
+        return ClusterStore(settings, clock, stats)
     if settings.stream_store == "redis":
         from .redis import RedisStore
 

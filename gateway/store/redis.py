@@ -38,6 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..events import dumps
 from ..journal import Journal
 from ..log import KIND, EventLog
 from ..stream import DONE, FAILED, Stream
@@ -195,7 +196,7 @@ class Mirror(Stream):
         """End this copy only (the store cannot be read): clients get an in-band error."""
         if not self.running:
             return
-        self.log.append(_ERROR, orjson.dumps({"type": "error", "seq": len(self.log), "code": code,
+        self.log.append(_ERROR, dumps({"type": "error", "seq": len(self.log), "code": code,
                                               "message": message, "retryable": True}))
         self.status, self.error_code = FAILED, code
         self.ended_at = self.store.clock.now()
@@ -264,6 +265,16 @@ class RedisStore:
     def _group(self, stream_id: str) -> Any:
         """Streams whose appends can share one script call (their keys share a slot)."""
         return None
+
+    # Control channel; the cluster store uses sharded pub/sub (a PUBLISH count is one node's there).
+    def _publish(self, client: Any, channel: str, message: str) -> Any:
+        return client.publish(channel, message)
+
+    def _pubsub(self, channel: str) -> Any:
+        return self.ctl.pubsub()
+
+    async def _subscribe(self, pubsub: Any, channel: str) -> None:
+        await pubsub.subscribe(channel)
 
     def mirror_event(self, stream: Stream, what: str, sub: Any = None) -> None:
         """Lifecycle lines for the clients this replica serves from a mirror (the owner logs the rest)."""
@@ -420,7 +431,7 @@ class RedisStore:
             if meta.get(b"status") != b"running":
                 return False
             owner = meta[b"owner"].decode()
-            heard = await self.redis.publish(_ctl_channel(owner), f"cancel {stream_id} {reason}")
+            heard = await self._publish(self.redis, _ctl_channel(owner), f"cancel {stream_id} {reason}")
             if not heard:
                 # Nobody listens on the owner's channel: dead, or cut off from Redis.
                 if await self.redis.exists(_lease_key(owner)):
@@ -627,7 +638,8 @@ class RedisStore:
                 return
             at = len(pipe)
             for _, keys, args in groups.values():
-                pipe.evalsha(_APPEND_SHA, len(keys), *keys, *args)
+                # (EVALSHA by name: redis-py's cluster pipeline refuses its `evalsha` method, not the command)
+                pipe.execute_command("EVALSHA", _APPEND_SHA, len(keys), *keys, *args)
             for sid, ended in after:  # after the append, which may create the log
                 ttl = self.ttl_ms if ended else self.live_ttl_ms
                 pipe.pexpire(self._log_key(sid), ttl)
@@ -702,7 +714,7 @@ class RedisStore:
             top = int(eid[2:])
             if int(fields[b"k"]) in (_DONE, _ERROR):
                 return False
-            event = orjson.dumps({"type": "error", "seq": top + 1, "code": code, "message": message,
+            event = dumps({"type": "error", "seq": top + 1, "code": code, "message": message,
                                   "retryable": retryable})
             try:
                 [result] = await self.redis.evalsha(_APPEND_SHA, 1, log_key, self.maxlen, top + 1,
@@ -727,12 +739,12 @@ class RedisStore:
         channel = _ctl_channel(self.rid)
         backoff = 0.05
         while True:
-            pubsub = self.ctl.pubsub()
+            pubsub = self._pubsub(channel)
             try:
-                await pubsub.subscribe(channel)
+                await self._subscribe(pubsub, channel)
                 backoff = 0.05
                 async for message in pubsub.listen():
-                    if message["type"] == "message":
+                    if message["type"] in ("message", "smessage"):
                         self._control(message["data"])
             except Exception as exc:
                 self._trouble("control", exc)
@@ -766,7 +778,7 @@ class RedisStore:
                     pipe.set(_lease_key(self.rid), b"1", px=self.lease_ms)
                     for mirror in self.mirrors.values():
                         if mirror.running and mirror.subs:
-                            pipe.publish(_ctl_channel(mirror.owner), f"reading {mirror.id}")
+                            self._publish(pipe, _ctl_channel(mirror.owner), f"reading {mirror.id}")
                     await pipe.execute()
                 if self.reserved:  # renew this replica's reservations (streams per key)
                     async with self.redis.pipeline(transaction=False) as pipe:
@@ -855,7 +867,8 @@ class _Metrics:
         mirrors = list(s.mirrors.values())
         pool = 0
         if s.redis is not None:
-            pool = sum(n for n, _ in s.redis.connection_pool.get_connection_count())
+            counts = getattr(getattr(s.redis, "connection_pool", None), "get_connection_count", None)
+            pool = sum(n for n, _ in counts()) if counts is not None else 0
         yield GaugeMetricFamily("gateway_redis_up", "1 while Redis answers.", value=0 if s.down_since else 1)
         yield GaugeMetricFamily("gateway_redis_owned_streams", "Streams generated here, held in memory.",
                                 value=len(s.owned))

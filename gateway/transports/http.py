@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
@@ -17,6 +18,7 @@ from ..stream import RUNNING
 
 if TYPE_CHECKING:
     from ..service import Context
+    from ..settings import Settings
     from ..log import EventLog
     from ..stream import Stream, Subscriber
 
@@ -29,6 +31,13 @@ class DropConnection(Exception):
 
 # Which process served the response (`serve --workers`: which worker).
 WORKER_HEADER = (b"x-gateway-worker", str(os.getpid()).encode())
+
+
+def retry_ms(settings: Settings) -> int:
+    """The reconnection delay for one connection: `sse_retry_ms`, plus up to `sse_retry_jitter` of it at
+    random, so the clients of a replica that drains or dies do not all come back in the same instant."""
+    base = settings.sse_retry_ms
+    return base + int(random.random() * settings.sse_retry_jitter * base) if settings.sse_retry_jitter else base
 
 
 def streaming_headers(media_type: str, accel_off: bool, stream_id: str) -> list[tuple[bytes, bytes]]:
@@ -77,7 +86,7 @@ class EventStream(Response):
             await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
             if self.fmt == "sse":
                 # `retry` first, so the headers and this go out before the first token.
-                await send({"type": "http.response.body", "body": sse.retry(ctx.settings.sse_retry_ms),
+                await send({"type": "http.response.body", "body": sse.retry(retry_ms(ctx.settings)),
                             "more_body": True})
             if conn is not None:
                 self.write = conn.http_writer()
@@ -104,7 +113,7 @@ class EventStream(Response):
     def reconnect(self) -> bytes:
         """The last bytes before the server closes to drain: where to resume (a subclass may send none)."""
         codec = sse if self.fmt == "sse" else ndjson
-        return codec.encode(Reconnect(self.ctx.settings.sse_retry_ms))
+        return codec.encode(Reconnect(retry_ms(self.ctx.settings)))
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":

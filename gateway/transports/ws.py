@@ -136,6 +136,12 @@ class WSSession:
 
     async def _start(self, fields: dict) -> bool:
         ctx = self.ctx
+        rates = ctx.rates
+        if rates is not None and rates.take(self.key, ctx.clock.now()):  # a start is a request, like a POST
+            ctx.stats.refused["rate"] += 1
+            await self.ws.send_text(error_text("rate_limited", f"over {rates.rate:g} requests per second for this key",
+                                               True))
+            return True
         try:
             request = StreamRequest.model_validate(fields)
             stream = await ctx.create(request, True, self.key)

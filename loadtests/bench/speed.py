@@ -54,9 +54,12 @@ def _prioritize(nice: int) -> None:
 
 def server_command(server: str, port: int) -> tuple[list[str], dict[str, str]]:
     if server.startswith("gateway"):
-        # "gateway w40": the gateway with a 40 ms write window (each connection writes once per window).
-        window = server.partition(" w")[2] or "0"
-        return ([sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        # "gateway w40": the gateway with a 40 ms write window (each connection writes once per window);
+        # "gateway@granian": on another ASGI server (`gateway serve --server`).
+        name, _, asgi = server.partition("@")
+        window = name.partition(" w")[2] or "0"
+        return ([sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--server", asgi or "uvicorn", "--workers", "1"],
                 {**GATEWAY_ENV, "GATEWAY_WRITE_WINDOW_MS": window})
     return [sys.executable, "-m", "loadtests.bench.peers", server, str(port)], {}
 
@@ -74,8 +77,10 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
         os.sched_setaffinity(proc.pid, server_core)
         wait_port(port, proc)
         time.sleep(0.5)  # let start-up settle before the idle RSS is read
+        pid = _serving_pid(proc.pid)  # granian serves from a worker process it starts
+        os.sched_setaffinity(pid, server_core)
         load = [sys.executable, "-m", "loadtests.bench.load", "--port", str(port), "--transport", transport,
-                "--n", str(n), "--server-pid", str(proc.pid), "--tokens", str(args.tokens),
+                "--n", str(n), "--server-pid", str(pid), "--tokens", str(args.tokens),
                 "--itl-ms", str(args.itl_ms), "--ttft-ms", str(args.ttft_ms), "--ramp", str(ramp),
                 "--warmup", str(args.warmup), "--duration", str(args.duration)]
         if server.startswith("gateway"):
@@ -84,7 +89,7 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
                                   preexec_fn=lambda: (os.sched_setaffinity(0, client_core), _prioritize(nice)))
         timeout = ramp + args.warmup + args.duration + args.tokens * args.itl_ms / 1000 + 60
         if args.profile and server.startswith("gateway"):
-            profile(proc.pid, ramp + args.warmup, args, args.profile / f"{server.replace(' ', '-')}-{transport}-{n}.txt")
+            profile(pid, ramp + args.warmup, args, args.profile / f"{server.replace(' ', '-')}-{transport}-{n}.txt")
         out, _ = client.communicate(timeout=timeout)
         if client.returncode != 0:
             raise RuntimeError(f"load client failed ({client.returncode})")
@@ -93,6 +98,16 @@ def run_one(server: str, transport: str, n: int, args: argparse.Namespace) -> di
         stop(proc, 10)
     row["server"] = server
     return row
+
+
+def _serving_pid(pid: int) -> int:
+    """The process that serves: `pid`, or its only child process if it has one (a server's worker)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return pid
+    return int(children[0]) if len(children) == 1 else pid
 
 
 def _ramp(args: argparse.Namespace, n: int) -> float:
@@ -130,11 +145,14 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", default="100,1000,2000", help="concurrent streams, comma-separated")
-    p.add_argument("--transports", default="sse,ndjson,ws")
+    p.add_argument("--transports", default="sse,ndjson,ws",
+                   help="sse, ndjson, ws; sse_get (create, then attach by id: the gateway only, with --peers none)")
     p.add_argument("--peers", default="all", help="'all', 'none', or a comma-separated list of "
                    + ", ".join(PEERS))
     p.add_argument("--windows", default="0", help="gateway write windows in ms, comma-separated (0: one "
                    "write per event; e.g. 0,40 adds a 'gateway w40' row)")
+    p.add_argument("--servers", default="uvicorn", help="ASGI servers to run the gateway on, comma-separated "
+                   "(uvicorn, hypercorn, granian; each but uvicorn adds a 'gateway@NAME' row)")
     p.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     p.add_argument("--itl-ms", type=float, default=20.0, help="gap between tokens (20 ms = 50 tokens/s)")
     p.add_argument("--ttft-ms", type=float, default=100.0)
@@ -154,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for transport in transports:
         for n in ns:
             gateways = ["gateway" if w in ("0", "") else f"gateway w{w}" for w in args.windows.split(",")]
+            gateways += [f"gateway@{name}" for name in args.servers.split(",") if name != "uvicorn"]
             for server in [*gateways, *[q for q in peers if transport in PEERS[q]]]:
                 try:
                     row = run_one(server, transport, n, args)

@@ -17,7 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "Locust headless over a matrix of transports and concurrency levels, measure "
                                    "the gateway's cost, and write index.html, summary.md and the raw data.")
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: about two minutes; full: every transport and path, up to 400 streams")
+                   help="quick: every transport, stock nginx and HAProxy, 3 runs a cell (22 min on a loaded 2-core box); full: every path, up to 400 streams")
     p.add_argument("--out", type=Path, help="report folder (default reports/compare-<time>)")
     p.add_argument("--transports", help=f"comma-separated, from {','.join(TRANSPORTS)}")
     p.add_argument("--concurrency", help="concurrent streams per load cell, comma-separated, e.g. 10,50,200")
@@ -28,8 +28,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--prompt-bytes", type=int, help="prompt size in bytes")
     p.add_argument("--drop-rate", type=float, help="share of streams cut mid-way in the reconnection cells (0 skips them)")
     p.add_argument("--duration", type=float, help="seconds per load cell")
+    p.add_argument("--runs", type=int, help="runs of every cell (default 3; verdicts need 3 or more)")
+    p.add_argument("--drop-by", choices=["client", "server"],
+                   help="reconnection cells: the user closes its socket (client, default) or the gateway cuts")
     p.add_argument("--locustfile", type=Path, help="another locustfile with the same arguments and rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--networks", metavar="measure|FILE",
+                   help="decide mobile networks, strict proxies, many tabs and dead connections from the lab's "
+                        "profiles and paths: 'measure' runs them (about 16 min), or a networks.json from "
+                        "python -m loadtests networks")
     return p
 
 
@@ -38,6 +45,6 @@ def main(args: argparse.Namespace) -> int:
 
     matrix = from_args(args)
     out = args.out or Path("reports") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
-    index = run(matrix, out, locustfile=args.locustfile, quiet=args.quiet)
+    index = run(matrix, out, locustfile=args.locustfile, quiet=args.quiet, networks=args.networks)
     print(index)
     return 0

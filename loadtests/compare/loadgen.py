@@ -17,7 +17,7 @@ from .cost import client_transport
 from .matrix import Cell, Matrix
 
 __all__ = ["LOCUSTFILE", "METRICS", "run_cell", "locust_args", "read_locust_json", "percentile",
-           "SATURATED_CPU"]
+           "SATURATED_CPU", "EXACT", "exact_figures"]
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 PLUGIN = Path(__file__).with_name("locust_plugin.py")
@@ -34,7 +34,9 @@ USER_CLASSES = {"sse_get": "SseGetUser", "sse_post": "SsePostUser", "ndjson": "N
 def locust_args(cell: Cell, matrix: Matrix, url: str) -> list[str]:
     """The locustfile's own arguments for this cell (documented at the top of loadtests/locustfile.py)."""
     if cell.kind == "reconnect":
-        args = ["--scenario", "reconnection", "--drop-rate", f"{matrix.drop_rate:g}"]
+        rate = f"{matrix.drop_rate:g}"
+        args = (["--scenario", "reconnection", "--drop-rate", "0", "--client-drop-rate", rate]
+                if matrix.drop_by == "client" else ["--scenario", "reconnection", "--drop-rate", rate])
     elif cell.path != "direct":
         args = ["--scenario", "proxy", "--target", url]
     else:
@@ -54,6 +56,43 @@ def percentile(response_times: dict, count: int, share: float) -> float:
         if count - seen <= wanted:
             return float(value)
     return 0.0
+
+
+# Exact figures from the per-stream records (--streams-out), vLLM benchmark_serving's terms: per stream
+# TTFT, TPOT and E2E latency; every gap between tokens (ITL) and between reads (inter-chunk); every resume.
+EXACT = {"ttft": ("ttft_ms", "streams"), "tpot": ("tpot_ms", "streams"), "e2e": ("e2e_ms", "streams"),
+         "itl": ("itl_ms", "gaps between tokens"), "chunk": ("chunk_ms", "gaps between reads"),
+         "resume": ("resume_ms", "resumes")}
+QUANTILES = (50, 90, 95, 99)
+
+
+def exact_figures(records: list[dict]) -> dict[str, dict]:
+    """{metric: {count, of, mean, p50, p90, p95, p99}} over the streams that succeeded."""
+    from .stats import percentile
+
+    ok = [r for r in records if r["ok"]]
+    out = {}
+    for metric, (key, of) in EXACT.items():
+        values: list[float] = []
+        for r in ok:
+            v = r.get(key)
+            if isinstance(v, list):
+                values += v
+            elif v is not None:
+                values.append(v)
+        out[metric] = {"count": len(values), "of": of,
+                       "mean": round(sum(values) / len(values), 3) if values else None,
+                       **{f"p{q}": (None if not values else round(percentile(values, q), 3)) for q in QUANTILES}}
+    return out
+
+
+def read_streams(path: Path) -> list[dict]:
+    """The per-stream records of a cell (Locust's workers write PATH.<pid>; one process here)."""
+    records = []
+    for p in [path, *sorted(path.parent.glob(path.name + ".*"))]:
+        if p.exists():
+            records += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return records
 
 
 def read_locust_json(path: Path) -> dict[str, dict[str, dict]]:
@@ -118,6 +157,7 @@ def gateway_delta(before: dict, after: dict, transport: str) -> dict:
         "streams_finished": int(finished),
         "stream_errors": int(errors),
         "drops": int(_delta(before, after, f"gateway_drops_total{key}")),
+        "wasted_tokens": int(_delta(before, after, "gateway_wasted_tokens_total")),
         "resumes": int(_delta(before, after, f"gateway_resumes_total{key}")),
         "disconnects": int(_delta(before, after, f"gateway_disconnects_total{key}")),
         # Every stream sends one meta and at most one terminal event; the rest are tokens.
@@ -135,23 +175,26 @@ def _users_reached(history: Path) -> int | None:
 
 
 def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
-             tick: Callable[[], None] = lambda: None) -> dict:
-    """Run Locust for one cell against `url` (the gateway, directly or through a proxy)."""
-    prefix = raw / cell.id
-    extra = prefix.with_name(cell.id + "_extra.json")
+             tick: Callable[[], None] = lambda: None, run: int = 0) -> dict:
+    """Run Locust for one cell (its run `run`) against `url` (the gateway, directly or through a proxy)."""
+    name = f"{cell.id}-r{run}"
+    prefix = raw / name
+    extra = prefix.with_name(name + "_extra.json")
+    streams_out = prefix.with_name(name + "_streams.jsonl")
     cmd = [sys.executable, "-m", "locust", "-f", f"{LOCUSTFILE},{PLUGIN}", "--headless",
-           "-u", str(cell.users), "-r", str(cell.users), "-t", f"{cell.duration_s:g}s",
+           "-u", str(cell.users), "-r", str(cell.users), "-t", f"{max(1, round(cell.duration_s))}s",  # whole seconds
            "--host", url, "--csv", str(prefix), "--json-file", str(prefix),
-           "--exit-code-on-error", "0", "--stop-timeout", "0", *locust_args(cell, matrix, url)]
+           "--exit-code-on-error", "0", "--stop-timeout", "0", "--streams-out", str(streams_out),
+           *locust_args(cell, matrix, url)]
     env = {**os.environ, "GATEWAY_COMPARE_EXTRA": str(extra), "PYTHONPATH": str(ROOT)}
     before = gw.metrics()
     gw_start = gw.stat()
-    with open(prefix.with_name(cell.id + "_locust.log"), "wb") as log:
+    with open(prefix.with_name(name + "_locust.log"), "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         sampler = _Sampler({"locust": proc.pid} | ({"gateway": gw.pid} if gw.pid else {}))
         sampler.start()
         # Locust stops by itself after -t; past this, ask it to stop (SIGTERM: it still writes its files).
-        deadline = time.monotonic() + cell.duration_s + 20
+        deadline = time.monotonic() + cell.duration_s + 40  # Locust's own start takes 10 s on a loaded box
         overran = False
         try:
             while proc.poll() is None:
@@ -169,20 +212,20 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
             sampler.join()
     gw_end = gw.stat()
     after = gw.metrics()
-    log_text = prefix.with_name(cell.id + "_locust.log").read_text(errors="replace")
-    json_path = prefix.with_name(cell.id + ".json")
+    log_text = prefix.with_name(name + "_locust.log").read_text(errors="replace")
+    json_path = prefix.with_name(name + ".json")
     problem = None
     if overran:
-        problem = f"Locust did not stop {cell.duration_s + 20:g} s after starting and was stopped with SIGTERM"
+        problem = f"Locust did not stop {cell.duration_s + 40:g} s after starting and was stopped with SIGTERM"
     if not json_path.exists():
         tail = " / ".join(log_text.strip().splitlines()[-3:])
         problem = (problem or f"Locust exited with {proc.returncode}") + f" and wrote no results ({tail[-300:]})"
     stats = read_locust_json(json_path) if json_path.exists() else {}
-    reached = _users_reached(prefix.with_name(cell.id + "_stats_history.csv"))
+    reached = _users_reached(prefix.with_name(name + "_stats_history.csv"))
     if reached is not None and reached < cell.users and problem is None:
         problem = f"Locust reached only {reached} of {cell.users} users"
     extra_data = json.loads(extra.read_text()) if extra.exists() else {}
-    board_path = prefix.with_name(cell.id + "_transports.json")
+    board_path = prefix.with_name(name + "_transports.json")
     board = json.loads(board_path.read_text()) if board_path.exists() else {}
     generator = board.get("generator", {})
     locust_cpu = _cpu_shares(sampler.samples["locust"])
@@ -202,8 +245,13 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     warned = extra_data.get("cpu_warning_emitted", False) or "CPU usage above" in log_text
     peak = max(busy, default=0.0)
     lagged = bool(generator.get("saturated"))
+    records = read_streams(streams_out)
+    refused = sum(1 for r in records if (r["failure"] or "").startswith("refused:"))
     return {
-        "cell": cell.id, "kind": cell.kind, "transport": cell.transport, "path": cell.path,
+        "cell": cell.id, "run": run, "kind": cell.kind, "transport": cell.transport, "path": cell.path,
+        "exact": exact_figures(records),
+        "streams": {"recorded": len(records), "ok": sum(r["ok"] for r in records), "refused": refused,
+                    "failures": sorted({r["failure"] for r in records if r["failure"]})[:5]},
         "users": cell.users, "users_reached": reached, "duration_s": cell.duration_s,
         "locust": stats.get(cell.transport, {}),
         "locust_other_rows": sorted(f"{t}/{m}" for t in stats if t != cell.transport for m in stats[t]),

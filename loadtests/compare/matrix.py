@@ -23,6 +23,10 @@ class Matrix:
     max_tokens: int = 60
     prompt_bytes: int = 200
     drop_rate: float = 1.0  # share of streams cut mid-way in the reconnection cells
+    # Who cuts them: "client" (the user closes its own socket, as a lost network does) or "server"
+    # (the gateway's fault injection, sim.drop_after).
+    drop_by: str = "client"
+    runs: int = 3  # every cell runs this many times, in turn (loadtests/compare/stats.py)
     cell_s: float = 8.0
     reconnect_users: int = 10
     reconnect_s: float = 6.0
@@ -36,7 +40,7 @@ class Matrix:
 
     def cells(self) -> list[Cell]:
         """Load cells (transport x concurrency), then each proxy path at the lowest concurrency (buffering
-        shows without load), then one reconnection cell per transport."""
+        shows without load), then one reconnection cell per transport. (One run; `runs` repeats them.)"""
         out = [Cell("load", t, "direct", c, self.cell_s) for t in self.transports for c in self.concurrency]
         out += [Cell("load", t, p, min(self.concurrency), self.cell_s)
                 for p in self.paths if p != "direct" for t in self.transports]
@@ -66,18 +70,23 @@ class Cell:
 
 
 PRESETS: dict[str, dict] = {
-    # About two minutes on a 2-core machine: every transport at two concurrency levels, and through
-    # HAProxy as most set it up (it holds small writes: buffering the report should flag).
-    "quick": dict(transports=list(TRANSPORTS), concurrency=[10, 50], paths=["direct", "haproxy"],
-                  cell_s=5.0, reconnect_users=20, reconnect_s=4.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
+    # Every transport at two concurrency levels, direct and through stock nginx and stock HAProxy, each
+    # cell 3 times; short answers so that every cell has over 200 streams (TTFT samples) in its runs.
+    "quick": dict(transports=list(TRANSPORTS), concurrency=[20, 60], paths=["direct", "nginx-defaults", "haproxy"],
+                  max_tokens=24, token_rate=40.0, ttft_ms=200.0, cell_s=5.0, reconnect_users=30,
+                  reconnect_s=6.0, memory_connections=200, baseline_lengths=[4, 16, 64, 128]),
     # Where each transport starts to slip, through every proxy path the lab has.
-    "full": dict(transports=list(TRANSPORTS), concurrency=[10, 50, 100, 200, 400],
-                 paths=list(PATHS), cell_s=15.0, reconnect_users=20, reconnect_s=15.0,
+    "full": dict(transports=list(TRANSPORTS), concurrency=[20, 50, 100, 200, 400],
+                 paths=list(PATHS), cell_s=15.0, reconnect_users=30, reconnect_s=15.0,
                  memory_connections=500, baseline_lengths=[2, 4, 8, 16, 32, 64, 128, 256], wire_streams=5),
-    # For the end-to-end test: the smallest matrix that still has every section.
-    "tiny": dict(transports=["sse_post", "ws"], concurrency=[3], paths=["direct", "nginx-tuned"], cell_s=3.0, reconnect_users=3, reconnect_s=3.0,
-                 max_tokens=20, token_rate=50.0, ttft_ms=100.0, memory_connections=20,
-                 baseline_lengths=[2, 20], wire_streams=1),
+    # For the end-to-end tests: the smallest matrix that still has every section (and 200 streams a cell).
+    "tiny": dict(transports=["sse_post", "ws"], concurrency=[10], paths=["direct", "nginx-tuned"], cell_s=3.0,
+                 reconnect_users=10, reconnect_s=3.0, max_tokens=6, token_rate=20.0, ttft_ms=40.0,
+                 memory_connections=20, baseline_lengths=[2, 20], wire_streams=1),
+    # For the repeatability test (run twice, same verdicts): tiny's load cells only, direct, 3 runs.
+    "repeat": dict(transports=["sse_post", "ws"], concurrency=[10], paths=["direct"], cell_s=3.0, drop_rate=0.0,
+                   max_tokens=6, token_rate=20.0, ttft_ms=40.0, memory_connections=0, baseline_lengths=[],
+                   wire_streams=1),
 }
 
 
@@ -103,6 +112,8 @@ def from_args(args) -> Matrix:
         "prompt_bytes": args.prompt_bytes,
         "drop_rate": args.drop_rate,
         "cell_s": args.duration,
+        "runs": getattr(args, "runs", None),
+        "drop_by": getattr(args, "drop_by", None),
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     matrix = Matrix(**base)
@@ -122,4 +133,6 @@ def from_args(args) -> Matrix:
                          "--ttft-ms and --prompt-bytes zero or more")
     if not matrix.transports:
         raise SystemExit("--transports needs at least one transport")
+    if matrix.runs < 1:
+        raise SystemExit("--runs needs at least 1 (verdicts need 3: with fewer every verdict is a tie)")
     return matrix

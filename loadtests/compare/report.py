@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import plots
-from .rules import CAPABILITIES, NOTICEABLE_MS, SLIP, failures, slip_reasons
+from .rules import CAPABILITIES, NOTICEABLE_MS, OUTCOMES, SLIP, _mean_cell, _pooled, by_cell, slip_reasons
+from .stats import MIN_SAMPLES
 
-__all__ = ["write", "fmt", "Table", "build"]
+__all__ = ["write", "fmt", "ci", "Table", "build"]
 
 
 def fmt(value, digits: int = 1) -> str:
@@ -66,78 +67,121 @@ def _label(cell: dict) -> str:
     return cell["transport"] if cell["path"] == "direct" else f"{cell['transport']}@{cell['path']}"
 
 
+def ci(f: dict | None, digits: int = 1) -> str:
+    """A figure with its 95% interval, as printed: `61.2 [58–64.4]`."""
+    if not f:
+        return "–"
+    if f.get("lo") is None:
+        return fmt(f["value"], digits)
+    return f"{fmt(f['value'], digits)} [{fmt(f['lo'], digits)}–{fmt(f['hi'], digits)}]"
+
+
+def spread(f: dict | None, digits: int = 1) -> str:
+    """The per-run values: the run-to-run spread."""
+    return "–" if not f else " / ".join(fmt(v, digits) for v in f["runs"])
+
+
+METRIC_NAMES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL (inter-token)", "e2e": "E2E latency",
+                "chunk": "inter-chunk"}
+
+
+def first_run(results: dict) -> list[dict]:
+    return [c for c in results["cells"] if c.get("run", 0) == 0]
+
+
 def build(results: dict) -> dict:
     """All tables, keyed by section, from results.json."""
     m = results["matrix"]
     rec = results["recommendations"]
     s = rec["summary"]
+    figs = results.get("figures", {})
+    cells = by_cell(results)
+    runs = m.get("runs", 1)
     t: dict[str, Table] = {}
 
-    t["verdicts"] = Table("Which transport for which need", ["need", "winner", "measured", "rule"], id="verdicts")
+    t["verdicts"] = Table("Which transport for which need", ["need", "verdict", "measured", "rule"], id="verdicts",
+                          note=f"Figures: mean of {runs} runs with its 95% interval (Student's t over the runs) "
+                               f"[low–high]. A winner only when its interval clears the runner-up's and it is "
+                               f"10% better; otherwise a tie naming both. Figures from fewer than {MIN_SAMPLES} "
+                               "samples in a cell are shown but not judged.")
     for r in rec["table"]:
-        t["verdicts"].rows.append([r["need"], r["winner"] or "none", r["why"], r["rule"]])
+        t["verdicts"].rows.append([r["need"], r.get("verdict") or r["winner"] or "none", r["why"], r["rule"]])
 
-    lat = Table("Latency per cell (ms, Locust's percentiles)",
-                ["transport", "path", "concurrent", "streams", "TTFT p50", "TTFT p95", "TTFT p99",
-                 "inter-token p50", "inter-token p95", "inter-token p99", "failed streams"], id="latency")
+    lat = Table("Latency per cell (ms): exact percentiles, vLLM benchmark_serving's definitions",
+                ["transport", "path", "concurrent", "metric", "samples", "p50", "p90", "p95", "p99", "p95 per run"],
+                note=(f"Each figure: mean over {runs} runs [95% interval]; samples: all runs together. TTFT: request "
+                      "start to the first token; TPOT: (E2E - TTFT) / (tokens - 1) per stream; ITL: every gap between "
+                      "tokens; E2E: request start to the last event; inter-chunk: every gap between reads that "
+                      "brought tokens. Per-stream raw data: raw/<cell>-r<run>_streams.jsonl."), id="latency")
     load = Table("Throughput and lateness against concurrency",
-                 ["transport", "path", "concurrent", "tokens/s", "TTFT p50 - model", "inter-token p99 - gap",
+                 ["transport", "path", "concurrent", "tokens/s", "TTFT p50 - model", "ITL p99 - gap",
                   "gateway CPU", "Locust CPU", "verdict"],
                  note=(f"Model: first token after {fmt(m['ttft_ms'])} ms, a token every {fmt(m['itl_ms'])} ms "
-                       f"({fmt(m['token_rate'])} tokens/s per stream). A cell slips when inter-token p99 > "
+                       f"({fmt(m['token_rate'])} tokens/s per stream). A cell slips when ITL p99 > "
                        f"{SLIP['itl_p99_factor']:g} x the gap, TTFT p95 > the model's + {SLIP['ttft_p95_extra_ms']:g}"
-                       f" ms, or failures > {SLIP['failure_share']:.0%} of streams."), id="load")
-    for c in results["cells"]:
+                       f" ms (each by the low end of its 95% interval), or failures > {SLIP['failure_share']:.0%} of streams."), id="load")
+    for cid, cr in cells.items():
+        c = cr[0]
         if c["kind"] != "load":
             continue
-        L = c["locust"]
-        ttft, itl = L.get("ttft", {}), L.get("inter_token", {})
-        f = failures(c)
-        lat.rows.append([c["transport"], c["path"], fmt(c["users"]), fmt(ttft.get("count")), fmt(ttft.get("p50")), fmt(ttft.get("p95")),
-                         fmt(ttft.get("p99")), fmt(itl.get("p50")), fmt(itl.get("p95")), fmt(itl.get("p99")),
-                         fmt(f["failed"])])
-        reasons = slip_reasons(c, m)
-        lg = c["load_generator"]
+        f = figs.get(cid, {})
+        for metric, name in METRIC_NAMES.items():
+            mf = f.get(metric)
+            if not mf:
+                continue
+            lat.rows.append([c["transport"], c["path"], fmt(c["users"]), name,
+                             f"{mf['p50']['samples']} {mf['p50']['of']}",
+                             ci(mf.get("p50")), ci(mf.get("p90")), ci(mf.get("p95")), ci(mf.get("p99")),
+                             spread(mf.get("p95"))])
+        if c["path"] != "direct":
+            continue
+        view = _mean_cell(cr)
+        reasons = slip_reasons(view, m)
         verdict = ("slips: " + "; ".join(reasons)) if reasons else "keeps pace"
-        if lg["saturated"] and reasons:
+        if view["load_generator"]["saturated"] and reasons:
             verdict = "not judged, load generator saturated: " + "; ".join(reasons)
-        g = c["gateway"]
+        ttft, itl = f.get("ttft", {}).get("p50"), f.get("itl", {}).get("p99")
+        g = f.get("gateway", {})
+        gw_peak = [r["gateway"]["cpu_share_peak"] for r in cr if r["gateway"]["cpu_share_peak"] is not None]
         load.rows.append([
-            c["transport"], c["path"], fmt(c["users"]), fmt(g["tokens_per_s"]),
-            fmt(None if ttft.get("p50") is None else ttft["p50"] - m["ttft_ms"]),
-            fmt(None if itl.get("p99") is None else itl["p99"] - m["itl_ms"]),
-            "–" if g["cpu_share_peak"] is None else f"{g['cpu_share_peak']:.0%} peak",
-            f"{lg['cpu_share_peak']:.0%} peak", verdict])
+            c["transport"], c["path"], fmt(c["users"]), ci(g.get("tokens_per_s")),
+            fmt(None if ttft is None else ttft["value"] - m["ttft_ms"]),
+            fmt(None if itl is None else itl["value"] - m["itl_ms"]),
+            f"{max(gw_peak):.0%} peak" if gw_peak else "–",
+            f"{max(r['load_generator']['cpu_share_peak'] for r in cr):.0%} peak", verdict])
     t["latency"], t["load"] = lat, load
 
-    recon = Table("Reconnection: the gateway cuts streams mid-way, the users resume",
-                  ["transport", "streams", "resumes (gateway)", "drops (gateway)", "reconnect p50", "reconnect p95",
-                   "reconnect p99", "gaps", "duplicates", "cut streams", "other failures"],
-                  note=f"{fmt(m['drop_rate'] * 100)}% of streams are cut at a random token (sim.drop_after); "
-                       f"reconnect = from the cut to the next event, in ms (so it includes waiting for the next token, "
-                       f"about {fmt(m['itl_ms'])} ms).", id="reconnect")
-    for c in results["cells"]:
+    by = "the users close their own sockets" if m.get("drop_by", "server") == "client" else "the gateway cuts them"
+    recon = Table("Reconnection: streams cut mid-way, the users resume",
+                  ["transport", "streams", "resumes (gateway)", "resume stall p50", "resume stall p95",
+                   "resume stall p99", "p95 per run", "gaps", "duplicates", "cut streams", "other failures",
+                   "wasted tokens"],
+                  note=f"{fmt(m['drop_rate'] * 100)}% of streams are cut at a random token ({by}). Resume stall = "
+                       "from the last token before the cut to the next new token, in ms, as a user sees it: the "
+                       "client's own wait is in it (EventSource: the server's retry; fetch and WebSocket: the "
+                       "page's backoff). Wasted tokens: generated after a stream's last reader left, for nobody "
+                       "(gateway_wasted_tokens_total).", id="reconnect")
+    for cid, cr in cells.items():
+        c = cr[0]
         if c["kind"] != "reconnect":
             continue
-        r = c["locust"].get("reconnect", {})
-        f = failures(c)
-        recon.rows.append([c["transport"], fmt(f["streams"]),
-                           fmt(c["gateway"]["resumes"]), fmt(c["gateway"]["drops"]), fmt(r.get("p50")),
-                           fmt(r.get("p95")), fmt(r.get("p99")), fmt(f["gaps"]), fmt(f["duplicates"]),
-                           fmt(f["cut"]), fmt(f["other"])])
+        f = _pooled(cr)
+        rf = figs.get(cid, {}).get("resume", {})
+        recon.rows.append([c["transport"], fmt(f["streams"]), fmt(sum(r["gateway"]["resumes"] for r in cr)),
+                           ci(rf.get("p50")), ci(rf.get("p95")), ci(rf.get("p99")), spread(rf.get("p95")),
+                           fmt(f["gaps"]), fmt(f["duplicates"]), fmt(f["cut"]), fmt(f["other"]),
+                           fmt(sum(r["gateway"].get("wasted_tokens", 0) for r in cr))])
     t["reconnect"] = recon
 
     proxy = Table("Proxy effect: the same load through each path",
-                  ["transport", "path", "concurrent", "streams", "TTFT p50", "inter-token p50", "buffered", "why"],
-                  note="Buffered: the first token came later than direct by over max(50 ms, 50%), or tokens came "
-                       "bunched (inter-token p50 under half the gap sent), or none arrived.", id="proxies")
+                  ["transport", "path", "concurrent", "outcome", "why", "fix"],
+                  note="Outcomes, worst first: " + " < ".join(OUTCOMES) + ". The fix: the lines the lab's tuned "
+                       "config has and this path's lacks.", id="proxies")
     for tr, summ in s.items():
         for path, p in summ["proxy_paths"].items():
             cell = next(c for c in results["cells"] if c["transport"] == tr and c["path"] == path)
-            proxy.rows.append([tr, path, fmt(cell["users"]), fmt((cell["locust"].get("ttft") or {}).get("count")),
-                               fmt(p["ttft_p50"]),
-                               fmt((cell["locust"].get("inter_token") or {}).get("p50")),
-                               fmt(p["buffered"]), "; ".join(p["reasons"]) or "spaced as sent"])
+            proxy.rows.append([tr, path, fmt(cell["users"]), p["outcome"], "; ".join(p["reasons"]) or "spaced as sent",
+                               p.get("fix") or "–"])
     t["proxies"] = proxy
 
     wire = {w["transport"]: w for w in results.get("wire", [])}
@@ -146,14 +190,15 @@ def build(results: dict) -> dict:
                  ["transport", "gateway CPU per token (us)", "memory per open connection (KiB)",
                   "bytes on the wire per token", "body bytes per event", "token text bytes per token"],
                  note=(f"CPU: gateway user+system time (/proc/<pid>/stat) over the load cell at {max(m['concurrency'])} "
-                       "streams, divided by the tokens it delivered (gateway /metrics). Memory: gateway RSS with "
+                       f"streams, divided by the tokens it delivered (gateway /metrics); mean of {runs} runs "
+                       "[95% interval]. Memory: gateway RSS with "
                        f"{m['memory_connections']} open streams minus before (after three warm-up streams), on a fresh "
                        "gateway per transport, by the benchmark's load client (loadtests/bench/load.py). "
                        f"Wire: every byte the gateway sent for {m['wire_streams']} whole {m['max_tokens']}-token "
                        "streams (headers, chunked or WebSocket framing), counted by a relay, per token."), id="cost")
     for tr in m["transports"]:
         w, x = wire.get(tr, {}), mem.get(tr, {})
-        cost.rows.append([tr, fmt(s[tr]["cpu_us_per_token"]),
+        cost.rows.append([tr, ci(s[tr]["cpu_us_per_token"]),
                           fmt(None if x.get("bytes_per_connection") is None else x["bytes_per_connection"] / 1024),
                           fmt(w.get("wire_bytes_per_token")), fmt(w.get("body_bytes_per_event")),
                           fmt(w.get("payload_bytes_per_token"))])
@@ -182,7 +227,8 @@ def build(results: dict) -> dict:
 
 def _warnings(results: dict) -> list[str]:
     out = list(results.get("notes", []))
-    out += [f"Cell {_label(c)} x{c['users']}: {c['problem']}." for c in results["cells"] if c.get("problem")]
+    out += [f"Cell {_label(c)} x{c['users']} (run {c.get('run', 0) + 1}): {c['problem']}."
+            for c in results["cells"] if c.get("problem")]
     sat = [c for c in results["cells"] if c["load_generator"]["saturated"]]
     for c in sat:
         lg = c["load_generator"]
@@ -192,7 +238,8 @@ def _warnings(results: dict) -> list[str]:
             why = f"the users' event loop ran late (p99 {fmt(lg.get('event_loop_lag_p99_ms'))} ms)"
         else:
             why = f"Locust used {lg['cpu_share_peak']:.0%} of a core"
-        out.append(f"Load generator saturated in {_label(c)} x{c['users']}: {why}; its latency figures there "
+        out.append(f"Load generator saturated in {_label(c)} x{c['users']} (run {c.get('run', 0) + 1}): {why}; "
+                   "its latency figures there "
                    "include Locust's own queueing, not only the gateway's.")
     cores = results["conditions"]["machine"]["cores"]
     load = results["conditions"]["machine"]["loadavg_start"][0]
@@ -228,14 +275,15 @@ def _plots(results: dict) -> dict[str, str]:
     m = results["matrix"]
     s = results["recommendations"]["summary"]
     out = {}
-    direct = [c for c in results["cells"] if c["kind"] == "load" and c["path"] == "direct"]
+    one = first_run(results)  # the plots draw the first run's Locust histograms
+    direct = [c for c in one if c["kind"] == "load" and c["path"] == "direct"]
     if direct:
         low = min(c["users"] for c in direct)
         series = {c["transport"]: {k: (c["locust"].get(k) or {}).get("histogram") for k in ("ttft", "inter_token")}
                   for c in direct if c["users"] == low}
         out["cdf"] = plots.latency_cdf(series, m["itl_ms"], m["ttft_ms"])
-        out["cdf_caption"] = f"At {low} concurrent streams, direct. Dashed: what the model sends."
-    loads = [c for c in results["cells"] if c["kind"] == "load" and c["path"] == "direct"]
+        out["cdf_caption"] = f"At {low} concurrent streams, direct, first run. Dashed: what the model sends."
+    loads = direct
     if loads:
         rows = [{"label": _label(c), "users": c["users"], "tokens_per_s": c["gateway"]["tokens_per_s"],
                  "ttft_p95": (c["locust"].get("ttft") or {}).get("p95"),
@@ -248,29 +296,39 @@ def _plots(results: dict) -> dict[str, str]:
         out["baseline"] = plots.baseline(results["baseline"], NOTICEABLE_MS)
     wire = {w["transport"]: w for w in results.get("wire", [])}
     mem = {x["transport"]: x["bytes_per_connection"] for x in results.get("memory", [])}
-    out["cost"] = plots.cost(m["transports"], {t: s[t]["cpu_us_per_token"] for t in m["transports"]}, mem,
+    out["cost"] = plots.cost(m["transports"], {t: (s[t]["cpu_us_per_token"] or {}).get("value")
+                                              for t in m["transports"]}, mem,
                              {t: w["wire_bytes_per_token"] for t, w in wire.items()},
                              {t: w["payload_bytes_per_token"] for t, w in wire.items()})
-    rec = {c["transport"]: c["locust"].get("reconnect") or {} for c in results["cells"] if c["kind"] == "reconnect"}
+    rec = {c["transport"]: c["locust"].get("reconnect") or {} for c in one if c["kind"] == "reconnect"}
     if any(r.get("p50") is not None for r in rec.values()):
         out["reconnect"] = plots.reconnect(rec)
     return out
 
 
 def write_csv(path: Path, results: dict) -> None:
-    """results.csv: one row per cell and metric, the figures the report prints."""
+    """results.csv: one row per cell, run and metric: the exact figures each run gave."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["cell", "kind", "transport", "path", "users", "metric", "count", "failures", "p50", "p95",
-                    "p99", "mean", "max", "gateway_tokens", "gateway_tokens_per_s", "gateway_cpu_us_per_token",
+        w.writerow(["cell", "run", "kind", "transport", "path", "users", "metric", "samples", "of", "p50", "p90",
+                    "p95", "p99", "mean", "gateway_tokens", "gateway_tokens_per_s", "gateway_cpu_us_per_token",
                     "locust_cpu_peak", "load_generator_saturated"])
         for c in results["cells"]:
-            for metric, v in sorted(c["locust"].items()):
-                g = c["gateway"]
-                w.writerow([c["cell"], c["kind"], c["transport"], c["path"], c["users"], metric, v["count"],
-                            v["failures"], v["p50"], v["p95"], v["p99"], v["mean"], v["max"], g["tokens"],
+            g = c["gateway"]
+            for metric, v in (c.get("exact") or {}).items():
+                w.writerow([c["cell"], c.get("run", 0), c["kind"], c["transport"], c["path"], c["users"], metric,
+                            v["count"], v["of"], v["p50"], v["p90"], v["p95"], v["p99"], v["mean"], g["tokens"],
                             g["tokens_per_s"], g["cpu_us_per_token"], c["load_generator"]["cpu_share_peak"],
                             c["load_generator"]["saturated"]])
+
+
+def _network_tables(results: dict) -> list[Table]:
+    """The rows of a networks run (python -m loadtests networks, or compare --networks), if any."""
+    if not results.get("networks"):
+        return []
+    from ..networks import tables
+
+    return tables(results["networks"])
 
 
 def _markdown(results: dict, tables: dict[str, Table], warnings: list[str]) -> str:
@@ -284,7 +342,9 @@ def _markdown(results: dict, tables: dict[str, Table], warnings: list[str]) -> s
               tables["latency"].markdown(), tables["load"].markdown(), tables["reconnect"].markdown()]
     parts.append(tables["proxies"].markdown() if tables["proxies"].rows
                  else "### Proxy effect\n\nNo proxy path ran (see the warnings).\n")
-    parts += [tables["cost"].markdown(), tables["capabilities"].markdown(), _conditions(results).markdown()]
+    parts += [tables["cost"].markdown(), tables["capabilities"].markdown()]
+    parts += [t.markdown() for t in _network_tables(results)]
+    parts.append(_conditions(results).markdown())
     return "\n".join(parts)
 
 
@@ -333,11 +393,13 @@ def _fig(svg: str | None, caption: str = "", narrow: bool = False) -> str:
 def _verdict_html(table: Table) -> str:
     rows = []
     for need, winner, why, rule in table.rows:
-        badge = (f'<span class="badge t-{html.escape(winner)}">{html.escape(winner)}</span>' if winner != "none"
-                 else '<span class="none">none</span>')
+        plain = winner.startswith(("tie", "not measured")) or winner == "none"
+        badge = (f'<span class="none">{html.escape(winner)}</span>' if plain
+                 else f'<span class="badge t-{html.escape(winner)}">{html.escape(winner)}</span>')
         rows.append(f"<tr><td><b>{html.escape(need)}</b></td><td>{badge}</td><td>{html.escape(why)}</td>"
                     f'<td class="rule">{html.escape(rule)}</td></tr>')
-    return ('<div class="scroll"><table><thead><tr><th>need</th><th>winner</th><th>measured</th><th>rule</th>'
+    note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
+    return (f'{note}<div class="scroll"><table><thead><tr><th>need</th><th>verdict</th><th>measured</th><th>rule</th>'
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
@@ -349,12 +411,21 @@ def _classes(table: Table, col: str, good: str) -> list[list[str]]:
             for row in table.rows]
 
 
+def _networks_html(results: dict) -> str:
+    extra = _network_tables(results)
+    if not extra:
+        return ""
+    return ('<h2 id="networks">Networks and hard paths</h2><p class="note">From lab/links.py profiles and the '
+            "lab's strict, HTTP/2 and TLS paths (docs/networks.md).</p>"
+            + "".join(f'<div class="card">{t.html()}</div>' for t in extra))
+
+
 def _html(results: dict, tables: dict[str, Table], figs: dict[str, str], warnings: list[str]) -> str:
     c = results["conditions"]
     bv = results["recommendations"]["baseline"]
     warn = ("<div class='card warn'><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
             + "</ul></div>") if warnings else ""
-    proxies = (tables["proxies"].html(_classes(tables["proxies"], "buffered", "no")) if tables["proxies"].rows
+    proxies = (tables["proxies"].html(_classes(tables["proxies"], "outcome", "clean")) if tables["proxies"].rows
                else "<p class='note'>No proxy path ran (see the warnings).</p>")
     nav = "".join(f'<a href="#{a}">{b}</a>' for a, b in (
         ("verdicts", "Verdicts"), ("baseline", "When not to stream"), ("latency", "Latency"), ("load", "Concurrency"),
@@ -389,6 +460,7 @@ traffic (flags) and the verdicts follow the numbers.</p>
 {_fig(figs.get('cost'))}
 <div class="card">{tables['cost'].html()}</div>
 <div class="card">{tables['capabilities'].html()}</div>
+{_networks_html(results)}
 <h2>Conditions</h2>
 <div class="card">{_conditions(results).html()}</div>
 </main>"""

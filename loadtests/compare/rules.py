@@ -8,10 +8,14 @@ printed in the report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+from .loadgen import EXACT, QUANTILES
+from .stats import MIN_RUNS, MIN_SAMPLES, Decision, Figure, decide, figure
+
 __all__ = ["CAPABILITIES", "SLIP", "recommend", "summarize", "slip_reasons", "baseline_verdict",
-           "NOTICEABLE_MS", "TIE"]
+           "NOTICEABLE_MS", "TIE", "figures", "cell_figures", "by_cell", "OUTCOMES", "proxy_outcome", "fix_for"]
 
 CAPABILITIES = {
     "sse_post": {"browser_api": "fetch + ReadableStream", "browser_resumes": False, "talks_back": False},
@@ -66,199 +70,316 @@ def slip_reasons(cell: dict, matrix: dict) -> list[str]:
     return reasons
 
 
+def by_cell(results: dict) -> dict[str, list[dict]]:
+    """Each cell's runs, in matrix order."""
+    out: dict[str, list[dict]] = {}
+    for c in results["cells"]:
+        out.setdefault(c["cell"], []).append(c)
+    return out
+
+
+def cell_figures(runs: list[dict]) -> dict[str, dict[str, Figure]]:
+    """A cell's figures over its runs: exact percentiles of each metric, and the gateway's cost."""
+    out: dict[str, dict[str, Figure]] = {}
+    for metric, (_, of) in EXACT.items():
+        samples = sum((r.get("exact") or {}).get(metric, {}).get("count", 0) for r in runs)
+        figs = {}
+        for q in (*QUANTILES, "mean"):
+            key = f"p{q}" if q != "mean" else "mean"
+            f = figure([((r.get("exact") or {}).get(metric) or {}).get(key) for r in runs], samples, of)
+            if f is not None:
+                figs[key] = f
+        if figs:
+            out[metric] = figs
+    tokens = sum(r["gateway"]["tokens"] for r in runs)
+    gw = {"cpu_us_per_token": figure([r["gateway"]["cpu_us_per_token"] for r in runs], tokens, "tokens"),
+          "tokens_per_s": figure([r["gateway"]["tokens_per_s"] for r in runs], tokens, "tokens")}
+    out["gateway"] = {k: f for k, f in gw.items() if f is not None}
+    return out
+
+
+def figures(results: dict) -> dict[str, dict]:
+    """results.json's `figures`: every cell's figures over its runs, as plain data."""
+    return {cid: {m: {k: f.as_dict() for k, f in figs.items()} for m, figs in cell_figures(runs).items()}
+            for cid, runs in by_cell(results).items()}
+
+
+def _pooled(runs: list[dict]) -> dict:
+    """Counts over a cell's runs (failures as the Locust rows say, streams as the users recorded)."""
+    f = {k: 0 for k in ("streams", "failed", "gaps", "duplicates", "cut", "other")}
+    for r in runs:
+        for k, v in failures(r).items():
+            f[k] += v
+    f["recorded"] = sum(r.get("streams", {}).get("recorded", 0) for r in runs)
+    f["refused"] = sum(r.get("streams", {}).get("refused", 0) for r in runs)
+    return f
+
+
+def _low(f: Figure) -> float:
+    """The low end of a figure's 95% interval (its value with one run)."""
+    return f.value if math.isinf(f.lo) else f.lo
+
+
+def _mean_cell(runs: list[dict]) -> dict:
+    """A cell-shaped view of its runs, for the slip rule: a cell slips only when the low end of the 95%
+    interval passes the limit, so that one noisy run on a shared machine does not make a slip."""
+    figs = cell_figures(runs)
+    first = runs[0]
+    locust = {"ttft": {"count": sum(((r["locust"].get("ttft") or {}).get("count") or 0) for r in runs)}}
+    if "ttft" in figs:
+        locust["ttft"]["p95"] = round(_low(figs["ttft"]["p95"]), 1)
+    if "itl" in figs:
+        locust["inter_token"] = {"p99": round(_low(figs["itl"]["p99"]), 1)}
+    f = _pooled(runs)
+    locust["stream"] = {"count": f["streams"], "failures": f["failed"]}
+    return {**first, "locust": locust, "errors": [e for r in runs for e in r.get("errors", [])],
+            "load_generator": {**first["load_generator"],
+                               "saturated": any(r["load_generator"]["saturated"] for r in runs)}}
+
+
 def summarize(results: dict) -> dict[str, dict]:
-    """Per transport: the figures the rules use."""
+    """Per transport: the figures the rules use (Figures over runs, and pooled counts)."""
     matrix = results["matrix"]
+    cells = by_cell(results)
     out: dict[str, dict] = {}
-    wire = {w["transport"]: w for w in results.get("wire", [])}
-    memory = {m["transport"]: m for m in results.get("memory", [])}
     for t in matrix["transports"]:
-        load = sorted((c for c in results["cells"] if c["transport"] == t and c["kind"] == "load"
-                       and c["path"] == "direct"), key=lambda c: c["users"])
-        # Held: the most streams that kept pace. A slip below that level is noise (a machine that kept
-        # pace with more streams can with fewer), so it does not lower the figure.
-        # A slip where the load generator itself was saturated proves nothing about the transport.
-        kept = [c for c in load if not slip_reasons(c, matrix)]
+        load = sorted((runs for runs in cells.values() if runs[0]["transport"] == t
+                       and runs[0]["kind"] == "load" and runs[0]["path"] == "direct"), key=lambda r: r[0]["users"])
+        views = [_mean_cell(runs) for runs in load]
+        kept = [v for v in views if not slip_reasons(v, matrix)]
         held = kept[-1] if kept else None
-        inconclusive = [c["users"] for c in load if slip_reasons(c, matrix) and _saturated(c)]
-        above = [c for c in load if c["users"] > (held["users"] if held else 0) and slip_reasons(c, matrix)
-                 and not _saturated(c)]
-        slipped_at = above[0]["users"] if above else None
-        why = slip_reasons(above[0], matrix) if above else []
-        low = load[0] if load else None
-        rec = next((c for c in results["cells"] if c["transport"] == t and c["kind"] == "reconnect"), None)
-        proxied = [c for c in results["cells"] if c["transport"] == t and c["path"] != "direct"]
+        inconclusive = [v["users"] for v in views if slip_reasons(v, matrix) and _saturated(v)]
+        above = [v for v in views if v["users"] > (held["users"] if held else 0) and slip_reasons(v, matrix)
+                 and not _saturated(v)]
+        rec = next((runs for runs in cells.values() if runs[0]["transport"] == t and runs[0]["kind"] == "reconnect"),
+                   None)
+        proxied = [runs for runs in cells.values() if runs[0]["transport"] == t and runs[0]["path"] != "direct"]
+        low = cell_figures(load[0]) if load else {}
+        top = cell_figures(load[-1]) if load else {}
+        rec_figs = cell_figures(rec) if rec else {}
         out[t] = {
-            "ttft_p95_low": _fig(low, "ttft", "p95") if low else None,
-            "itl_p99_low": _fig(low, "inter_token", "p99") if low else None,
-            "low_users": low["users"] if low else None,
+            "ttft_p95_low": low.get("ttft", {}).get("p95"),
+            "itl_p99_low": low.get("itl", {}).get("p99"),
+            "low_users": load[0][0]["users"] if load else None,
             "held_users": held["users"] if held else 0,
-            "slipped_at": slipped_at,
-            "slip_reasons": why,
+            "slipped_at": above[0]["users"] if above else None,
+            "slip_reasons": slip_reasons(above[0], matrix) if above else [],
             # Per token at the highest concurrency, the same level for every transport (fixed costs such
             # as the shared sweep and /metrics scrapes weigh more at low load).
-            "cpu_us_per_token": load[-1]["gateway"]["cpu_us_per_token"] if load else None,
-            "cpu_users": load[-1]["users"] if load else None,
-            "reconnect_p95": _fig(rec, "reconnect", "p95") if rec and not _saturated(rec) else None,
-            "reconnect_saturated": bool(rec and _saturated(rec)),
-            "reconnects": _fig(rec, "reconnect", "count") or 0 if rec else 0,
+            "cpu_us_per_token": top.get("gateway", {}).get("cpu_us_per_token"),
+            "cpu_users": load[-1][0]["users"] if load else None,
+            "resume_p95": rec_figs.get("resume", {}).get("p95"),
+            "reconnect_saturated": bool(rec and any(_saturated(r) for r in rec)),
+            "reconnect_failures": _pooled(rec) if rec else None,
+            "resumes": sum(r["gateway"]["resumes"] for r in rec) if rec else None,
+            "wasted_tokens": sum(r["gateway"].get("wasted_tokens", 0) for r in rec) if rec else None,
             "inconclusive_users": inconclusive,
-            "reconnect_failures": failures(rec) if rec else None,
-            "resumed": rec["gateway"]["resumes"] if rec else None,
-            "wire_bytes_per_token": (wire.get(t) or {}).get("wire_bytes_per_token"),
-            "bytes_per_connection": (memory.get(t) or {}).get("bytes_per_connection"),
-            "proxy_paths": {c["path"]: _proxy_ok(c, load, matrix) for c in proxied},
-            "saturated": any(c["load_generator"]["saturated"] for c in load),
+            "proxy_paths": {runs[0]["path"]: proxy_outcome(runs, next(
+                (x for x in load if x[0]["users"] == runs[0]["users"]), None), matrix) for runs in proxied},
+            "saturated": any(_saturated(v) for v in views),
         }
     return out
 
 
-def _proxy_ok(cell: dict, direct: list[dict], matrix: dict) -> dict:
-    """Through a proxy, a stream is buffered when its first token comes late or its tokens come bunched."""
-    same = next((c for c in direct if c["users"] == cell["users"]), None)
-    ttft, base = _fig(cell, "ttft", "p50"), _fig(same, "ttft", "p50") if same else None
-    itl50 = _fig(cell, "inter_token", "p50")
+# Proxy outcomes, worst first. "not measured" is not an outcome: nothing ran.
+OUTCOMES = ("refused", "held until the end", "delayed", "clean")
+
+
+def proxy_outcome(runs: list[dict], direct: list[dict] | None, matrix: dict) -> dict:
+    """What the proxy did to this transport's streams, with the evidence and the fix."""
+    f = _pooled(runs)
+    figs = cell_figures(runs)
+    base = cell_figures(direct) if direct else {}
+    path, transport = runs[0]["path"], runs[0]["transport"]
+    ttft, e2e = figs.get("ttft", {}).get("p50"), figs.get("e2e", {}).get("p50")
+    itl = figs.get("itl", {}).get("p50")
+    ttft0 = base.get("ttft", {}).get("p50")
     reasons = []
-    if ttft is None:
-        f = failures(cell)
-        top = max(cell.get("errors", []), key=lambda e: e.get("occurrences", 0), default=None)
-        message = str(top["error"]) if top else ""
-        message = message.split("('", 1)[-1].rstrip("')") if "('" in message else message
-        if f["streams"]:
-            reasons.append(f"no token arrived ({f['failed']} of {f['streams']} streams failed"
-                           + (f": {message}" if message else "") + ")")
-        else:
-            reasons.append(f"no token arrived and no stream ended within the {cell['duration_s']:g} s cell")
-    elif base is not None and ttft > base + max(50.0, 0.5 * base):
-        reasons.append(f"TTFT p50 {ttft:g} ms vs {base:g} ms direct")
-    if itl50 is not None and itl50 < 0.5 * matrix["itl_ms"]:
-        reasons.append(f"inter-token p50 {itl50:g} ms < half the {matrix['itl_ms']:g} ms sent: bunched")
-    return {"buffered": bool(reasons), "reasons": reasons, "ttft_p50": ttft}
+    if f["recorded"] == 0 and f["streams"] == 0:
+        outcome = "not measured"
+        reasons.append(f"no stream ended within the {runs[0]['duration_s']:g} s cell")
+    elif f["refused"] and f["refused"] >= 0.01 * max(1, f["recorded"]):
+        outcome = "refused"
+        why = next((m for r in runs for m in r.get("streams", {}).get("failures", []) if m.startswith("refused")), "")
+        reasons.append(f"{f['refused']} of {f['recorded']} streams refused ({why.removeprefix('refused: ')})")
+    elif ttft is None:
+        outcome = "refused"
+        reasons.append(f"no token arrived ({f['failed']} of {f['streams']} streams failed)")
+    elif e2e is not None and ttft.value >= 0.8 * e2e.value and matrix["max_tokens"] > 2:
+        outcome = "held until the end"
+        reasons.append(f"first token at {ttft.value:.0f} ms of a {e2e.value:.0f} ms stream (p50): "
+                       "the answer came in one piece")
+    else:
+        outcome = "clean"
+        if ttft0 is not None and ttft.value > ttft0.value + max(50.0, 0.5 * ttft0.value):
+            outcome = "delayed"
+            reasons.append(f"TTFT p50 {ttft.value:.0f} ms vs {ttft0.value:.0f} ms direct")
+        if itl is not None and itl.value < 0.5 * matrix["itl_ms"]:
+            outcome = "delayed"
+            reasons.append(f"inter-token p50 {itl.value:.1f} ms < half the {matrix['itl_ms']:g} ms sent: bunched")
+    return {"outcome": outcome, "reasons": reasons, "ttft_p50": ttft.value if ttft else None,
+            "fix": fix_for(path, transport, outcome), "buffered": outcome not in ("clean", "not measured")}
 
 
-def _best(cands: dict[str, float], lower: bool = True) -> tuple[str, list[str]]:
-    """The best transport, and all those within TIE of it."""
-    order = sorted(cands, key=lambda t: cands[t] if lower else -cands[t])
-    best = order[0]
-    ties = [t for t in order if abs(cands[t] - cands[best]) <= TIE * max(abs(cands[best]), 1e-9)]
-    return best, ties
+def fix_for(path: str, transport: str, outcome: str) -> str:
+    """The config lines that fix it, taken from the lab's tuned config (those the path's own lacks)."""
+    if outcome in ("clean", "not measured"):
+        return ""
+    try:
+        from .. import lab as lab_mod
+    except Exception:  # the lab is part of this checkout; without it there is no fix to quote
+        return ""
+    known = {p.name: p for p in lab_mod.PROXIES}
+    proxy = known.get(path)
+    if proxy is None or proxy.tool not in ("nginx", "haproxy"):
+        return ""
+    tuned = lab_mod.LAB_DIR / ("nginx/tuned.conf" if proxy.tool == "nginx" else "haproxy/tuned.cfg")
+
+    def lines(p) -> list[str]:
+        try:
+            text = p.read_text()
+        except OSError:
+            return []
+        return [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
+
+    own = set(lines(lab_mod.LAB_DIR / proxy.config))
+    missing = [ln for ln in lines(tuned) if ln not in own and ln not in ("{", "}")]
+    wanted = {"refused": ("Upgrade", "Connection", "http_version", "map ", "default upgrade", "close;"),
+              "held until the end": ("buffering", "http_version", "gzip", "http-no-delay", "cache"),
+              "delayed": ("buffering", "http_version", "gzip", "http-no-delay", "cache")}[outcome]
+    chosen = [ln for ln in missing if any(w in ln for w in wanted)]
+    if outcome != "refused" and proxy.tool == "nginx" and transport != "ws":
+        chosen.append("(or from the app: X-Accel-Buffering: no, GATEWAY_X_ACCEL_BUFFERING=true)")
+    where = f"lab/{tuned.relative_to(lab_mod.LAB_DIR)}"
+    return f"{where}: " + " ".join(chosen) if chosen else ""
 
 
-def _fmt(cands: dict, unit: str) -> str:
-    return ", ".join(f"{t} {v:g}{unit}" for t, v in sorted(cands.items(), key=lambda kv: kv[1]))
+def _ci(f: Figure | None, unit: str = " ms") -> str:
+    if f is None:
+        return "–"
+    if f.lo == float("-inf"):
+        return f"{f.value:.1f}{unit} (1 run)"
+    return f"{f.value:.1f}{unit} [{f.lo:.1f}–{f.hi:.1f}]"
 
 
-def _clean(s: dict) -> bool:
-    """Resumed cleanly: the reconnection cell ran, streams resumed, and nothing was lost or repeated
-    (correctness: it holds even where the load generator was too busy to time the resumes)."""
-    f = s["reconnect_failures"]
-    return f is not None and s["reconnects"] > 0 and f["gaps"] == 0 and f["duplicates"] == 0 and f["cut"] == 0 and f["other"] == 0
+def _evidence(cands: dict[str, Figure | None], unit: str = " ms") -> str:
+    fs = {t: f for t, f in cands.items() if f is not None}
+    if not fs:
+        return ""
+    any_f = next(iter(fs.values()))
+    parts = [f"{t} {_ci(f, unit)}" for t, f in sorted(fs.items(), key=lambda kv: kv[1].value)]
+    n = ", ".join(f"{t} {f.samples}" for t, f in fs.items())
+    runs = {len(f.runs) for f in fs.values()}
+    runs_text = (f"{runs.pop()} runs" if len(runs) == 1
+                 else "runs: " + ", ".join(f"{t} {len(f.runs)}" for t, f in fs.items()))
+    return f"{', '.join(parts)} (mean of the runs, 95% t interval; {runs_text}; {any_f.of}: {n})"
 
 
-def _browser(s: dict[str, dict]) -> tuple[str | None, str]:
-    cands = {t: v["ttft_p95_low"] for t, v in s.items() if v["ttft_p95_low"] is not None}
-    if not cands:
-        return None, "no load cell delivered tokens"
-    best, ties = _best(cands)
-    resumes = [t for t in ties if CAPABILITIES[t]["browser_resumes"]]
-    winner = resumes[0] if resumes and resumes[0] != best else best
-    why = f"TTFT p95: {_fmt(cands, ' ms')}"
-    if winner != best:
-        why += f"; {winner} is within {TIE:.0%} of {best} and the browser resumes it by itself"
-    return winner, why
+def _verdict(dec: Decision, evidence: str, nothing: str) -> tuple[str | None, str, str]:
+    if not dec.order:
+        if dec.unjudged:
+            return None, "not measured", (f"{', '.join(dec.unjudged)} not judged: fewer than {MIN_SAMPLES} samples "
+                                          f"or {MIN_RUNS} runs; " + evidence)
+        return None, "not measured", nothing
+    why = evidence
+    if dec.unjudged:
+        why += f"; {', '.join(dec.unjudged)} not judged: fewer than {MIN_SAMPLES} samples or {MIN_RUNS} runs"
+    return dec.winner, dec.label, why
 
 
-def _bidirectional(s: dict[str, dict]) -> tuple[str | None, str]:
-    cands = {t: v["itl_p99_low"] for t, v in s.items() if CAPABILITIES[t]["talks_back"]
-             and v["itl_p99_low"] is not None}
-    if not cands:
-        return None, "no measured transport has a client-to-server channel (add ws to --transports)"
-    best, _ = _best(cands)
-    others = [t for t in s if t not in cands]
-    return best, (f"inter-token p99: {_fmt(cands, ' ms')}; "
-                  + (f"{', '.join(others)} cannot talk back on the stream's connection" if others else ""))
+def _browser(s: dict[str, dict]):
+    cands = {t: v["ttft_p95_low"] for t, v in s.items()}
+    return _verdict(decide(cands), "TTFT p95: " + _evidence(cands), "no load cell delivered tokens")
 
 
-def _proxies(s: dict[str, dict]) -> tuple[str | None, str]:
-    measured = {t: v["proxy_paths"] for t, v in s.items() if v["proxy_paths"]}
+def _bidirectional(s: dict[str, dict]):
+    able = [t for t in s if CAPABILITIES[t]["talks_back"]]
+    others = [t for t in s if t not in able]
+    if not able:
+        return None, "not measured", "no measured transport has a client-to-server channel (add ws to --transports)"
+    cands = {t: s[t]["itl_p99_low"] for t in able}
+    winner, label, why = _verdict(decide(cands), "inter-token p99: " + _evidence(cands), "ws delivered no tokens")
+    if others:
+        why += f"; {', '.join(others)} cannot talk back on the stream's connection"
+    return winner, label, why
+
+
+def _proxies(s: dict[str, dict]):
+    measured = {t: {p: o for p, o in v["proxy_paths"].items() if o["outcome"] != "not measured"}
+                for t, v in s.items()}
+    measured = {t: paths for t, paths in measured.items() if paths}
     if not measured:
-        return None, "not measured: no proxy path ran (see the notes)"
-    share = {t: sum(not p["buffered"] for p in paths.values()) / len(paths) for t, paths in measured.items()}
-    top = max(share.values())
-    if top == 0:
-        return None, ("no transport arrived unbuffered through any measured path: "
-                      + ", ".join(sorted({p for paths in measured.values() for p in paths})))
-    tied = {t: s[t]["ttft_p95_low"] or 0.0 for t, v in share.items() if v == top}
-    best, _ = _best(tied)
-    return best, "unbuffered paths: " + ", ".join(f"{t} {share[t]:.0%}" for t in sorted(share, key=lambda t: -share[t]))
+        return None, "not measured", "no proxy path ran (see the notes)"
+    rank = {t: sorted(OUTCOMES.index(o["outcome"]) for o in paths.values()) for t, paths in measured.items()}
+    best = max(rank.values())
+    top = sorted(t for t, r in rank.items() if r == best)
+    findings = "; ".join(f"{t} via {p}: {o['outcome']}" for t, paths in sorted(measured.items())
+                         for p, o in sorted(paths.items()) if o["outcome"] != "clean") or "every stream arrived clean"
+    why = f"worst outcome per transport first ({' < '.join(OUTCOMES)}): {findings}"
+    if len(top) > 1:
+        return None, "tie: " + ", ".join(top), why
+    return top[0], top[0], why
 
 
-def _resume(s: dict[str, dict]) -> tuple[str | None, str]:
-    clean = {t: v["reconnect_p95"] for t, v in s.items() if _clean(v) and v["reconnect_p95"] is not None}
-    if not clean and any(_clean(v) for v in s.values()):
-        return None, "resumed cleanly, but no reconnection cell could be timed" + unsure_note
-    dirty = [t for t, v in s.items() if v["reconnect_failures"] is not None and not _clean(v)
-             and not v["reconnect_saturated"]]
-    unsure = [t for t, v in s.items() if v["reconnect_saturated"]]
-    unsure_note = (f"; {', '.join(unsure)} not judged: the load generator was saturated in its reconnection cell"
-                   if unsure else "")
-    if not clean:
-        return None, ("no transport resumed cleanly" + (f" ({', '.join(dirty)} had gaps, duplicates or cuts)"
-                                                         if dirty else "") + unsure_note)
-    best, ties = _best(clean)
-    auto = [t for t in ties if CAPABILITIES[t]["browser_resumes"]]
-    winner = auto[0] if auto else best
-    why = f"reconnect p95: {_fmt(clean, ' ms')}"
-    if winner != best:
-        why += f"; {winner} is within {TIE:.0%} and the browser resumes it by itself"
+def _clean(v: dict) -> bool:
+    f = v["reconnect_failures"]
+    return (f is not None and v["resume_p95"] is not None and f["gaps"] == 0 and f["duplicates"] == 0
+            and f["cut"] == 0 and f["other"] == 0)
+
+
+def _resume(s: dict[str, dict], drop_rate: float):
+    if drop_rate <= 0:
+        return None, "not measured", "--drop-rate 0: no stream was cut, so nothing resumed"
+    dirty = [t for t, v in s.items() if v["reconnect_failures"] is not None and not _clean(v)]
+    cands = {t: v["resume_p95"] for t, v in s.items() if _clean(v)}
+    winner, label, why = _verdict(decide(cands), "resume stall p95 (last token before the cut to the next "
+                                  "new one): " + _evidence(cands), "no transport resumed cleanly")
     if dirty:
         why += f"; {', '.join(dirty)} left gaps, duplicates or cut streams"
-    return winner, why + unsure_note
+    return winner, label, why
 
 
-def _mobile(s: dict[str, dict]) -> tuple[str | None, str]:
-    cands = {t: v["wire_bytes_per_token"] for t, v in s.items() if _clean(v) and v["wire_bytes_per_token"]}
-    if not cands:
-        return None, "no transport both resumed cleanly and had its bytes measured"
-    best, ties = _best(cands)
-    if len(ties) > 1:
-        rec = {t: s[t]["reconnect_p95"] for t in ties}
-        best, _ = _best(rec)
-        return best, f"wire bytes/token: {_fmt(cands, '')}; tie broken by reconnect p95: {_fmt(rec, ' ms')}"
-    return best, f"wire bytes/token (of those that resume cleanly): {_fmt(cands, '')}"
+def _mobile(s: dict[str, dict]):
+    return None, "not measured", ("needs real network profiles (lab/links.py: loss, stalls, resets); "
+                                  "loopback says nothing about mobile networks")
 
 
-def _throughput(s: dict[str, dict]) -> tuple[str | None, str]:
+def _throughput(s: dict[str, dict]):
     held = {t: v["held_users"] for t, v in s.items()}
     if not held or max(held.values()) == 0:
-        return None, "every transport slipped at the lowest concurrency"
+        return None, "not measured", "every transport slipped at the lowest concurrency"
     top = max(held.values())
-    tied = {t: s[t]["cpu_us_per_token"] for t, v in held.items() if v == top and s[t]["cpu_us_per_token"]}
-    cpu_at = {s[t]["cpu_users"] for t in tied}
-    best, _ = _best(tied) if tied else (max(held, key=held.get), [])
+    tied = {t: s[t]["cpu_us_per_token"] for t, v in held.items() if v == top}
     why = "streams held without slipping: " + ", ".join(f"{t} {n}" for t, n in sorted(held.items(), key=lambda kv: -kv[1]))
-    if len(tied) > 1:
-        why += f"; gateway CPU per token at {'/'.join(map(str, sorted(cpu_at)))} streams: {_fmt(tied, ' us')}"
     unsure = [f"{t} at {', '.join(map(str, v['inconclusive_users']))}" for t, v in s.items() if v["inconclusive_users"]]
     if unsure:
         why += f"; not judged (load generator saturated): {'; '.join(unsure)}"
-    return best, why
+    # A transport whose slip could be the load generator's might have held as many: no winner over it.
+    unjudged = [t for t, v in s.items() if v["inconclusive_users"] and v["held_users"] < top]
+    if unjudged:
+        return None, "not measured", why + f"; {', '.join(unjudged)} could not be judged up to {top} streams"
+    if len(tied) == 1:
+        return next(iter(tied)), next(iter(tied)), why
+    cpu_at = "/".join(map(str, sorted({s[t]["cpu_users"] for t in tied})))
+    winner, label, ev = _verdict(decide(tied), f"gateway CPU per token at {cpu_at} streams: "
+                                 + _evidence(tied, " us"), "no CPU figure")
+    return winner, label, why + "; " + ev
 
 
 RULES: list[tuple[str, str, Callable]] = [
-    ("browser client", "Lowest TTFT p95 at the lowest concurrency; within 10% of it, the transport the browser "
-     "resumes by itself (EventSource) wins.", _browser),
+    ("browser client", "Lowest TTFT p95 at the lowest concurrency; a winner only when its 95% interval "
+     "clears the runner-up's and it is 10% better, else a tie.", _browser),
     ("bidirectional control", "Only a transport that carries client messages on the stream's own connection "
-     "qualifies (cancel, tool results); among those, lowest inter-token p99.", _bidirectional),
-    ("strict proxies", "Highest share of proxy paths where the stream arrived unbuffered (TTFT p50 within "
-     "max(50 ms, 50%) of direct, inter-token p50 at least half the gap sent); ties: lowest TTFT p95.", _proxies),
-    ("resumability", "No gaps, duplicates or cut streams in the reconnection cell; then lowest reconnect p95 "
-     "(drop to next event); within 10%, the transport the browser resumes by itself.", _resume),
-    ("mobile networks", "Must resume cleanly (as above); then fewest bytes on the wire per token "
-     "(metered, slow links); within 10%, lowest reconnect p95.", _mobile),
+     "qualifies (cancel, tool results); among those, lowest inter-token p99 (as above).", _bidirectional),
+    ("strict proxies", "Each proxy path's outcome, worst first: refused (upgrade denied, 4xx/5xx) < held until "
+     "the end (first token at 80% or more of the stream) < delayed (TTFT p50 over direct's + max(50 ms, 50%), "
+     "or tokens bunched) < clean; the transport whose worst outcomes are best wins, equal ones tie.", _proxies),
+    ("resumability", "No gaps, duplicates or cut streams in the reconnection cell; then lowest resume stall p95, "
+     "as a user sees it (the client's own reconnect wait included), as above.", None),
+    ("mobile networks", "Not judged on loopback: needs the lab's network profiles.", _mobile),
     ("highest throughput", "Most concurrent streams held without slipping (inter-token p99 over 2x the gap, "
-     "TTFT p95 over the model's + 250 ms, or over 1% failures); ties: least gateway CPU per token at the highest "
-     "concurrency.", _throughput),
+     "TTFT p95 over the model's + 250 ms, each by the low end of its 95% interval, or over 1% failures); ties: "
+     "least gateway CPU per token at the highest concurrency (as above).", _throughput),
 ]
 
 
@@ -291,7 +412,37 @@ def recommend(results: dict) -> dict:
     s = summarize(results)
     table = []
     for need, rule, fn in RULES:
-        winner, why = fn(s)
-        table.append({"need": need, "winner": winner, "rule": rule, "why": why})
-    return {"table": table, "summary": s,
+        if need == "resumability":
+            winner, verdict, why = _resume(s, results["matrix"].get("drop_rate", 1.0))
+        else:
+            winner, verdict, why = fn(s)
+        table.append({"need": need, "winner": winner, "verdict": verdict, "rule": rule, "why": why})
+    if results.get("networks"):
+        table = with_networks(table, results["networks"])
+    return {"table": table, "summary": _plain(s),
             "baseline": baseline_verdict(results.get("baseline", []), results["matrix"]["itl_ms"])}
+
+
+def with_networks(table: list[dict], measured: dict) -> list[dict]:
+    """The verdict rows a networks run decides (loadtests/networks.py: mobile networks, strict proxies,
+    many tabs, dead connections) in place of loopback's, the new ones after them."""
+    from ..networks import verdicts
+
+    rows = {r["need"]: r for r in verdicts(measured)}
+    for r in table:
+        if r["need"] in rows and r["need"] == "strict proxies" and r["verdict"] != "not measured":
+            # Both measured: the comparison's proxy paths under load, and the lab's strict paths.
+            rows[r["need"]]["why"] = f"{r['why']}; lab paths: {rows[r['need']]['why']}"
+    out = [rows.pop(r["need"], r) for r in table]
+    return out + list(rows.values())
+
+
+def _plain(value):
+    """The summary as JSON-ready data (Figures as dicts)."""
+    if isinstance(value, Figure):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -98,15 +98,17 @@ def conditions() -> dict:
 
 def _estimates(matrix: Matrix, paths: list[str]) -> list[tuple[str, float]]:
     steps = [("start the gateway and proxies", 3.0),
-             ("baseline: complete vs stream", matrix.ttft_ms / 1000 + max(matrix.baseline_lengths) * matrix.itl_ms / 1000 + 1.5),
+             ("baseline: complete vs stream", matrix.ttft_ms / 1000 + max(matrix.baseline_lengths, default=0) * matrix.itl_ms / 1000 + 1.5),
              ("bytes on the wire", len(matrix.transports) * (matrix.max_tokens * min(matrix.itl_ms, 10) / 1000 + 0.6))]
-    steps += [(cell.label(), cell.duration_s + 2.5) for cell in matrix.cells() if cell.path in paths]
+    steps += [(f"{cell.label()}, run {run + 1} of {matrix.runs}", cell.duration_s + 2.5)
+              for run in range(matrix.runs) for cell in matrix.cells() if cell.path in paths]
     steps += [("memory per connection", len(matrix.transports) * (10.0 + max(2.0, matrix.memory_connections / 400))),
               ("report", 4.0)]
     return steps
 
 
-def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool = False) -> Path:
+def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool = False,
+        networks: str | None = None) -> Path:
     """Run everything the matrix asks for and write the report folder `out`; returns index.html."""
     from . import report, rules
 
@@ -129,24 +131,37 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
         progress.estimates = _estimates(matrix, list(targets))
         progress.step()
         prompt = "x" * matrix.prompt_bytes
-        results["baseline"] = baseline(gw.url, matrix.baseline_lengths, matrix.ttft_ms, matrix.itl_ms, prompt)
+        results["baseline"] = (baseline(gw.url, matrix.baseline_lengths, matrix.ttft_ms, matrix.itl_ms, prompt)
+                               if matrix.baseline_lengths else [])
         progress.step()
         # Faster than the model's pace to save time; 10 ms apart, each token is still its own write.
         results["wire"] = wire_cost(gw, matrix.transports, matrix.wire_streams,
                                     {"prompt": prompt, "max_tokens": matrix.max_tokens,
                                      "sim": {"ttft_ms": 50, "itl_ms": min(matrix.itl_ms, 10.0)}})
-        for cell in matrix.cells():
-            if cell.path not in targets:
-                continue
-            progress.step()
-            results["cells"].append(loadgen.run_cell(cell, matrix, targets[cell.path], behind[cell.path], raw,
-                                                     progress.draw))
+        # Run after run over the whole matrix (not cell after cell), so that a noisy minute on a shared
+        # machine lands on every transport alike rather than on one.
+        for run_no in range(matrix.runs):
+            for cell in matrix.cells():
+                if cell.path not in targets:
+                    continue
+                progress.step()
+                results["cells"].append(loadgen.run_cell(cell, matrix, targets[cell.path], behind[cell.path],
+                                                         raw, progress.draw, run=run_no))
         results["gateway_rss_end_bytes"] = gw.stat().rss
     progress.step()
-    results["memory"] = memory_per_connection(matrix.transports, matrix.memory_connections)
+    results["memory"] = (memory_per_connection(matrix.transports, matrix.memory_connections)
+                         if matrix.memory_connections else [])
     progress.step()
     results["conditions"]["loadavg_end"] = list(os.getloadavg())
     results["conditions"]["duration_s"] = round(time.monotonic() - started, 1)
+    if networks == "measure":
+        from .. import networks as net
+        from ..lab import find_tool
+
+        results["networks"] = net.run(max(matrix.runs, 3), chromium=find_tool("chromium"))
+    elif networks:
+        results["networks"] = json.loads(Path(networks).read_text())
+    results["figures"] = rules.figures(results)
     results["recommendations"] = rules.recommend(results)
     (raw / "results.json").write_text(json.dumps(results, indent=1))
     index = report.write(out, results)

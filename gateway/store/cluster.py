@@ -1,0 +1,199 @@
+"""The Redis store on a Redis Cluster (or Valkey cluster): the same streams, laid out per slot.
+
+A cluster refuses a command whose keys lie in different slots (CROSSSLOT), and the plain store's two
+batched commands span every stream: one append script for all new events, one blocking XREAD for all
+mirrored streams. Here every stream belongs to one of `redis_shards` shards, a hash tag of its own:
+
+    gw:{<tag>}:<id>:log    gw:{<tag>}:<id>:meta       (tag: shard crc32(id) % redis_shards)
+
+The shard tags are chosen so that shard i's slot lies in the i-th equal share of the 16,384 slots:
+with `redis_shards` equal to the number of primaries and the even layout `redis-cli --cluster create`
+makes, each primary serves exactly one shard. So:
+
+- appends: one script call per shard per flush (all its streams' new events), sent in one pipeline
+  that the cluster client splits into one round trip per node;
+- reading: one reader per shard, i.e. per node, each a blocking XREAD over all the mirrored streams
+  of its shard, on a connection to the node serving that shard (found again after a failover);
+- control: sharded pub/sub (SSUBSCRIBE/SPUBLISH), so a publish reaches the subscriber on whichever
+  node serves the channel's slot and its count means what the plain store expects.
+
+A failover (a primary killed, its replica promoted) looks like a short outage: writes and reads fail
+and are retried until the cluster serves the slots again; events the old primary had not yet passed to
+its replica are written again from the generator's log (it has every event). If the outage outlasts
+`redis_outage_s`, streams end with the store's explicit `store_unavailable` error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from .redis import _BLOCK_MS, RedisStore, _Owned
+
+if TYPE_CHECKING:
+    from ..clock import Clock
+    from ..metrics import Stats
+    from ..settings import Settings
+
+__all__ = ["ClusterStore", "shard_tags"]
+
+
+def shard_tags(n: int) -> list[str]:
+    """Hash tags whose slots fall one in each of `n` equal shares of the slot range."""
+    tags = []
+    for i in range(n):
+        lo, hi = i * REDIS_CLUSTER_HASH_SLOTS // n, (i + 1) * REDIS_CLUSTER_HASH_SLOTS // n
+        k = 0
+        while not lo <= key_slot(f"gw{k}".encode()) < hi:
+            k += 1
+        tags.append(f"gw{k}")
+    return tags
+
+
+class _Reader:
+    """One shard's reader: a connection to the node serving it, blocked in XREAD."""
+
+    __slots__ = ("client", "kick", "id", "blocked", "round", "wake")
+
+    def __init__(self) -> None:
+        self.client: Redis | None = None
+        self.kick: Redis | None = None  # CLIENT UNBLOCK goes to the reader's own node
+        self.id: int | None = None
+        self.blocked = False
+        self.round = 0
+        self.wake = asyncio.Event()
+
+
+class ClusterStore(RedisStore):
+    def __init__(self, settings: Settings, clock: Clock, stats: Stats) -> None:
+        super().__init__(settings, clock, stats)
+        self.tags = shard_tags(settings.redis_shards)
+        self._readers: list[_Reader] = []
+
+    def _shard(self, stream_id: str) -> int:
+        return zlib.crc32(stream_id.encode()) % len(self.tags)
+
+    def _log_key(self, stream_id: str) -> str:
+        return f"gw:{{{self.tags[self._shard(stream_id)]}}}:{stream_id}:log"
+
+    def _meta_key(self, stream_id: str) -> str:
+        return f"gw:{{{self.tags[self._shard(stream_id)]}}}:{stream_id}:meta"
+
+    def _group(self, stream_id: str) -> Any:
+        return self._shard(stream_id)
+
+    def _client(self, name: str, size: int, socket_timeout: float | None) -> Any:
+        return RedisCluster.from_url(
+            self.settings.redis_url, max_connections=size, socket_timeout=socket_timeout,
+            socket_connect_timeout=1.0, client_name=f"gw:{self.rid}:{name}",
+        )
+
+    def _node_client(self, key: str, name: str, socket_timeout: float | None) -> Redis:
+        node = self.redis.get_node_from_key(key)
+        return Redis(host=node.host, port=node.port, socket_timeout=socket_timeout, socket_connect_timeout=1.0,
+                     client_name=f"gw:{self.rid}:{name}")
+
+    # -- control: sharded pub/sub ---------------------------------------------
+
+    def _publish(self, client: Any, channel: str, message: str) -> Any:
+        return client.spublish(channel, message)
+
+    def _pubsub(self, channel: str) -> Any:
+        return self._node_client(channel, "ctl", None).pubsub()
+
+    async def _subscribe(self, pubsub: Any, channel: str) -> None:
+        await pubsub.ssubscribe(channel)
+
+    # -- failover: the promoted replica may lack the last events ------------
+
+    def _lost(self, rec: _Owned, result: int) -> None:
+        top = -2 - result
+        if result <= -2 and top < rec.flushed - 1:
+            # The log ends before what this replica wrote: acknowledged events that had not reached the
+            # replica promoted in a failover. This replica holds them all: write them again.
+            rec.flushed = top + 1
+            self._touch(rec.stream)
+            return
+        super()._lost(rec, result)
+
+    # -- reading: one reader per shard ----------------------------------------
+
+    def _follow(self) -> None:
+        for reader in self._readers:
+            reader.wake.set()
+            if reader.blocked:
+                self.spawn(self._unblock_shard(reader, reader.round))
+
+    async def _unblock_shard(self, reader: _Reader, round_: int) -> None:
+        for _ in range(50):
+            if reader.round != round_ or not reader.blocked or reader.id is None or reader.kick is None:
+                return
+            try:
+                if await reader.kick.client_unblock(reader.id):
+                    return
+            except Exception:
+                return
+            await asyncio.sleep(0.005)
+
+    async def _read_loop(self) -> None:
+        self._readers = [_Reader() for _ in self.tags]
+        await asyncio.gather(*(self._read_shard(i, r) for i, r in enumerate(self._readers)))
+
+    async def _read_shard(self, shard: int, reader: _Reader) -> None:
+        backoff = 0.05
+        while True:
+            following = {m.key: m for m in self.mirrors.values() if m.running and self._shard(m.id) == shard}
+            if not following:
+                reader.wake.clear()
+                await reader.wake.wait()
+                continue
+            streams = {key: b"1-%d" % (len(m.log) - 1) for key, m in following.items()}
+            try:
+                if reader.client is None:
+                    tag = "{%s}" % self.tags[shard]
+                    reader.client = self._node_client(tag, f"reader{shard}", _BLOCK_MS / 1000 + 3.0)
+                    reader.kick = self._node_client(tag, f"kick{shard}", 2.0)
+                    reader.id = await reader.client.client_id()
+                reader.wake.clear()
+                reader.blocked = True
+                try:
+                    reply = await reader.client.xread(streams, count=1024, block=_BLOCK_MS)
+                finally:
+                    reader.blocked = False
+                    reader.round += 1
+            except Exception as exc:
+                # The node went away (a failover) or moved the slot: connect afresh to whoever serves it.
+                for client in (reader.client, reader.kick):
+                    if client is not None:
+                        try:
+                            await client.aclose()
+                        except Exception:
+                            pass
+                reader.client = reader.kick = reader.id = None
+                self._trouble("read", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(1.0, backoff * 2)
+                continue
+            backoff = 0.05
+            self.reads += 1
+            now = self.clock.now()
+            for key, entries in reply or ():
+                mirror = following.get(key)
+                if mirror is not None and mirror.running:
+                    self.events_read += len(entries)
+                    mirror.feed(entries, now)
+
+    async def close(self) -> None:
+        await super().close()
+        for reader in self._readers:
+            for client in (reader.client, reader.kick):
+                if client is not None:
+                    try:
+                        await client.aclose()
+                    except Exception:
+                        pass

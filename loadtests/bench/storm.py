@@ -1,0 +1,155 @@
+"""Start-up storm: N streams opened over a short ramp, time to first token per stream, and refusals.
+
+Each server (the gateway as it ships, the gateway with admission on, and the naive peers) runs fresh,
+pinned to one core; this client, pinned to the other, opens N one-shot SSE streams (`POST /v1/sse`)
+evenly over `--ramp` seconds on raw asyncio connections, and notes per stream the time from its
+connect call to its first token, less the model's own TTFT, or its 503 and how fast that came. A
+refused stream is not retried here: the figure is what the first attempt met.
+
+    python -m loadtests.bench.storm --n 1000 --ramp 1 --servers gateway,gateway-admit,fastapi,floor
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+from ..procs import ROOT, free_port, stop, wait_port
+from .speed import GATEWAY_ENV, _cores, server_command
+
+__all__ = ["main"]
+
+# The gateway with admission: refuse new streams while its loop runs over 100 ms late.
+ADMIT_ENV = {"GATEWAY_ADMIT_LAG_MS": "100"}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+class Stream(asyncio.Protocol):
+    def __init__(self, start: float, done: asyncio.Future) -> None:
+        self.start, self.done = start, done
+        self.head = b""
+        self.status = 0
+        self.first: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if not self.status:
+            self.head += data
+            if b"\r\n" not in self.head:
+                return
+            self.status = int(self.head[9:12])
+            if self.status != 200 and not self.done.done():
+                self.done.set_result(("refused", time.perf_counter() - self.start, self.status))
+            data = self.head
+        if self.first is None and (b'"type":"token"' in data or b'"type": "token"' in data):
+            self.first = time.perf_counter()
+            if not self.done.done():
+                self.done.set_result(("ok", self.first - self.start, self.status))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(("cut", time.perf_counter() - self.start, self.status))
+
+
+async def one(port: int, body: bytes, at: float, out: list) -> None:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, at - loop.time()))
+    done = loop.create_future()
+    start = time.perf_counter()
+    try:
+        transport, _ = await loop.create_connection(lambda: Stream(start, done), "127.0.0.1", port)
+    except OSError:
+        out.append(("error", time.perf_counter() - start, 0))
+        return
+    transport.write(b"POST /v1/sse HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    out.append(await done)
+    # Keep the stream open to its end: the load stays what a real crowd would be.
+    await asyncio.sleep(5.0)
+    transport.close()
+
+
+async def storm(port: int, n: int, ramp: float, tokens: int, itl_ms: float, ttft_ms: float) -> list:
+    body = json.dumps({"prompt": "storm", "max_tokens": tokens,
+                       "sim": {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "jitter": 0}}).encode()
+    out: list = []
+    t0 = asyncio.get_running_loop().time() + 0.2
+    await asyncio.gather(*(one(port, body, t0 + ramp * i / n, out) for i in range(n)))
+    return out
+
+
+def run_server(name: str, args: argparse.Namespace) -> dict:
+    server_core, client_core = _cores()
+    port = free_port()
+    cmd, env = server_command("gateway" if name.startswith("gateway") else name, port)
+    if name == "gateway-admit":
+        env = {**env, **ADMIT_ENV}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **GATEWAY_ENV, **env, "GATEWAY_WORKERS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        os.sched_setaffinity(proc.pid, server_core)
+        os.sched_setaffinity(0, client_core)
+        wait_port(port, proc, 60)
+        time.sleep(1.0)
+        results = asyncio.run(storm(port, args.n, args.ramp, args.tokens, args.itl_ms, args.ttft_ms))
+    finally:
+        stop(proc, 10)
+    ok = [(t * 1000 - args.ttft_ms) for kind, t, _ in results if kind == "ok"]
+    refused = [t * 1000 for kind, t, _ in results if kind == "refused"]
+    return {"server": name, "n": args.n, "ramp_s": args.ramp, "ok": len(ok), "refused": len(refused),
+            "other": len(results) - len(ok) - len(refused),
+            "ttft_p50_ms": pct(ok, 50), "ttft_p99_ms": pct(ok, 99), "ttft_max_ms": max(ok, default=float("nan")),
+            "refusal_p99_ms": pct(refused, 99)}
+
+
+HEAD = ("server", "N", "ramp s", "streamed", "refused 503", "cut/error", "TTFT-model p50 ms", "p99 ms", "max ms",
+        "503 in p99 ms")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for r in rows:
+        cells = (r["server"], r["n"], r["ramp_s"], r["ok"], r["refused"], r["other"], f"{r['ttft_p50_ms']:.0f}",
+                 f"{r['ttft_p99_ms']:.0f}", f"{r['ttft_max_ms']:.0f}", f"{r['refusal_p99_ms']:.0f}")
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1000, help="streams opened")
+    p.add_argument("--ramp", type=float, default=1.0, help="seconds over which they open")
+    p.add_argument("--servers", default="gateway,gateway-admit,fastapi,floor",
+                   help="gateway, gateway-admit (ADMIT_LAG_MS=100), and peers of loadtests/bench/peers.py")
+    p.add_argument("--tokens", type=int, default=100)
+    p.add_argument("--itl-ms", type=float, default=20.0)
+    p.add_argument("--ttft-ms", type=float, default=10.0)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--json", help="also write the rows here")
+    args = p.parse_args(argv)
+    rows = []
+    for run in range(args.runs):
+        for name in args.servers.split(","):
+            row = run_server(name, args)
+            row["run"] = run + 1
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
