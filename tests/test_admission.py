@@ -1,5 +1,5 @@
 """Admission: past capacity a new stream is refused at once with 503 + Retry-After; existing streams are not.
-And the jittered SSE `retry`, which spreads the clients of a drained or dead replica.
+And the jittered SSE `retry`, which spreads the clients of a drained or dead replica."""
 
 from __future__ import annotations
 
