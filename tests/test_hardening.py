@@ -85,7 +85,6 @@ def is_problem(r: httpx.Response, status: int) -> dict:
 # -- keys -------------------------------------------------------------------------------------
 
 
-@pytest.mark.every_server
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic eDp5"},
                                      {"Authorization": "Bearer"}])
 def test_no_or_bad_key_is_401(sec, headers):
@@ -136,7 +135,6 @@ def test_stream_ids_are_long_and_random(sec):
     assert all(len(base64.urlsafe_b64decode(i + "==")) * 8 >= 128 for i in ids)
 
 
-@pytest.mark.every_server
 def test_attach_token_in_the_url_replaces_the_header(sec):
     own = create(sec, "alice", max_tokens=8, prompt="tok", seed=3)
     assert own["token"] and own["sse"].endswith("?token=" + own["token"])
