@@ -45,6 +45,7 @@ def sec(tmp_path_factory, server):
         "GATEWAY_API_KEYS": ",".join(f"{n}={k}" for n, k in KEYS.items() if n <= "f"),
         "GATEWAY_API_KEYS_FILE": str(keys_file),
         "GATEWAY_RATE_PER_KEY": "20",
+        "GATEWAY_UNAUTHORIZED_PER_S": "1000",  # the 401 tests send many wrong keys from one address
         "GATEWAY_METRICS_PUBLIC": "true",
         "GATEWAY_STREAMS_PER_KEY": "3",
         "GATEWAY_CLIENTS_PER_STREAM": "3",
