@@ -104,6 +104,9 @@ def _hypercorn(app, settings, host: str, port: int) -> None:
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.websocket_max_message_size = settings.ws_max_message_bytes
+    # Hypercorn's own bounds for a request head and idle keep-alive (no header timeout option exists).
+    config.h11_max_incomplete_size = settings.max_header_bytes
+    config.keep_alive_timeout = settings.keep_alive_s
     config.graceful_timeout = 5
     config.loglevel = settings.log_level.upper()
     config.accesslog = None
@@ -122,9 +125,13 @@ def _hypercorn(app, settings, host: str, port: int) -> None:
 def _granian(settings, host: str, port: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
+    # Granian's own header timeout and read buffer bound (what the gate adds in front of uvicorn).
+    http1 = HTTP1Settings(header_read_timeout=int(settings.header_timeout_s * 1000) or 30_000,
+                          max_buffer_size=max(settings.max_header_bytes, 65_536))
     Granian("gateway.app:create_app", factory=True, address=host, port=port, interface=Interfaces.ASGI,
-            loop=Loops.uvloop, log_level=settings.log_level, websockets=True).serve()
+            loop=Loops.uvloop, log_level=settings.log_level, websockets=True, http1_settings=http1).serve()
 
 
 # Tools that live beside the server package (loadtests/, installed with the lab extra): the server never

@@ -169,15 +169,18 @@ def test_gzip_on_the_proxy_holds_ndjson_unless_the_stream_is_excluded(lab):
 
     (gz_headers, gz, n1), (id_headers, plain, n2), (tuned_headers, tuned, n3) = run(main())
     assert n1 == n2 == n3 == N
+    # By the spread of arrivals, which a loaded box does not shrink: streamed tokens spread over about the
+    # generation (29 gaps of 50 ms), held ones arrive together at the end.
+    span = (N - 1) * ITL_MS / 1000
     # application/x-ndjson is in gzip_types: compressed, and held until the end of the stream.
     assert gz_headers.get("content-encoding") == "gzip"
-    assert gz[0] / gz[-1] > 0.8
+    assert gz[-1] - gz[0] < 0.2 * span
     # The same nginx, buffering on, but a client that takes no gzip: on time. gzip is what held it.
     assert "content-encoding" not in id_headers
-    assert plain[0] / plain[-1] < 0.3
+    assert plain[-1] - plain[0] > 0.7 * span
     # Tuned nginx keeps gzip on for other types, but not for the streams.
     assert "content-encoding" not in tuned_headers
-    assert tuned[0] / tuned[-1] < 0.3
+    assert tuned[-1] - tuned[0] > 0.7 * span
 
 
 def _probe(url: str):
@@ -212,7 +215,9 @@ def test_probe_flags_the_buffering_path_and_passes_the_tuned_one(lab):
     for t in ("sse", "ndjson", "ws"):
         r = good["transports"][t]
         assert r["reachable"] and r["arrival"]["spaced"] and r["arrival"]["buffer_bytes"] is None
-        assert r["ttft_overhead_s"] < 0.5 * 19 * 0.05
+        # Not held: a held stream's first token comes after the whole generation (0.95 s here); a loaded
+        # box adds a few hundred ms to any path, so the bound is the generation itself, not a share of it.
+        assert r["ttft_overhead_s"] < 19 * 0.05
         assert r["idle"] == {**r["idle"], "gap_s": 3.0, "survived": True} and r["idle"]["heartbeats"] >= 2
         assert r["resume"]["ok"] is True
 

@@ -113,7 +113,7 @@ class ClusterStore(RedisStore):
 
     def _lost(self, rec: _Owned, result: int) -> None:
         top = -2 - result
-        if result <= -2 and top < rec.flushed - 1 and rec.stream.log is not None:
+        if result <= -2 and top < rec.flushed - 1:
             # The log ends before what this replica wrote: acknowledged events that had not reached the
             # replica promoted in a failover. This replica holds them all: write them again.
             rec.flushed = top + 1
@@ -124,7 +124,7 @@ class ClusterStore(RedisStore):
     # -- reading: one reader per shard ----------------------------------------
 
     def _follow(self) -> None:
-        for i, reader in enumerate(self._readers):
+        for reader in self._readers:
             reader.wake.set()
             if reader.blocked:
                 self.spawn(self._unblock_shard(reader, reader.round))

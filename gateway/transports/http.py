@@ -129,7 +129,8 @@ class EventStream(Response):
         wait = stream.wait
         clock = asyncio.get_running_loop().time
         batch = self.batch
-        push = self._push if self.write is not None else None
+        # Fault injection (a drop at a seq) stays off the push path: such a reader is written by the task.
+        push = self._push if self.write is not None and sub.drop_at is None else None
         while True:
             sub.push = push
             await wait(sub)
@@ -168,7 +169,7 @@ class EventStream(Response):
     def _push(self, sub: Subscriber) -> bool:
         """Write the new events from the batch flush; False hands anything else to the task."""
         stream = self.stream
-        if sub.gone or sub.beat or sub.drop_at is not None or stream.status is not RUNNING:
+        if sub.gone or sub.beat or stream.status is not RUNNING:
             return False
         log = stream.log
         cursor, end = sub.cursor, len(log.ends)

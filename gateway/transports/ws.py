@@ -209,7 +209,8 @@ class WSSession:
         log, stats, send = stream.log, self.stats, self.ws.send
         clock = asyncio.get_running_loop().time
         batch = self.ctx.settings.max_batch_bytes
-        push = self._push if self.write is not None else None
+        # Fault injection (a drop at a seq) stays off the push path: such a reader is written by the pump.
+        push = self._push if self.write is not None and sub.drop_at is None else None
         try:
             while True:
                 sub.push = push
@@ -265,7 +266,7 @@ class WSSession:
     def _push(self, sub: Subscriber) -> bool:
         """Write the new events from the batch flush; False hands anything else to the pump."""
         stream = self.stream
-        if sub is not self.sub or sub.gone or sub.beat or sub.drop_at is not None or stream.status is not RUNNING:
+        if sub is not self.sub or sub.gone or sub.beat or stream.status is not RUNNING:
             return False
         log = stream.log
         cursor, end = sub.cursor, len(log.ends)

@@ -119,7 +119,7 @@ def build(results: dict) -> dict:
                  note=(f"Model: first token after {fmt(m['ttft_ms'])} ms, a token every {fmt(m['itl_ms'])} ms "
                        f"({fmt(m['token_rate'])} tokens/s per stream). A cell slips when ITL p99 > "
                        f"{SLIP['itl_p99_factor']:g} x the gap, TTFT p95 > the model's + {SLIP['ttft_p95_extra_ms']:g}"
-                       f" ms, or failures > {SLIP['failure_share']:.0%} of streams (means of the runs)."), id="load")
+                       f" ms (each by the low end of its 95% interval), or failures > {SLIP['failure_share']:.0%} of streams."), id="load")
     for cid, cr in cells.items():
         c = cr[0]
         if c["kind"] != "load":
