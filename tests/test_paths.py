@@ -100,7 +100,9 @@ async def _asgi_heads() -> dict[str, httpx.Headers]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as http:
             for path in ("/v1/sse", "/v1/ndjson"):
                 heads[path] = (await http.post(path, json=body)).headers
-            stream_id = (await http.post("/v1/streams", json=body)).json()["id"]
+            created = await http.post("/v1/streams", json=body)
+            assert created.status_code == 201, created.text
+            stream_id = created.json()["id"]
             for kind in ("sse", "ndjson"):
                 heads[f"GET {kind}"] = (await http.get(f"/v1/streams/{stream_id}/{kind}")).headers
     return heads
