@@ -108,8 +108,12 @@ async def _asgi_heads() -> dict[str, httpx.Headers]:
     return heads
 
 
-def test_gateway_stream_responses_carry_no_http2_forbidden_header():
+def test_gateway_stream_responses_carry_no_http2_forbidden_header(monkeypatch):
     """What the application itself sends (the ASGI response start), before any server adds framing."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:  # the in-process app: default settings
+        monkeypatch.delenv(name)
     for path, headers in run(_asgi_heads()).items():
         assert not FORBIDDEN & set(headers), (path, headers)
         assert headers["content-type"].split(";")[0] in ("text/event-stream", "application/x-ndjson")
