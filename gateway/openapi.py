@@ -129,7 +129,8 @@ ONE_SHOT = {f: {200: _text(m, "The new stream's events", _EVENT if f == "sse" el
                 **_problems(*_CREATE)} for f, m in _MEDIA.items()}
 COMPLETE: dict = {200: {"model": Completion, "description": "The whole text"}, **_problems(*_CREATE, 502, 504)}
 OPEN: dict = {503: {"model": Problem, "description": _WHY[503]}}
-METRICS: dict = {200: _text("text/plain", "Prometheus text format"), **OPEN}
+METRICS: dict = {200: _text("text/plain", "Prometheus text format"), **OPEN,
+                 422: {"model": Problem, "description": _WHY[422]}}  # `?worker=` other than self or all
 
 
 def _openai(*statuses: int | str) -> dict[int | str, dict[str, Any]]:

@@ -100,14 +100,20 @@ async def _asgi_heads() -> dict[str, httpx.Headers]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as http:
             for path in ("/v1/sse", "/v1/ndjson"):
                 heads[path] = (await http.post(path, json=body)).headers
-            stream_id = (await http.post("/v1/streams", json=body)).json()["id"]
+            created = await http.post("/v1/streams", json=body)
+            assert created.status_code == 201, created.text
+            stream_id = created.json()["id"]
             for kind in ("sse", "ndjson"):
                 heads[f"GET {kind}"] = (await http.get(f"/v1/streams/{stream_id}/{kind}")).headers
     return heads
 
 
-def test_gateway_stream_responses_carry_no_http2_forbidden_header():
+def test_gateway_stream_responses_carry_no_http2_forbidden_header(monkeypatch):
     """What the application itself sends (the ASGI response start), before any server adds framing."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:  # the in-process app: default settings
+        monkeypatch.delenv(name)
     for path, headers in run(_asgi_heads()).items():
         assert not FORBIDDEN & set(headers), (path, headers)
         assert headers["content-type"].split(";")[0] in ("text/event-stream", "application/x-ndjson")
