@@ -283,9 +283,15 @@ def test_tab_endpoint_on_a_master_with_two_workers(gw, tmp_path):
         assert tab["data"][0]["transport"] == "load generator" and "/transports/chart" in tab["data"][0]["note"]
         assert {r["window"] for r in tab["data"][1:]} <= {"last 10 s", "whole run"}
         # The chart over time: a point a second per transport, TTFT p95, inter-token p99 and tokens/s.
-        history = httpx.get(f"http://127.0.0.1:{web}/transports/history").json()
+        # Workers report every few seconds, so the first points may predate their figures: wait for one
+        # that has them all (a point is taken each second while the run lasts).
+        while True:
+            history = httpx.get(f"http://127.0.0.1:{web}/transports/history").json()
+            last = history[-1]["transports"] if history else {}
+            if set(STREAMING) <= set(last) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert len(history) >= 2 and history[-1]["t"] > history[0]["t"]
-        last = history[-1]["transports"]
         assert set(STREAMING) <= set(last) and all(last[t]["tokens_per_s"] > 0 for t in STREAMING), last
         assert all(last[t]["ttft_p95"] and last[t]["itl_p99"] for t in STREAMING), last
         chart = httpx.get(f"http://127.0.0.1:{web}/transports/chart").text

@@ -297,11 +297,13 @@ def test_redis_outage_then_recovery():
         assert refused.status_code == 503 and refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["code"] == "store_unavailable" and refused.headers["retry-after"]
 
-        redis.start()  # same port, empty: the gateways reconnect by themselves
+        redis.start()  # same port, empty: each gateway reconnects by itself and says so on /healthz
         deadline = time.monotonic() + 15
-        while httpx.post(f"{a.url}/v1/streams", json={"max_tokens": 1}).status_code != 201:
-            assert time.monotonic() < deadline, "no recovery after Redis came back"
-            time.sleep(0.2)
+        for gw in (a, b):
+            while httpx.get(f"{gw.url}/healthz").status_code != 200:
+                assert time.monotonic() < deadline, f"{gw.url}: no recovery after Redis came back"
+                time.sleep(0.2)
+        assert httpx.post(f"{a.url}/v1/streams", json={"max_tokens": 1}).status_code == 201
 
         sid = create(a.url, "back", max_tokens=50, seed=1, sim=SIM)
         r = run(wire.read(b.url, "ws", stream_id=sid))
