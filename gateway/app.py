@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from .api import messages, responses
 from .auth import install_log_filters
+from .names import FORMAT, Transport
 from .chat import ChatRequest, add_openai_routes
 from .codecs import sse
 from .events import Reconnect
@@ -178,11 +179,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise Problem(409, "Stream already ended", "nothing to cancel")
         return Response(status_code=204)
 
-    async def attach(stream_id: str, after: int, fmt: str, request: Request) -> EventStream:
+    async def attach(stream_id: str, after: int, transport: Transport, request: Request) -> EventStream:
         stream = await ctx.find(stream_id, after, request.scope.get(KEY))
         if after >= 0:
-            ctx.stats[fmt].resumes += 1
-        return EventStream(ctx, stream, stream.attach(after, fmt, ctx.clock.now()), fmt)
+            ctx.stats[transport].resumes += 1
+        return EventStream(ctx, stream, stream.attach(after, transport, ctx.clock.now()), FORMAT[transport])
 
     @app.get("/v1/streams/{stream_id}/sse", response_class=Response, responses=openapi.ATTACH["sse"])
     async def attach_sse(
@@ -196,23 +197,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # EventSource gives up on a 503 but reconnects after a `retry` and a clean close.
             return Response(sse.encode(Reconnect(settings.sse_retry_ms)), media_type=sse.MEDIA_TYPE,
                             headers={"Cache-Control": "no-cache"})
-        return await attach(stream_id, _parse_after(value, "Last-Event-ID"), "sse", request)
+        return await attach(stream_id, _parse_after(value, "Last-Event-ID"), Transport.SSE_GET, request)
 
     @app.get("/v1/streams/{stream_id}/ndjson", response_class=Response, responses=openapi.ATTACH["ndjson"])
     async def attach_ndjson(stream_id: str, request: Request, after: Annotated[str | None, Query(json_schema_extra=openapi.SEQ)] = None):
-        return await attach(stream_id, _parse_after(after, "after"), "ndjson", request)
+        return await attach(stream_id, _parse_after(after, "after"), Transport.NDJSON, request)
 
-    async def one_shot(body: StreamRequest, fmt: str, request: Request) -> EventStream:
+    async def one_shot(body: StreamRequest, transport: Transport, request: Request) -> EventStream:
         stream = await ctx.create(body, True, request.scope.get(KEY))
-        return EventStream(ctx, stream, stream.attach(-1, fmt, ctx.clock.now()), fmt)
+        return EventStream(ctx, stream, stream.attach(-1, transport, ctx.clock.now()), FORMAT[transport])
 
     @app.post("/v1/sse", response_class=Response, responses=openapi.ONE_SHOT["sse"])
     async def post_sse(body: StreamRequest, request: Request):
-        return await one_shot(body, "sse", request)
+        return await one_shot(body, Transport.SSE_POST, request)
 
     @app.post("/v1/ndjson", response_class=Response, responses=openapi.ONE_SHOT["ndjson"])
     async def post_ndjson(body: StreamRequest, request: Request):
-        return await one_shot(body, "ndjson", request)
+        return await one_shot(body, Transport.NDJSON, request)
 
     @app.websocket("/v1/ws")
     async def ws_session(websocket: WebSocket) -> None:
@@ -232,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return
         await websocket.accept()
         if after >= 0:
-            ctx.stats["ws"].resumes += 1
+            ctx.stats[Transport.WS].resumes += 1
         session = WSSession(ctx, websocket)
         if not defer(websocket.scope, lambda: session.run(stream, after)):
             await session.run(stream, after)

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from . import openapi
 from .codecs.openai import ChunkEncoder, error_object, usage
+from .names import Transport
 from .api.start import open_stream
 from .models import ChatMessage, SimParams, StreamRequest
 from .transports.http import EventStream
@@ -113,7 +114,7 @@ def add_openai_routes(app: FastAPI, ctx: Context) -> None:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             encoder = ChunkEncoder(completion_id, stream.model, created, include_usage=include_usage,
                                    prompt_tokens=n_prompt)
-            return ChatEventStream(ctx, stream, stream.attach(-1, "chat", ctx.clock.now()), encoder)
+            return ChatEventStream(ctx, stream, stream.attach(-1, Transport.CHAT, ctx.clock.now()), encoder)
         await ctx.run_to_end(stream, request)
         if stream.status != "done":
             status = 504 if stream.error_code == "upstream_timeout" else 502

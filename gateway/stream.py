@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .events import KIND, Done, Error, Meta, from_json, to_json, token_json
 from .log import EventLog
+from .names import RESUMABLE
 
 if TYPE_CHECKING:
     from .sources.base import Generation
@@ -31,7 +32,6 @@ __all__ = ["Stream", "Subscriber", "set_write_window", "RUNNING", "DONE", "FAILE
 log = logging.getLogger("gateway.stream")
 
 RUNNING, DONE, FAILED = "running", "done", "error"
-RESUMABLE = ("sse", "ndjson", "ws", "responses")  # clients that can resume elsewhere (not chat, messages)
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
 

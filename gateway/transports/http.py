@@ -65,7 +65,7 @@ class EventStream(Response):
         self.client_left = False
         self.task: asyncio.Task | None = None
         self.write: Writer | None = None  # the fast path's write without `send` (gateway/adapter)
-        self.stats = ctx.stats[fmt]
+        self.stats = ctx.stats[sub.transport]
         self.batch = ctx.settings.max_batch_bytes
         self.media_type = ndjson.MEDIA_TYPE if fmt == "ndjson" else sse.MEDIA_TYPE
         self.heartbeat = ndjson.HEARTBEAT_LINE if fmt == "ndjson" else sse.HEARTBEAT_FRAME

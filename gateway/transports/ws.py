@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..adapter import Writer, connection
 from ..codecs import ws as codec
 from ..events import Reconnect
+from ..names import Transport
 from ..auth import check_expiry
 from ..guard import ATTACH, KEY
 from ..limits import Bucket
@@ -43,7 +44,7 @@ class WSSession:
     def __init__(self, ctx: Context, websocket: WebSocket) -> None:
         self.ctx = ctx
         self.ws = websocket
-        self.stats = ctx.stats["ws"]
+        self.stats = ctx.stats[Transport.WS]
         self.batch = ctx.settings.max_batch_bytes
         self.stream: Stream | None = None
         self.sub: Subscriber | None = None
@@ -181,7 +182,7 @@ class WSSession:
         if self.write is None and self.conn is not None:
             self.write = self.conn.ws_writer()
         self.stream = stream
-        self.sub = stream.attach(after, "ws", self.ctx.clock.now())
+        self.sub = stream.attach(after, Transport.WS, self.ctx.clock.now())
         self.sub.abort = self.conn.abort if self.conn is not None else self._abort
         if after >= 0:
             self.stats.resumes += 1
