@@ -33,10 +33,13 @@ _SAMPLE_S = 0.5
 
 def locust_args(cell: Cell, matrix: Matrix, url: str) -> list[str]:
     """The locustfile's own arguments for this cell (documented at the top of loadtests/locustfile.py)."""
-    if cell.kind == "reconnect":
+    if cell.kind == "reconnect" and cell.cut_by == "proxy":
+        # Steady load through the cutting relay: the cuts are the relay's, the users resume by themselves.
+        args = ["--scenario", "proxy", "--target", url]
+    elif cell.kind == "reconnect":
         rate = f"{matrix.drop_rate:g}"
         args = (["--scenario", "reconnection", "--drop-rate", "0", "--client-drop-rate", rate]
-                if matrix.drop_by == "client" else ["--scenario", "reconnection", "--drop-rate", rate])
+                if cell.cut_by == "client" else ["--scenario", "reconnection", "--drop-rate", rate])
     elif cell.path != "direct":
         args = ["--scenario", "proxy", "--target", url]
     else:
@@ -149,6 +152,7 @@ def gateway_delta(before: dict, after: dict, transport: str) -> dict:
 
     def per(metric: str) -> float:
         return sum(_delta(before, after, f'{metric}{{transport="{label}"}}') for label in labels)
+
     errors = sum(after[k] - before.get(k, 0.0) for k in after if k.startswith("gateway_stream_errors_total"))
     events = per("gateway_events_sent_total")
     created = _delta(before, after, "gateway_streams_created_total")
@@ -252,6 +256,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     refused = sum(1 for r in records if (r["failure"] or "").startswith("refused:"))
     return {
         "cell": cell.id, "run": run, "kind": cell.kind, "transport": cell.transport, "path": cell.path,
+        "cut_by": cell.cut_by or None,
         "exact": exact_figures(records),
         "streams": {"recorded": len(records), "ok": sum(r["ok"] for r in records), "refused": refused,
                     "failures": sorted({r["failure"] for r in records if r["failure"]})[:5]},
