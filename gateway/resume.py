@@ -21,7 +21,10 @@ The Python client (gateway/client.py, asyncio) and the Locust users
         ... wait next.delay, then reconnect (at the next base URL when there are several) ...
 
 Events are deduplicated by seq (a resume may repeat the last one), heartbeats
-and reconnect requests are counted, never passed on. An error with seq -1 is
+and reconnect requests are counted, never passed on. An event past a gap (a
+seq skipped: a copy of the stream with a hole) is not passed on either: the
+connection ends and the stream resumes after the last seq received, so a
+finished stream never reports `done` with text missing. An error with seq -1 is
 about the connection, not the stream (a refused resume, a draining replica):
 it raises `GatewayError` at once (status 503 when another replica or a later
 try may serve), so a reader never waits on a connection that will say nothing
@@ -48,7 +51,7 @@ UNAVAILABLE = ("draining", "store_unavailable", "http_503")  # refusals worth an
 DELIVER = "deliver"  # pass the event on
 LAST = "last"  # pass the event on: it ends the stream
 SKIP = "skip"  # a heartbeat or a duplicate: nothing to pass on
-CLOSE = "close"  # the server asked for a reconnect: end this connection, then call `cut`
+CLOSE = "close"  # the server asked for a reconnect, or skipped a seq: end this connection, then call `cut`
 STOP = "stop"  # give up: the stream stays cut (its text partial)
 
 
@@ -192,6 +195,9 @@ class Resume:
         if kind is Error and event.seq < 0:
             status = 503 if event.code in UNAVAILABLE else 0
             raise GatewayError(status, {"title": event.code, "detail": event.message, "code": event.code})
+        if kind is not Heartbeat and event.seq > self.result.last_seq + 1:
+            self.result.gaps += 1  # never deliver past a hole: read again from the last seq received
+            return CLOSE
         if not self.result.take(event, at):
             return SKIP
         self._progressed = self._progressed or kind is not Meta

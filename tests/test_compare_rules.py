@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,31 @@ def test_stats_exact_percentiles_and_t_intervals():
     assert d.winner == "a" and d.label == "a"
     d = decide({"a": figure([10, 15, 20], 300, "x"), "b": figure([20, 21, 22], 300, "x")})
     assert d.winner is None and d.label == "tie: a, b"
+
+
+def _noisy(r: dict, rng: random.Random, noise: float) -> dict:
+    """The same cells measured again: every run's figures moved by up to +-noise, independently."""
+    r = copy.deepcopy(r)
+    for c in r["cells"]:
+        for fig in c["exact"].values():
+            k = 1 + rng.uniform(-noise, noise)
+            for key in ("mean", "p50", "p90", "p95", "p99"):
+                fig[key] *= k
+        c["gateway"]["cpu_us_per_token"] *= 1 + rng.uniform(-noise, noise)
+    return r
+
+
+def test_the_same_preset_twice_gives_the_same_verdicts_ties_included():
+    """Recorded figures measured again with run-to-run noise (seeded, 20 repeats): a clear difference keeps its
+    winner every time, a difference under 10% stays a tie every time; none flips."""
+    rng = random.Random(14)
+    clear, near = results(FAST, SLOW), results(FAST, dict(FAST, ttft=335.0, rec=165.0, cpu=42.0, itl50=92.0))
+    want_clear, want_near = verdicts(clear), verdicts(near)
+    assert want_near["browser client"] == want_near["resumability"] == "tie: sse_post, ws"
+    assert want_clear["browser client"] == want_clear["resumability"] == "sse_post"
+    for _ in range(20):
+        assert verdicts(_noisy(clear, rng, 0.04)) == want_clear
+        assert verdicts(_noisy(near, rng, 0.04)) == want_near
 
 
 def test_no_throughput_winner_over_a_transport_the_load_generator_could_not_judge():

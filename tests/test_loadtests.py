@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -396,3 +397,59 @@ def test_a_shape_given_no_users_runs_its_own_default_and_says_so(gw, tmp_path):
     assert "no user count given (0); using the steady scenario's default of 10 users" in out["log"]
     with open(tmp_path / "run_stats_history.csv") as f:
         assert max(int(r["User Count"]) for r in csv.DictReader(f)) == 10
+
+
+def _form_args(page: str) -> dict:
+    """The arguments Locust's web UI renders its start form from (`window.templateArgs` in the page)."""
+    found = re.search(r"window\.templateArgs = (\{.*?\})\s*$", page, re.M)
+    assert found, page[:2000]
+    return json.loads(found.group(1))
+
+
+def _users_become(base: str, n: int, proc, state: str = "running") -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        stats = httpx.get(base + "/stats/requests").json()
+        done = stats["state"] == state and (stats["user_count"] == n or state != "running")
+        if done or time.monotonic() > deadline or proc.poll() is not None:
+            return stats
+        time.sleep(0.2)
+
+
+def test_the_web_form_offers_the_shapes_defaults_and_refuses_zero_users(gw, tmp_path):
+    """The real web UI with the class picker: the form shows ScenarioShape's users and ramp, editable, also
+    after a run without a shape (Locust then forgot that the shape uses them, and greyed them out at 0, and
+    the run silently used 1 user); a start with 0 users is refused with the reason, nothing runs."""
+    web = free_port()
+    ui = procs.spawn([*LOCUST, "--host", gw.url, "--class-picker", "--web-host", "127.0.0.1", "--web-port", str(web),
+                      "--loglevel", "WARNING", "--max-tokens", "5", "--ttft-ms", "20", "--itl-ms", "10"], cwd=tmp_path)
+    base = f"http://127.0.0.1:{web}"
+    try:
+        wait_http(base + "/transports", ui)
+        args = _form_args(httpx.get(base + "/").text)
+        assert "ScenarioShape" in args["available_shape_classes"]
+        assert args["shape_use_common_options"] is True and not args["hide_common_options"], args
+        assert (args["num_users"], args["spawn_rate"]) == (10, 10)  # the steady scenario's own default
+        form = {"user_count": "0", "spawn_rate": "0", "host": gw.url, "shape_class": "ScenarioShape",
+                "user_classes": "SsePostUser", "scenario": "steady"}
+        refused = httpx.post(base + "/swarm", data=form).json()
+        assert refused["success"] is False, refused
+        assert "ScenarioShape needs a number of users above 0 (got 0)" in refused["message"], refused
+        assert "its default is 10" in refused["message"]
+        assert httpx.get(base + "/stats/requests").json()["user_count"] == 0  # nothing started
+        # A run without a shape, then the form again: the shape's fields are still offered.
+        started = httpx.post(base + "/swarm", data={**form, "shape_class": "Default", "user_count": "2",
+                                                    "spawn_rate": "2"}).json()
+        assert started["success"], started
+        assert _users_become(base, 2, ui)["user_count"] == 2
+        assert httpx.post(base + "/stop").json()["success"]
+        assert _users_become(base, 0, ui, state="stopped")["state"] == "stopped"
+        args = _form_args(httpx.get(base + "/").text)
+        assert args["shape_use_common_options"] is True and not args["hide_common_options"], args
+        assert args["num_users"] == 2  # the last run's users, editable
+        started = httpx.post(base + "/swarm", data={**form, "user_count": "3", "spawn_rate": "3"}).json()
+        assert started["success"] and "ScenarioShape" in started["message"], started
+        assert _users_become(base, 3, ui)["user_count"] == 3  # the form's users, not a default or 1
+        assert httpx.post(base + "/stop").json()["success"]
+    finally:
+        procs.kill_group(ui, grace=10)

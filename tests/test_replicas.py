@@ -472,25 +472,36 @@ def test_the_client_retries_a_503_at_the_next_base_url(pair, victim, transport):
     given several base URLs takes the stream from the next one, whole."""
     a, _ = pair
     text = expected_text("retry", 7, 60)
-    sid = create(a.url, "retry", max_tokens=60, seed=7, sim=SIM)
-    hold = create(victim.url, "hold", max_tokens=5000, sim=SIM)  # keeps the victim draining for 3 s
+    hold = create(victim.url, "hold", max_tokens=5000, sim=SIM)  # generating: the victim drains for 3 s
 
     async def go():
-        holder = asyncio.create_task(wire.read(victim.url, "ndjson", stream_id=hold))
-        await asyncio.sleep(0.3)
-        os.kill(victim.proc.pid, signal.SIGTERM)
+        # Followed to A when the victim drains, so no detach grace ends it (and the drain) early.
+        holder = asyncio.create_task(wire.follow([victim.url, a.url], "ndjson", hold))
         async with httpx.AsyncClient() as http:
             async with asyncio.timeout(10):
+                while (await http.get(f"{victim.url}/v1/streams/{hold}")).json()["clients"] != 1:
+                    await asyncio.sleep(0.02)
+                os.kill(victim.proc.pid, signal.SIGTERM)
                 while (await http.get(f"{victim.url}/healthz")).status_code != 503:
                     await asyncio.sleep(0.05)
+            # The stream starts only now, read on A from its first event: a stream created ahead with no
+            # reader was ended by the detach grace (1 s here) when a loaded machine took that long to
+            # drain, and the client read a cut text ending in `cancelled`.
+            meta = asyncio.get_running_loop().create_future()
+            keeper = asyncio.create_task(wire.read(
+                a.url, "ndjson", body={"prompt": "retry", "max_tokens": 60, "seed": 7, "sim": SIM},
+                on_event=lambda e: meta.done() or e["type"] != "meta" or meta.set_result(e["stream_id"])))
+            async with asyncio.timeout(10):
+                sid = await meta
             refused = (await http.get(f"{victim.url}/v1/streams/{sid}/ndjson")).status_code
         async with Client([victim.url, a.url]) as client:
             result = await client.stream(transport, stream_id=sid)
             at = client.base_url
-        await holder
-        return refused, result, at
+        return refused, result, at, await keeper, await holder
 
-    refused, result, at = run(go())
+    refused, result, at, kept, _ = run(go())
     assert refused == 503
-    assert result.text == text and result.done is not None and result.done.sha256 == sha(text)
+    assert kept.text == text  # the stream itself ran whole
+    assert result.done is not None, result.terminal
+    assert result.text == text and result.done.sha256 == sha(text)
     assert result.reconnects >= 1 and at == a.url

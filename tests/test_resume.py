@@ -16,7 +16,7 @@ from gateway.client import Client
 from gateway.events import HEARTBEAT, Done, Error, Meta, Reconnect, Token
 from gateway.resume import CLOSE, DELIVER, LAST, SKIP, STOP, Again, GatewayError, Resume, StreamResult
 
-from .support import run
+from .support import run, uvicorn_thread
 
 
 def machine(**kw) -> Resume:
@@ -43,6 +43,68 @@ def test_a_cut_resumes_after_the_last_seq_with_the_backoff():
     step = m.cut(2.0)
     assert step == Again(after=2, delay=0.15 * 0.75, elsewhere=False)  # gateway/backoff.py, attempt 1
     assert m.result.reconnects == 1 and len(m.result.cuts) == 1
+
+
+def test_an_event_past_a_gap_is_never_delivered_the_stream_resumes_before_it():
+    # A copy of the stream with a hole (seq 2 missing) must not end in `done` with text missing.
+    m = machine()
+    m.opened(0.0)
+    for event in (Meta("s1", "sim", 0.0), Token(1, "a")):
+        assert m.event(event, 0.1) is DELIVER
+    assert m.event(Token(3, "c"), 0.2) is CLOSE  # seq 2 skipped: end this connection
+    assert m.cut(0.3) == Again(after=1, delay=0.15 * 0.75, elsewhere=False)
+    m.opened(0.4)
+    for event in (Token(2, "b"), Token(3, "c")):
+        assert m.event(event, 0.5) is DELIVER
+    assert m.event(Done(4, "stop", 3, "x"), 0.6) is LAST
+    r = m.result
+    assert r.text == "abc" and r.done is not None and r.gaps == 1 and r.reconnects == 1
+
+
+def test_a_server_that_skips_always_leaves_the_stream_cut_never_done():
+    m = machine(max_resumes=2)
+    m.opened(0.0)
+    m.event(Meta("s1", "sim", 0.0), 0.1)
+    for _ in range(3):
+        assert m.event(Done(2, "stop", 1, "x"), 0.2) is CLOSE  # seq 1 never comes
+        step = m.cut(0.3)
+        m.opened(0.4)
+    assert step is STOP and m.result.cut and m.result.done is None and m.result.gaps == 3
+
+
+def test_the_client_reads_a_skipped_event_again_instead_of_reporting_done():
+    """A real HTTP server whose first answer skips seq 2 (a replica with a hole in its copy): the Python
+    client must not yield past the hole; it resumes after seq 1 and gets the whole text."""
+    lines = [b'{"type":"meta","seq":0,"stream_id":"s1","model":"sim","created":0.0}',
+             b'{"type":"token","seq":1,"text":"a"}', b'{"type":"token","seq":2,"text":"b"}',
+             b'{"type":"token","seq":3,"text":"c"}', b'{"type":"done","seq":4,"finish_reason":"stop","tokens":3,'
+             b'"sha256":"x"}']
+    asked: list[str] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        asked.append(scope["query_string"].decode())
+        if scope["path"] == "/healthz":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        after = int(scope["query_string"].decode().partition("after=")[2] or -1)
+        events = lines[after + 1:]
+        if len(asked) == 2:  # the first stream request: seq 2 is missing
+            events = [e for e in events if b'"seq":2,' not in e]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/x-ndjson")]})
+        await send({"type": "http.response.body", "body": b"\n".join(events) + b"\n"})
+
+    async def go(port):
+        async with Client(f"http://127.0.0.1:{port}") as client:
+            return await client.stream("ndjson", stream_id="s1")
+
+    with uvicorn_thread(app) as port:
+        r = run(go(port))
+    assert asked[1:] == ["", "after=1"]  # read again from the last seq before the hole
+    assert r.text == "abc" and r.done is not None and r.gaps == 1 and r.reconnects == 1
 
 
 def test_a_draining_servers_reconnect_event_ends_the_connection_and_resumes_after_its_delay():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..procs import ROOT, GatewayView, ProcStat, proc_stat, stop
 from .cost import client_transport
+from .forks import ForkServer
 from .matrix import Cell, Matrix
 
 __all__ = ["LOCUSTFILE", "METRICS", "run_cell", "locust_args", "read_locust_json", "percentile",
@@ -33,10 +34,13 @@ USER_CLASSES = {"sse_get": "SseGetUser", "sse_post": "SsePostUser", "ndjson": "N
 
 def locust_args(cell: Cell, matrix: Matrix, url: str) -> list[str]:
     """The locustfile's own arguments for this cell (documented at the top of loadtests/locustfile.py)."""
-    if cell.kind == "reconnect":
+    if cell.kind == "reconnect" and cell.cut_by == "proxy":
+        # Steady load through the cutting relay: the cuts are the relay's, the users resume by themselves.
+        args = ["--scenario", "proxy", "--target", url]
+    elif cell.kind == "reconnect":
         rate = f"{matrix.drop_rate:g}"
         args = (["--scenario", "reconnection", "--drop-rate", "0", "--client-drop-rate", rate]
-                if matrix.drop_by == "client" else ["--scenario", "reconnection", "--drop-rate", rate])
+                if cell.cut_by == "client" else ["--scenario", "reconnection", "--drop-rate", rate])
     elif cell.path != "direct":
         args = ["--scenario", "proxy", "--target", url]
     else:
@@ -175,8 +179,9 @@ def _users_reached(history: Path) -> int | None:
 
 
 def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
-             tick: Callable[[], None] = lambda: None, run: int = 0) -> dict:
-    """Run Locust for one cell (its run `run`) against `url` (the gateway, directly or through a proxy)."""
+             tick: Callable[[], None] = lambda: None, run: int = 0, forks: ForkServer | None = None) -> dict:
+    """Run Locust for one cell (its run `run`) against `url` (the gateway, directly or through a proxy):
+    a fork of the fork server when there is one (loadtests/compare/forks.py), else a new process."""
     name = f"{cell.id}-r{run}"
     prefix = raw / name
     extra = prefix.with_name(name + "_extra.json")
@@ -189,8 +194,14 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     env = {**os.environ, "GATEWAY_COMPARE_EXTRA": str(extra), "PYTHONPATH": str(ROOT)}
     before = gw.metrics()
     gw_start = gw.stat()
-    with open(prefix.with_name(name + "_locust.log"), "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = prefix.with_name(name + "_locust.log")
+    with open(log_path, "wb") as log:
+        try:
+            proc = forks.spawn(cmd[3:], env, log_path, ROOT) if forks is not None else None  # cmd[:3]: python -m locust
+        except (OSError, RuntimeError):
+            proc = None  # the fork server failed: a process, as without it
+        if proc is None:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         sampler = _Sampler({"locust": proc.pid} | ({"gateway": gw.pid} if gw.pid else {}))
         sampler.start()
         # Locust stops by itself after -t; past this, ask it to stop (SIGTERM: it still writes its files).
@@ -249,6 +260,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     refused = sum(1 for r in records if (r["failure"] or "").startswith("refused:"))
     return {
         "cell": cell.id, "run": run, "kind": cell.kind, "transport": cell.transport, "path": cell.path,
+        "cut_by": cell.cut_by or None,
         "exact": exact_figures(records),
         "streams": {"recorded": len(records), "ok": sum(r["ok"] for r in records), "refused": refused,
                     "failures": sorted({r["failure"] for r in records if r["failure"]})[:5]},
