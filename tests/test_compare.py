@@ -7,6 +7,7 @@ figures in test_compare_rules.py, without processes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -261,3 +262,49 @@ def test_bad_flags_are_refused_before_anything_starts(flags, message, tmp_path):
         main(["compare", *flags, "--out", str(tmp_path / "never")])
     assert message in str(exc.value.code)
     assert not (tmp_path / "never").exists()
+
+
+def test_locust_runs_forked_from_the_fork_server_behave_as_processes(tmp_path, monkeypatch):
+    """The comparison's fast path (loadtests/compare/forks.py) against its fallback: the same cell run as a
+    fork and as a `python -m locust` process gives the same kind of result (every user, streams recorded,
+    no problem); a fork told to stop ends with its process group; closing the server leaves no process;
+    GATEWAY_COMPARE_FORKS=0 (or a server that cannot start) means plain processes."""
+    require_module("locust")
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from loadtests.compare import forks
+    from loadtests.compare.loadgen import LOCUSTFILE, run_cell
+    from loadtests.compare.matrix import Cell, Matrix
+    from loadtests.procs import GatewayView
+
+    from .support import uvicorn_thread
+
+    monkeypatch.setenv("GATEWAY_COMPARE_FORKS", "0")
+    assert forks.start(ROOT) is None
+    monkeypatch.delenv("GATEWAY_COMPARE_FORKS")
+    server = forks.start(ROOT)
+    assert server is not None
+    matrix = Matrix(transports=["sse_post"], concurrency=[2], max_tokens=4, token_rate=100.0, ttft_ms=10.0)
+    cell = Cell("load", "sse_post", "direct", 2, 1.0)
+    try:
+        with uvicorn_thread(create_app(Settings(log_level="warning"))) as port:  # a real gateway, in a thread
+            view = GatewayView(f"http://127.0.0.1:{port}", os.getpid())
+            results = {}
+            for way, via in (("fork", server), ("process", None)):
+                (tmp_path / way).mkdir()
+                results[way] = run_cell(cell, matrix, view.url, view, tmp_path / way, forks=via)
+            for way, r in results.items():
+                assert r["problem"] is None and r["users_reached"] == 2, (way, r["problem"])
+                assert r["streams"]["recorded"] == r["streams"]["ok"] > 0, (way, r["streams"])
+                assert r["locust"]["stream"]["count"] > 0 and r["gateway"]["tokens"] > 0, way
+            assert results["fork"].keys() == results["process"].keys()
+            long = server.spawn(["-f", str(LOCUSTFILE), "--headless", "--host", view.url, "-u", "2", "-r", "2",
+                                 "-t", "60s", "--stop-timeout", "0", "WsUser"], dict(os.environ),
+                                tmp_path / "long.log", tmp_path)
+            assert long.poll() is None
+            long.terminate()
+            long.wait(30)  # Locust's own SIGTERM handling: it stops its users and exits
+    finally:
+        server.close()
+    assert server.proc.returncode == 0
+    assert not Path(f"/proc/{long.pid}").exists()  # reaped by the server before it exited

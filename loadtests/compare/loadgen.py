@@ -16,6 +16,7 @@ from gateway.names import counted_as
 
 from ..procs import ROOT, GatewayView, ProcStat, proc_stat, stop
 from ..streaming import USER_CLASSES
+from .forks import ForkServer
 from .matrix import Cell, Matrix
 
 __all__ = ["LOCUSTFILE", "METRICS", "run_cell", "locust_args", "read_locust_json", "percentile",
@@ -182,8 +183,9 @@ def _users_reached(history: Path) -> int | None:
 
 
 def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
-             tick: Callable[[], None] = lambda: None, run: int = 0) -> dict:
-    """Run Locust for one cell (its run `run`) against `url` (the gateway, directly or through a proxy)."""
+             tick: Callable[[], None] = lambda: None, run: int = 0, forks: ForkServer | None = None) -> dict:
+    """Run Locust for one cell (its run `run`) against `url` (the gateway, directly or through a proxy):
+    a fork of the fork server when there is one (loadtests/compare/forks.py), else a new process."""
     name = f"{cell.id}-r{run}"
     prefix = raw / name
     extra = prefix.with_name(name + "_extra.json")
@@ -196,8 +198,14 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     env = {**os.environ, "GATEWAY_COMPARE_EXTRA": str(extra), "PYTHONPATH": str(ROOT)}
     before = gw.metrics()
     gw_start = gw.stat()
-    with open(prefix.with_name(name + "_locust.log"), "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = prefix.with_name(name + "_locust.log")
+    with open(log_path, "wb") as log:
+        try:
+            proc = forks.spawn(cmd[3:], env, log_path, ROOT) if forks is not None else None  # cmd[:3]: python -m locust
+        except (OSError, RuntimeError):
+            proc = None  # the fork server failed: a process, as without it
+        if proc is None:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         sampler = _Sampler({"locust": proc.pid} | ({"gateway": gw.pid} if gw.pid else {}))
         sampler.start()
         # Locust stops by itself after -t; past this, ask it to stop (SIGTERM: it still writes its files).

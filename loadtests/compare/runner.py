@@ -18,6 +18,7 @@ from ..procs import ROOT, GatewayProcess
 from . import loadgen
 from .baseline import baseline
 from .cost import memory_per_connection, wire_cost
+from .forks import start as start_forks
 from .matrix import CUT_PATH, Matrix
 from .progress import Progress
 from .proxies import start_cut, start_paths
@@ -124,6 +125,11 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
     progress = Progress(_estimates(matrix, [*matrix.paths, CUT_PATH]), stream=open(os.devnull, "w") if quiet else None)
     progress.step()
     with ExitStack() as stack:
+        # Locust runs fork from one process that imported Locust once (forks.py), or start as processes;
+        # it imports while the gateway and the proxies start.
+        forks = start_forks(ROOT)
+        if forks is not None:
+            stack.callback(forks.close)
         gw = stack.enter_context(GatewayProcess(log=raw / "gateway.log"))
         cuts = "proxy" in matrix.drop_by and matrix.drop_rate > 0
         wanted = [*matrix.paths, *([matrix.cut_front] if cuts and matrix.cut_front not in matrix.paths else [])]
@@ -153,7 +159,7 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
                     continue
                 progress.step()
                 results["cells"].append(loadgen.run_cell(cell, matrix, targets[cell.path], behind[cell.path],
-                                                         raw, progress.draw, run=run_no))
+                                                         raw, progress.draw, run=run_no, forks=forks))
         results["gateway_rss_end_bytes"] = gw.stat().rss
     progress.step()
     results["memory"] = (memory_per_connection(matrix.transports, matrix.memory_connections)
