@@ -87,8 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(cors, ctx=ctx)
 
     errors.install(app)
-    for router in (streams.router, chat.router, responses.router, messages.router):
-        app.include_router(router)
+    # These routes go onto the app itself, not as an included router (FastAPI 0.165 includes one lazily, as
+    # a single entry): the gate's stream-creating paths (cli.py) and a 405's Allow read `app.routes`. The
+    # Responses and Messages routers stay included: they answer refusals in their APIs' own error shapes.
+    app.router.routes.extend([*streams.router.routes, *chat.router.routes])
+    app.include_router(responses.router)
+    app.include_router(messages.router)
     add_page(app)
-    app.include_router(health.router)
+    app.router.routes.extend(health.router.routes)
     return app
