@@ -417,12 +417,17 @@ def _users_become(base: str, n: int, proc, state: str = "running") -> dict:
 
 
 def test_the_web_form_offers_the_shapes_defaults_and_refuses_zero_users(gw, tmp_path):
-    """The real web UI with the class picker: the form shows ScenarioShape's users and ramp, editable, also
-    after a run without a shape (Locust then forgot that the shape uses them, and greyed them out at 0, and
-    the run silently used 1 user); a start with 0 users is refused with the reason, nothing runs."""
+    """The real web UI with the class picker, in Chromium: the form shows ScenarioShape's users, editable,
+    also after a run without a shape (stock Locust then greys them out at 0 once the shape is picked, and
+    the run silently used 1 user); a start with 0 users is refused with the reason on the form, nothing
+    runs; with users it starts with them."""
+    chromium = require("chromium")
+    from playwright.sync_api import sync_playwright
+
     web = free_port()
     ui = procs.spawn([*LOCUST, "--host", gw.url, "--class-picker", "--web-host", "127.0.0.1", "--web-port", str(web),
-                      "--loglevel", "WARNING", "--max-tokens", "5", "--ttft-ms", "20", "--itl-ms", "10"], cwd=tmp_path)
+                      "--loglevel", "WARNING", "--max-tokens", "5", "--ttft-ms", "20", "--itl-ms", "10"], cwd=tmp_path,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{web}"
     try:
         wait_http(base + "/transports", ui)
@@ -430,26 +435,33 @@ def test_the_web_form_offers_the_shapes_defaults_and_refuses_zero_users(gw, tmp_
         assert "ScenarioShape" in args["available_shape_classes"]
         assert args["shape_use_common_options"] is True and not args["hide_common_options"], args
         assert (args["num_users"], args["spawn_rate"]) == (10, 10)  # the steady scenario's own default
-        form = {"user_count": "0", "spawn_rate": "0", "host": gw.url, "shape_class": "ScenarioShape",
-                "user_classes": "SsePostUser", "scenario": "steady"}
-        refused = httpx.post(base + "/swarm", data=form).json()
-        assert refused["success"] is False, refused
-        assert "ScenarioShape needs a number of users above 0 (got 0)" in refused["message"], refused
-        assert "its default is 10" in refused["message"]
-        assert httpx.get(base + "/stats/requests").json()["user_count"] == 0  # nothing started
-        # A run without a shape, then the form again: the shape's fields are still offered.
-        started = httpx.post(base + "/swarm", data={**form, "shape_class": "Default", "user_count": "2",
-                                                    "spawn_rate": "2"}).json()
+        # A run without a shape first: after it, stock Locust forgets that the shape uses the fields.
+        started = httpx.post(base + "/swarm", data={"user_count": "2", "spawn_rate": "2", "host": gw.url,
+                                                    "shape_class": "Default", "user_classes": "SsePostUser"}).json()
         assert started["success"], started
         assert _users_become(base, 2, ui)["user_count"] == 2
         assert httpx.post(base + "/stop").json()["success"]
         assert _users_become(base, 0, ui, state="stopped")["state"] == "stopped"
-        args = _form_args(httpx.get(base + "/").text)
-        assert args["shape_use_common_options"] is True and not args["hide_common_options"], args
-        assert args["num_users"] == 2  # the last run's users, editable
-        started = httpx.post(base + "/swarm", data={**form, "user_count": "3", "spawn_rate": "3"}).json()
-        assert started["success"] and "ScenarioShape" in started["message"], started
-        assert _users_become(base, 3, ui)["user_count"] == 3  # the form's users, not a default or 1
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                page.get_by_role("button", name="New").click()
+                page.select_option("select[name=shapeClass]", "ScenarioShape")
+                users = page.locator("input[name=userCount]")
+                assert users.is_enabled() and users.input_value() == "2"  # the last run's users, editable
+                assert page.locator("input[name=spawnRate]").is_enabled()
+                users.fill("0")
+                page.get_by_role("button", name="Start").click()
+                page.get_by_text("ScenarioShape needs a number of users above 0 (got 0)").wait_for(timeout=15000)
+                assert "its default is 10" in page.content()
+                assert httpx.get(base + "/stats/requests").json()["state"] == "stopped"  # nothing started
+                users.fill("3")
+                page.get_by_role("button", name="Start").click()
+                assert _users_become(base, 3, ui)["user_count"] == 3  # the form's users, not a default or 1
+            finally:
+                browser.close()
         assert httpx.post(base + "/stop").json()["success"]
     finally:
         procs.kill_group(ui, grace=10)
