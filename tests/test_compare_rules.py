@@ -236,3 +236,26 @@ def test_printed_verdicts_from_fixed_figures(tmp_path):
     assert report_verdicts(tmp_path / "b", dict(FAST, spread=0.5), SLOW) == {
         "browser client": "tie: sse_post, ws", "bidirectional control": "ws", "strict proxies": "not measured",
         "resumability": "tie: sse_post, ws", "mobile networks": "not measured", "highest throughput": "sse_post"}
+
+
+def test_streams_a_proxy_cut_for_good_disqualify_from_resumability():
+    """Clean resumes when the user cuts, but a proxy's reset before any answer lost sse_post streams (a
+    one-shot POST has no stream id to resume): ws wins, and the verdict says what sse_post lost, and where."""
+    r = results(FAST, SLOW)
+    assert verdicts(r)["resumability"] == "sse_post"
+    for c in r["cells"]:
+        if c["kind"] == "reconnect":
+            c["cut_by"] = "client"
+    for t, lost in (("sse_post", 3), ("ws", 0)):
+        for run in cell(t, 10, 320.0, 80.0, kind="reconnect", path="proxy-cut", resume_p95=200.0):
+            run["cut_by"] = "proxy"
+            if lost:
+                run["errors"] = [{"method": t, "name": "stream", "occurrences": lost,
+                                  "error": "cut: no response, ConnectionError: Connection reset by peer"}]
+                run["locust"]["stream"]["failures"] = lost
+            r["cells"].append(run)
+    row = next(x for x in recommend(r)["table"] if x["need"] == "resumability")
+    assert row["verdict"] == "ws", row
+    assert "sse_post cut by the proxy: 9 cut streams" in row["why"], row["why"]  # 3 in each of 3 runs
+    summary = recommend(r)["summary"]
+    assert set(summary["ws"]["drops"]) == {"client", "proxy"}

@@ -128,6 +128,7 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+_RESERVE_SHA = hashlib.sha1(_RESERVE).hexdigest()
 _DIGITS = bytes.maketrans(bytes(range(10)), b"0123456789")  # log kinds as the digits Redis stores
 
 
@@ -318,6 +319,7 @@ class RedisStore:
         self._reserve = self.redis.register_script(_RESERVE)
         try:
             await self.redis.script_load(_APPEND)
+            await self.redis.script_load(_RESERVE)
             await self.redis.set(_lease_key(self.rid), b"1", px=self.lease_ms)
         except _DOWN as exc:
             self._failing("open", exc)
@@ -817,11 +819,8 @@ class RedisStore:
                         if mirror.running and mirror.subs:
                             self._publish(pipe, _ctl_channel(mirror.owner), f"reading {mirror.id}")
                     await pipe.execute()
-                if self.reserved:  # renew this replica's reservations (streams per key)
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for sid, key_id in self.reserved.items():
-                            await self._reserve([_running_key(key_id)], [0, sid, self.lease_ms], client=pipe)
-                        await pipe.execute()
+                if self.reserved:
+                    await self._renew()
                 self._ok()
             except Exception as exc:
                 self._trouble("tick", exc)
@@ -834,6 +833,17 @@ class RedisStore:
                         # Nothing came for the idle timeout and Redis cannot say why: end this copy.
                         self._trouble("tick", exc)
                         mirror.cut("store_unavailable", _CUT_MSG)
+
+    async def _renew(self) -> None:
+        """Renew this replica's reservations (streams per key), one pipeline; EVALSHA by name, as the
+        append does: redis-py's cluster pipeline refuses a registered script's `evalsha` method."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, key_id in self.reserved.items():
+                pipe.execute_command("EVALSHA", _RESERVE_SHA, 1, _running_key(key_id), 0, sid, self.lease_ms)
+            try:
+                await pipe.execute()
+            except NoScriptError:  # a node that never saw it (a failover, a restart): load, and next tick
+                await self.redis.script_load(_RESERVE)
 
     async def _check_silent(self, mirror: Mirror, idle: float) -> None:
         """A followed stream went quiet for `idle`: its log is gone (Redis lost it), or its generator is."""
