@@ -251,7 +251,7 @@ def test_probe_through_a_profile_reports_the_link(gw):
 
     slow, direct = run(main())
     assert slow["profile"] == "3g" and slow["url"] == gw.url
-    for t in ("sse", "ndjson", "ws"):
+    for t in ("sse_post", "ndjson", "ws"):
         s, d = slow["transports"][t], direct["transports"][t]
         assert s["ok"] and s["arrival"]["spaced"], (t, s)
         assert s["ttft_overhead_s"] >= 0.3 > d["ttft_overhead_s"], t  # a 300 ms round trip at least

@@ -198,7 +198,7 @@ def test_probe_flags_the_buffering_path_and_passes_the_tuned_one(lab):
     (bad_rc, bad), (good_rc, good) = run(main())
 
     assert bad_rc == 1 and bad["ok"] is False
-    for t in ("sse", "ndjson"):
+    for t in ("sse_post", "ndjson"):
         r = bad["transports"][t]
         assert r["reachable"] and r["error"] is None
         assert r["arrival"]["spaced"] is False and r["arrival"]["held_to_end"] is True
@@ -212,7 +212,7 @@ def test_probe_flags_the_buffering_path_and_passes_the_tuned_one(lab):
     assert "proxy_buffering off" in table and "Upgrade" in table
 
     assert good_rc == 0 and good["ok"] is True, report_table(good)
-    for t in ("sse", "ndjson", "ws"):
+    for t in ("sse_post", "ndjson", "ws"):
         r = good["transports"][t]
         assert r["reachable"] and r["arrival"]["spaced"] and r["arrival"]["buffer_bytes"] is None
         # Not held: a held stream's first token comes after the whole generation (0.95 s here); a loaded
@@ -227,7 +227,7 @@ def test_probe_reports_an_idle_cut_with_the_path_timeout(silent_lab):
                           "--idle", "3", "--tokens", "10"], cwd=ROOT, capture_output=True, timeout=60)
     report = json.loads(out.stdout)
     assert out.returncode == 1
-    for t in ("sse", "ndjson", "ws"):
+    for t in ("sse_post", "ndjson", "ws"):
         idle = report["transports"][t]["idle"]
         assert idle["survived"] is False and idle["heartbeats"] == 0
         assert 1.0 < idle["cut_after_silence_s"] < 3.0  # the proxy's 2 s read timeout
