@@ -27,7 +27,7 @@ from .names import FALLBACK
 
 __all__ = ["Fallback", "ORDER"]
 
-ORDER: tuple[str, ...] = tuple(FALLBACK)
+ORDER: tuple[str, ...] = tuple(t.value for t in FALLBACK)  # plain strings: they key results and reports
 
 
 @dataclass

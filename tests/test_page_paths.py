@@ -91,10 +91,10 @@ def test_fetch_and_websocket_panels_notice_a_silent_connection_and_resume(lab, b
             relay.send_signal(signal.SIGUSR1)  # every open connection goes silent
             broke = time.monotonic()
             page.wait_for_function(
-                "() => demo.state().filter((p) => p.kind !== 'eventsource').every((p) => p.reconnects > 0)",
+                "() => demo.state().filter((p) => p.kind !== 'sse_get').every((p) => p.reconnects > 0)",
                 timeout=15_000)
             noticed = time.monotonic() - broke
-            page.wait_for_function("() => demo.state().filter((p) => p.kind !== 'eventsource')"
+            page.wait_for_function("() => demo.state().filter((p) => p.kind !== 'sse_get')"
                                    ".every((p) => p.ended)", timeout=60_000)
             after = _state(page)
             page.click("#cancel")

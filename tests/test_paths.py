@@ -92,8 +92,9 @@ def test_tls_path_without_http2_speaks_http11(lab):
 
 async def _asgi_heads() -> dict[str, httpx.Headers]:
     from gateway.app import create_app
+    from gateway.settings import Settings
 
-    app = create_app()
+    app = create_app(Settings())  # not get_settings(): cached by whichever test called it first
     body = {"prompt": "h", "max_tokens": 2, "sim": {"ttft_ms": 0, "itl_ms": 0}}
     heads = {}
     async with app.router.lifespan_context(app):
@@ -222,8 +223,8 @@ def test_auto_falls_back_to_sse_and_loses_nothing(lab, path):
     r = run(_stream(lab.urls[path], "auto", "fall", resume=True, max_tokens=N, sim=SIM))
     assert r.text == expected_text("fall", 0, N) and r.done is not None
     assert (r.gaps, r.duplicates) == (0, 0)
-    assert r.transport == "sse"
-    assert [(a, b) for a, b, _ in r.fallbacks] == [("ws", "sse")]
+    assert r.transport == "sse_post"
+    assert [(a, b) for a, b, _ in r.fallbacks] == [("ws", "sse_post")]
     assert r.fallbacks[0][2] - r.started < 2.0  # refused at once, or two connections cut within ms
 
 
