@@ -162,7 +162,7 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
                                                          raw, progress.draw, run=run_no, forks=forks))
         results["gateway_rss_end_bytes"] = gw.stat().rss
     progress.step()
-    results["memory"] = (memory_per_connection(matrix.transports, matrix.memory_connections)
+    results["memory"] = (memory_per_connection(matrix.transports, matrix.memory_connections, results["notes"])
                          if matrix.memory_connections else [])
     progress.step()
     results["conditions"]["loadavg_end"] = list(os.getloadavg())
