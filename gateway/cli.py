@@ -60,13 +60,23 @@ def _uvicorn(app, settings, host: str, port: int, fds: str | None = None) -> Non
                                         "propagate": False}
     # uvicorn has no header timeout or header size limit under httptools: the gate adds them in
     # front of its parser (uvicorn's `http` option takes a protocol class); h11's own limit as well.
+    from .admission import refusal
+
+    # A POST to a route without path parameters creates a stream (/v1/sse, /v1/streams, /v1/chat/...):
+    # past capacity the gate refuses those as soon as their heads are in.
+    creates = frozenset(r.path.encode() for r in app.routes
+                        if "POST" in (getattr(r, "methods", None) or ()) and "{" not in r.path)
+    ctx = app.state.ctx
     gate = Gate(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections,
-                settings.max_pending_connections, app.state.ctx.stats.refused)
+                settings.max_pending_connections, ctx.stats.refused, ctx.admission.over, refusal, creates)
     config = uvicorn.Config(
         FastPath(app),  # offers the fast path per connection, after a capability check
         host=host,
         port=port,
-        loop="uvloop",
+        # uvloop, with listening sockets served by gateway/accept.py: bursts of accepts per wake-up,
+        # not libuv's one per loop iteration (a start-up storm waited seconds in the accept queue).
+        loop="gateway.accept:Loop" if settings.accept_burst else "uvloop",
+        backlog=settings.backlog,
         http=gated(HttpToolsProtocol, gate),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_keep_alive=settings.keep_alive_s,
@@ -78,9 +88,14 @@ def _uvicorn(app, settings, host: str, port: int, fds: str | None = None) -> Non
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    from .accept import configure
+
+    # Past capacity, a new stream's connection is refused as it is accepted.
+    configure(settings.accept_burst, gate.screen)
     server = uvicorn.Server(config)
     if fds is None:
-        server.run()
+        # The socket bound here (uvicorn's own `bind_socket`), so that uvicorn hands it to the loop.
+        server.run(sockets=[config.bind_socket()])
         return
     # A worker of `serve --workers`: its own socket on the shared port (bound now that the app is
     # built, so the kernel routes nothing here before), and its private one from the supervisor.
@@ -90,7 +105,7 @@ def _uvicorn(app, settings, host: str, port: int, fds: str | None = None) -> Non
     from .workers import listen
 
     app.state.ctx.stop_listening = lambda: stop_listening(server)
-    server.run(sockets=[listen(host, port), socket.socket(fileno=int(fds))])
+    server.run(sockets=[listen(host, port, settings.backlog), socket.socket(fileno=int(fds))])
 
 
 def _hypercorn(app, settings, host: str, port: int) -> None:

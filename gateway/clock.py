@@ -81,6 +81,15 @@ class Clock:
         if keys:
             self._arm(keys[0])
 
+    def overdue(self) -> float:
+        """Seconds the oldest deadline due is past its slot (0 when on time): how far behind the streams'
+        tokens run. Past FIRE_BUDGET a firing leaves due slots for the next turn, so the loop itself
+        stays punctual while this grows: admission reads it (gateway/admission.py)."""
+        keys = self._keys
+        if not keys:
+            return 0.0
+        return max(0.0, self.loop.time() - keys[0] * SLOT_S)
+
     def every(self, interval: float, callback: Callable[[float], None]) -> None:
         """Call `callback(now)` every `interval` seconds until `stop`."""
 

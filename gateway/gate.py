@@ -14,7 +14,10 @@ bytes in front of each request's body:
 - connections are counted from accept. Over `max_connections` plus
   `max_pending_connections`, the oldest connection still sending its head is
   closed to make room (a real client sends its head at once; a slow one is
-  the one to go), and with none of those the new connection gets 503.
+  the one to go), and with none of those the new connection gets 503;
+- past the process's capacity (gateway/admission.py), a request that would create a stream (a POST to
+  one of `creates`) gets the admission's 503 as soon as its head is complete, before the parser and
+  the app: cheap enough to refuse a storm by the hundred.
 
 Once a connection upgrades (WebSocket), the gate only passes bytes through.
 """
@@ -42,7 +45,8 @@ class Gate:
     """The limits and counts of one server, shared by its connections."""
 
     def __init__(self, header_timeout_s: float, max_header_bytes: int, max_connections: int,
-                 max_pending: int, refused: Any = None) -> None:
+                 max_pending: int, refused: Any = None, over: Callable[[], str | None] | None = None,
+                 refusal: Callable[[str], bytes] | None = None, creates: frozenset[bytes] = frozenset()) -> None:
         self.header_timeout_s = header_timeout_s
         self.max_header_bytes = max_header_bytes
         self.max_open = (max_connections + max_pending) if max_connections else 0
@@ -51,6 +55,11 @@ class Gate:
         self.pending: dict[_Gated, None] = {}  # connections sending a head, oldest first
         self.refused = refused if refused is not None else {}
         self._timeouts = self._too_large = self._evicted = 0
+        # Admission: `over()` says why a new stream would be past capacity (or None), `refusal` makes
+        # the response; `creates` are the request targets (b"/v1/sse" ...) a POST to which creates one.
+        self.over = over if creates and refusal else None
+        self.refusal = refusal
+        self.creates = creates
         self.too_large_reply = _reply("431 Request Header Fields Too Large",
                                       f"request headers over {max_header_bytes} bytes")
 
@@ -70,6 +79,28 @@ class Gate:
             self.count("connections")
             return False
         return True
+
+
+    def screen(self, first: bytes) -> bytes | None:
+        """For gateway/accept.py: the refusal for a connection whose first bytes are a stream-creating
+        POST while the process is past capacity, else None (the connection is served)."""
+        over = self.over
+        if over is None or not first.startswith(b"POST ") or first.find(b" ", 5) < 0:
+            return None
+        if _target(first) not in self.creates:
+            return None
+        detail = over()
+        if detail is None:
+            return None
+        return self.refusal(detail)  # type: ignore[misc]
+
+
+def _target(head: bytes) -> bytes:
+    """The request target's path (no query) from a head's request line."""
+    end = head.find(b" ", 5)
+    path = head[5:end] if end > 0 else b""
+    q = path.find(b"?")
+    return path[:q] if q >= 0 else path
 
 
 def gated(protocol_class: Callable[..., asyncio.Protocol], gate: Gate) -> Callable[..., asyncio.Protocol]:
@@ -224,7 +255,8 @@ class _Gated(asyncio.Protocol):
                     return self._too_large()
                 rest = len(head) - (end + 4)
                 view = view[len(view) - rest:]
-                self._head_done(bytes(head[:end + 4]))
+                if not self._head_done(bytes(head[:end + 4])):
+                    return False
                 continue
             if state is _BODY:
                 n = min(self.left, len(view))
@@ -246,23 +278,32 @@ class _Gated(asyncio.Protocol):
         self.closed = True  # nothing more reaches the parser
         return False
 
-    def _head_done(self, head: bytes) -> None:
+    def _head_done(self, head: bytes) -> bool:
+        """Note where the request's body ends; False when the request was refused here."""
         self._settled()
         self.head = bytearray()
+        over = self.gate.over
+        if over is not None and head.startswith(b"POST ") and _target(head) in self.gate.creates:
+            detail = over()
+            if detail is not None:
+                self._refuse(self.gate.refusal(detail))  # type: ignore[misc]
+                self.closed = True  # nothing more reaches the parser
+                return False
         lower = head.lower()
         if b"\nupgrade:" in lower:
             self.state = _PASS  # (the server upgrades, or answers and closes)
-            return
+            return True
         if b"\ntransfer-encoding:" in lower and b"chunked" in lower.split(b"\ntransfer-encoding:", 1)[1].split(b"\n", 1)[0]:
             self.state, self.left = _CHUNKED, -1
             self.head = bytearray()  # the chunk-size line being read
-            return
+            return True
         length = 0
         at = lower.find(b"\ncontent-length:")
         if at >= 0:
             value = lower[at + 16:lower.find(b"\n", at + 1)].strip()
             length = int(value) if value.isdigit() else 0  # (the parser refuses a bad one)
         self.state, self.left = (_BODY, length) if length else (_IDLE, 0)
+        return True
 
     def _chunks(self, view: memoryview) -> memoryview:
         """Skip a chunked body: `left` is -1 while reading a size line, -2 in the trailer, else

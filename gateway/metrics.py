@@ -7,10 +7,12 @@ from collections import Counter
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .accept import accept_stats
+from .names import STREAMED
+
 __all__ = ["Stats", "TransportStats", "TRANSPORTS"]
 
-# chat: POST /v1/chat/completions streamed; responses: /v1/responses; messages: POST /v1/messages streamed
-TRANSPORTS = ("sse", "ndjson", "ws", "chat", "responses", "messages")
+TRANSPORTS = tuple(t.value for t in STREAMED)  # the `transport` label's values (gateway/names.py)
 
 
 class TransportStats:
@@ -104,5 +106,14 @@ class _Collector:
         for reason, n in sorted(s.refused.items()):
             refused.add_metric([reason], n)
         yield refused
+        accepts = accept_stats()
+        if accepts is not None:  # uvicorn on gateway/accept.py's loop
+            accepted, wakeups, screened = accepts
+            yield CounterMetricFamily("gateway_connections_accepted", "Connections accepted (in bursts).",
+                                      value=accepted)
+            yield CounterMetricFamily("gateway_accept_wakeups", "Listening sockets found readable: accepted / "
+                                      "wakeups is the mean burst.", value=wakeups)
+            yield CounterMetricFamily("gateway_accept_refused", "Connections refused as they were accepted "
+                                      "(past capacity; also in gateway_refused).", value=screened)
         yield CounterMetricFamily("gateway_streams_evicted", "Ended streams dropped before their TTL (memory bound).",
                                   value=s.evicted)

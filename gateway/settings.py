@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     # Streams generating per process, and how late (ms) the event loop may run; 0 switches one off.
     max_streams: int = Field(0, ge=0)
     admit_lag_ms: float = Field(0.0, ge=0)
+    # The listen backlog (uvicorn's `backlog`, the kernel caps it at net.core.somaxconn): connections
+    # the kernel holds before the server accepts them; past it a SYN is dropped and retried after 1 s.
+    backlog: int = Field(4096, ge=1)
+    # Connections uvicorn's listening socket accepts per wake-up (gateway/accept.py); 0: uvloop's own
+    # accept, one connection per event-loop iteration (libuv's), with no admission at accept.
+    accept_burst: int = Field(64, ge=0)
     # The connection gate (gateway/gate.py), in front of the HTTP parser: a request head must come
     # whole within `header_timeout_s` (else 408) and within `max_header_bytes` (else 431); at most
     # `max_pending_connections` connections may be sending heads (the oldest is closed for a new one),

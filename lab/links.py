@@ -304,10 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0", help="host:port (port 0: a free one, printed)")
     parser.add_argument("--upstream", required=True, help="host:port of the gateway or proxy behind the link")
     parser.add_argument("--dead-after", type=float, help="half-open: seconds before forwarding stops")
+    parser.add_argument("--reset-after", type=float,
+                        help="reset (RST) each connection this many seconds after its accept (a proxy's cut)")
+    parser.add_argument("--bare", action="store_true", help="no added delay or rate limit: only the schedule")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
+    if args.bare:
+        profile = replace(profile, rtt_ms=0.0, rate_kbit=0.0, stall_every_s=0.0, stall_s=0.0)
     if args.dead_after is not None:
         profile = replace(profile, dead_after_s=args.dead_after)
+    if args.reset_after is not None:
+        profile = replace(profile, reset_every_s=args.reset_after)
     host, port = parse_hostport(args.listen)
     relay = Relay(profile, parse_hostport(args.upstream), host, port)
 

@@ -112,6 +112,7 @@ if str(ROOT) not in sys.path:
 
 from gateway import backoff  # noqa: E402
 from gateway.events import Done, Error, Token  # noqa: E402
+from gateway.names import COLORS, Transport  # noqa: E402
 from gateway.sources.simulated import corpus_tokens, expected_text  # noqa: E402
 from loadtests import targets  # noqa: E402
 from loadtests.board import COLUMNS, Board  # noqa: E402
@@ -333,7 +334,7 @@ class StreamUser(GatewayUser):
 
 
 class SseGetUser(StreamUser):
-    transport = "sse_get"
+    transport = Transport.SSE_GET.value
     weight = 2
 
     @tag("sse_get", "sse")
@@ -343,7 +344,7 @@ class SseGetUser(StreamUser):
 
 
 class SsePostUser(StreamUser):
-    transport = "sse_post"
+    transport = Transport.SSE_POST.value
     weight = 3
 
     @tag("sse_post", "sse")
@@ -353,7 +354,7 @@ class SsePostUser(StreamUser):
 
 
 class NdjsonUser(StreamUser):
-    transport = "ndjson"
+    transport = Transport.NDJSON.value
     weight = 2
 
     @tag("ndjson")
@@ -363,7 +364,7 @@ class NdjsonUser(StreamUser):
 
 
 class WsUser(StreamUser):
-    transport = "ws"
+    transport = Transport.WS.value
     weight = 3
 
     @tag("ws")
@@ -385,7 +386,7 @@ class AutoUser(StreamUser):
 
 class CompleteUser(GatewayUser):
     """The non-streamed baseline: the first token is seen only with the whole answer."""
-    transport = "complete"
+    transport = Transport.COMPLETE.value
     weight = 1
 
     @tag("complete")
@@ -415,7 +416,7 @@ class CompleteUser(GatewayUser):
 
 class ResponsesUser(StreamUser):
     """OpenAI's Responses API: a streamed background response, resumed with `starting_after` (seq + 3)."""
-    transport = "responses"
+    transport = Transport.RESPONSES.value
     weight = 2
 
     @tag("responses")
@@ -438,7 +439,7 @@ def _tagged(user_class, options) -> bool:
     return bool(user_class.tasks) and (not tags or bool(have & tags)) and not have & exclude
 
 
-# Users when the form or the command line gave none (the web UI sends 0 once a shape class is picked).
+# Users when the command line gave none (headless -u 0); the web UI form shows them and refuses 0.
 SHAPE_DEFAULT_USERS = {"throughput": 50, "mixed": 13}
 SHAPE_DEFAULT = 10
 
@@ -452,6 +453,50 @@ def shape_default_users(options, environment) -> int:
         log.warning("ScenarioShape: no user count given (0); using the %s scenario's default of %d users",
                     options.scenario, n)
     return n
+
+
+def shape_form_defaults(environment, args: dict) -> None:
+    """The web UI form's users, ramp and run time with ScenarioShape: shown and editable, never a greyed-out 0.
+
+    Locust greys them out at 0 when a shape class is picked and the shape chosen at page load (none once a
+    run used "Default") does not say it uses them; ScenarioShape does (`use_common_options`), so the form
+    says so whatever was chosen before, and offers the scenario's own default users (ramp: all at once;
+    run time: none, until stopped or, for throughput, until the ramp stops)."""
+    shapes = environment.available_shape_classes or {}
+    if not isinstance(environment.shape_class, ScenarioShape) and "ScenarioShape" not in shapes:
+        return
+    options = knobs(environment)
+    users = (options.num_users if options is not None else None) or SHAPE_DEFAULT_USERS.get(
+        getattr(options, "scenario", "steady"), SHAPE_DEFAULT)
+    args["shape_use_common_options"] = True
+    args["hide_common_options"] = False
+    args["num_users"] = users
+    args["spawn_rate"] = (options.spawn_rate if options is not None else None) or users
+
+
+def shape_start_refusal(environment, form) -> str | None:
+    """Why a start from the web UI is refused, or None: ScenarioShape given 0 users would run nobody (it
+    used to run one user, silently)."""
+    chosen = form.get("shape_class")
+    shapes = environment.available_shape_classes or {}
+    shape = environment.shape_class if chosen is None else shapes.get(chosen)
+    if not isinstance(shape, ScenarioShape):
+        return None
+    value = form.get("user_count")
+    if value is None:  # not in the form: the command line's -u, if any
+        users = knobs(environment).num_users or 0
+    else:
+        try:
+            users = int(value)
+        except ValueError:
+            return None  # Locust's own message for a number that is not one
+    if users > 0:
+        return None
+    scenario = form.get("scenario") or knobs(environment).scenario
+    default = SHAPE_DEFAULT_USERS.get(scenario, SHAPE_DEFAULT)
+    return (f"ScenarioShape needs a number of users above 0 (got {value or 'none'}): the users of the "
+            f"{scenario} scenario ({'the ramp’s ceiling' if scenario == 'throughput' else 'streams at once'}); "
+            f"its default is {default}. Not started.")
 
 
 class ScenarioShape(LoadTestShape):
@@ -617,6 +662,25 @@ def _extend_web_ui(environment) -> None:
     environment.web_ui.template_args["extended_tables"] = [{"key": "transports", "structure": columns}]
     environment.web_ui.template_args["extended_csv_files"] = [
         {"href": "/transports/csv", "title": "Download transport statistics CSV"}]
+    # Locust recomputes the form's arguments on every page load: the shape's defaults go in after it.
+    ui = environment.web_ui
+    locust_update = ui.update_template_args
+
+    def update_template_args() -> None:
+        locust_update()
+        shape_form_defaults(environment, ui.template_args)
+
+    ui.update_template_args = update_template_args
+    update_template_args()
+
+    @app.before_request
+    def _refuse_a_shape_without_users():
+        if request.method == "POST" and request.path == "/swarm":
+            why = shape_start_refusal(environment, request.form)
+            if why:
+                log.warning("web UI start refused: %s", why)
+                return jsonify({"success": False, "message": why, "host": environment.host})
+        return None
 
     @app.route("/transports")
     def transports():
@@ -628,7 +692,7 @@ def _extend_web_ui(environment) -> None:
 
     @app.route("/transports/chart")
     def transports_chart():
-        return app.response_class(CHART_PAGE, mimetype="text/html")
+        return app.response_class(CHART_PAGE.replace("%COLORS%", json.dumps(COLORS)), mimetype="text/html")
 
     @app.route("/transports/csv")
     def transports_csv():
@@ -685,7 +749,7 @@ CHART_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Transpor
 .k{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}</style></head><body>
 <h2>Transports over time <small>(each point: the last 10 s)</small></h2><div id="legend"></div><div id="charts"></div>
 <script>
-const COLORS = {sse_get: "#7c3aed", sse_post: "#2563eb", ndjson: "#059669", ws: "#ea580c", complete: "#6b7280"};
+const COLORS = %COLORS%;
 const CHARTS = [["ttft_p95", "TTFT p95 (ms)"], ["itl_p99", "inter-token p99 (ms)"], ["tokens_per_s", "tokens/s"]];
 async function draw() {
   const points = await (await fetch("history")).json();

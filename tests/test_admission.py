@@ -12,6 +12,7 @@ import pytest
 import websockets
 
 from gateway.admission import Admission
+from gateway.clock import Clock
 from gateway.metrics import Stats
 from gateway.problems import Problem
 from gateway.settings import Settings
@@ -85,6 +86,26 @@ def test_a_late_loop_refuses_new_streams_until_it_catches_up():
             admission.check()
         finally:
             admission.stop()
+
+    asyncio.run(go())
+
+
+def test_tokens_running_behind_the_clock_refuse_new_streams_while_the_loop_itself_is_on_time():
+    async def go():
+        clock = Clock()
+        admission = Admission(Settings(admit_lag_ms=50), Stats(), clock)
+        admission.check()  # nothing due: on time
+        # A storm: the clock fires a bounded batch per turn, so deadlines wait past their slot while the
+        # loop stays punctual. Here one deadline is already 200 ms overdue.
+        clock.call_at(clock.now() - 0.2, lambda: None)
+        assert clock.overdue() >= 0.2
+        with pytest.raises(Problem) as refused:
+            admission.check()
+        assert refused.value.status == 503 and "late" in refused.value.detail
+        while clock.overdue():  # the clock catches up at its next firing
+            await asyncio.sleep(0)
+        admission.check()
+        clock.stop()
 
     asyncio.run(go())
 

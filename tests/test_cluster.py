@@ -1,9 +1,13 @@
 """The Redis store on a real Redis Cluster (3 primaries, 1 replica each): appends per slot, one reader per
-node, and a primary killed mid-stream (its replica promoted) with nothing silently lost."""
+node, the replicas behind the lab's real nginx load balancer, STREAMS_PER_KEY across replicas, and a
+primary killed mid-stream (its replica promoted) with nothing silently lost."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import threading
+import time
 
 import httpx
 import pytest
@@ -13,7 +17,7 @@ from gateway.store.cluster import shard_tags
 
 from . import wire
 from .cluster import RedisCluster
-from .support import Gateway, run
+from .support import Gateway, free_port, require, run, stop, wait_http
 
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
 ENV = {
@@ -75,6 +79,78 @@ def test_streams_spread_over_every_primary_and_resume_across_replicas(cluster, p
     assert all(len(lines) <= 1 for lines in readers.values()) and any(readers.values()), readers
     samples = b.metrics()
     assert samples["gateway_redis_events_read_total"] >= 9 * 152
+
+
+def test_replicas_on_the_cluster_behind_nginx_resume_every_segment_through_the_balancer(cluster, pair, tmp_path):
+    """Created on A; read through the lab's nginx-lb (round robin over A and B) in segments of ~50 events,
+    each resumed after the last seq of the one before, alternating NDJSON and SSE: together, exactly the
+    stream, served by both replicas."""
+    from loadtests.lab import render
+
+    nginx = require("nginx")
+    a, b = pair
+    port = free_port()
+    conf = tmp_path / "lb.conf"
+    conf.write_text(render("nginx/lb.conf", LISTEN=f"127.0.0.1:{port}", UPSTREAM=f"127.0.0.1:{a.port}",
+                           UPSTREAM_B=f"127.0.0.1:{b.port}", READ_TIMEOUT="30s", RUN_DIR=str(tmp_path)))
+    proxy = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.DEVNULL)
+    lb = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(lb + "/healthz", proxy)
+        sid = create(a.url, "through nginx", max_tokens=240, seed=7)
+        events: list[dict] = []
+        served_by: set[str] = set()
+        after = -1
+        for i in range(20):
+            stop_at = after + 50
+            r = run(wire.read(lb, ("ndjson", "sse")[i % 2], stream_id=sid, after=after,
+                              until=lambda e, n=stop_at: e.get("seq", -1) >= n))
+            assert r.status == 200, r.problem
+            events += r.stream
+            served_by.add(r.headers.get("x-gateway-worker", ""))
+            if r.ended == "terminal":
+                break
+            after = r.stream[-1]["seq"]
+        wire.assert_exact(events, 0, 241)  # meta, 240 tokens, done: no gap, no duplicate at any joint
+        assert events[-1]["type"] == "done" and wire.text_of(events) == expected_text("through nginx", 7, 240)
+        assert served_by == {str(a.pid), str(b.pid)}, served_by  # both replicas served segments
+    finally:
+        stop(proxy)
+
+
+def test_streams_per_key_holds_on_the_cluster_across_replicas_and_past_the_reservation_lease(cluster):
+    """40 concurrent creates for one key over two replicas with STREAMS_PER_KEY=2: exactly 2 start. The
+    reservations lapse unless renewed (lease 1 s here): creates stay refused for 3 leases, so the owner's
+    renewals reach the cluster."""
+    key = "secret-owner-0123456789"
+    env = {**ENV, "GATEWAY_REDIS_URL": cluster.url, "GATEWAY_API_KEYS": f"owner={key}",
+           "GATEWAY_TOKEN_SECRET": "s" * 32, "GATEWAY_STREAMS_PER_KEY": "2", "GATEWAY_METRICS_PUBLIC": "true",
+           "GATEWAY_IDLE_TIMEOUT_S": "2"}  # a reservation lease of 1 s
+    gws = [Gateway(env) for _ in range(2)]
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"max_tokens": 2000, "sim": {"ttft_ms": 50, "itl_ms": 100, "jitter": 0}}
+    try:
+        async def creates(n: int):
+            async with httpx.AsyncClient(headers=headers, timeout=20) as http:
+                return await asyncio.gather(*(http.post(f"{gws[i % 2].url}/v1/streams", json=body)
+                                              for i in range(n)))
+
+        responses = run(creates(40))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses.count(201) == 2 and statuses.count(429) == 38, statuses
+        assert all(r.json()["code"] == "too_many_streams" for r in responses if r.status_code == 429)
+        created = [r.json()["id"] for r in responses if r.status_code == 201]
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:  # a create every ~0.1 s for three leases: each refused
+            assert all(r.status_code == 429 for r in run(creates(2))), "a lapsed reservation let a create in"
+        # Ending one gives its place back, wherever the next create lands.
+        assert httpx.delete(f"{gws[0].url}/v1/streams/{created[0]}", headers=headers).status_code == 204
+        deadline = time.monotonic() + 10
+        while (r := httpx.post(f"{gws[1].url}/v1/streams", json={"max_tokens": 5}, headers=headers)).status_code != 201:
+            assert r.status_code == 429 and time.monotonic() < deadline, r.text
+    finally:
+        for gw in gws:
+            gw.stop()
 
 
 def test_killing_a_primary_mid_stream_loses_nothing_silently(cluster, pair):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,31 @@ def test_stats_exact_percentiles_and_t_intervals():
     assert d.winner is None and d.label == "tie: a, b"
 
 
+def _noisy(r: dict, rng: random.Random, noise: float) -> dict:
+    """The same cells measured again: every run's figures moved by up to +-noise, independently."""
+    r = copy.deepcopy(r)
+    for c in r["cells"]:
+        for fig in c["exact"].values():
+            k = 1 + rng.uniform(-noise, noise)
+            for key in ("mean", "p50", "p90", "p95", "p99"):
+                fig[key] *= k
+        c["gateway"]["cpu_us_per_token"] *= 1 + rng.uniform(-noise, noise)
+    return r
+
+
+def test_the_same_preset_twice_gives_the_same_verdicts_ties_included():
+    """Recorded figures measured again with run-to-run noise (seeded, 20 repeats): a clear difference keeps its
+    winner every time, a difference under 10% stays a tie every time; none flips."""
+    rng = random.Random(14)
+    clear, near = results(FAST, SLOW), results(FAST, dict(FAST, ttft=335.0, rec=165.0, cpu=42.0, itl50=92.0))
+    want_clear, want_near = verdicts(clear), verdicts(near)
+    assert want_near["browser client"] == want_near["resumability"] == "tie: sse_post, ws"
+    assert want_clear["browser client"] == want_clear["resumability"] == "sse_post"
+    for _ in range(20):
+        assert verdicts(_noisy(clear, rng, 0.04)) == want_clear
+        assert verdicts(_noisy(near, rng, 0.04)) == want_near
+
+
 def test_no_throughput_winner_over_a_transport_the_load_generator_could_not_judge():
     r = results(FAST, FAST)
     for c in r["cells"]:
@@ -210,3 +236,26 @@ def test_printed_verdicts_from_fixed_figures(tmp_path):
     assert report_verdicts(tmp_path / "b", dict(FAST, spread=0.5), SLOW) == {
         "browser client": "tie: sse_post, ws", "bidirectional control": "ws", "strict proxies": "not measured",
         "resumability": "tie: sse_post, ws", "mobile networks": "not measured", "highest throughput": "sse_post"}
+
+
+def test_streams_a_proxy_cut_for_good_disqualify_from_resumability():
+    """Clean resumes when the user cuts, but a proxy's reset before any answer lost sse_post streams (a
+    one-shot POST has no stream id to resume): ws wins, and the verdict says what sse_post lost, and where."""
+    r = results(FAST, SLOW)
+    assert verdicts(r)["resumability"] == "sse_post"
+    for c in r["cells"]:
+        if c["kind"] == "reconnect":
+            c["cut_by"] = "client"
+    for t, lost in (("sse_post", 3), ("ws", 0)):
+        for run in cell(t, 10, 320.0, 80.0, kind="reconnect", path="proxy-cut", resume_p95=200.0):
+            run["cut_by"] = "proxy"
+            if lost:
+                run["errors"] = [{"method": t, "name": "stream", "occurrences": lost,
+                                  "error": "cut: no response, ConnectionError: Connection reset by peer"}]
+                run["locust"]["stream"]["failures"] = lost
+            r["cells"].append(run)
+    row = next(x for x in recommend(r)["table"] if x["need"] == "resumability")
+    assert row["verdict"] == "ws", row
+    assert "sse_post cut by the proxy: 9 cut streams" in row["why"], row["why"]  # 3 in each of 3 runs
+    summary = recommend(r)["summary"]
+    assert set(summary["ws"]["drops"]) == {"client", "proxy"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -402,3 +403,71 @@ def test_a_shape_given_no_users_runs_its_own_default_and_says_so(gw, tmp_path):
     assert "no user count given (0); using the steady scenario's default of 10 users" in out["log"]
     with open(tmp_path / "run_stats_history.csv") as f:
         assert max(int(r["User Count"]) for r in csv.DictReader(f)) == 10
+
+
+def _form_args(page: str) -> dict:
+    """The arguments Locust's web UI renders its start form from (`window.templateArgs` in the page)."""
+    found = re.search(r"window\.templateArgs = (\{.*?\})\s*$", page, re.M)
+    assert found, page[:2000]
+    return json.loads(found.group(1))
+
+
+def _users_become(base: str, n: int, proc, state: str = "running") -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        stats = httpx.get(base + "/stats/requests").json()
+        done = stats["state"] == state and (stats["user_count"] == n or state != "running")
+        if done or time.monotonic() > deadline or proc.poll() is not None:
+            return stats
+        time.sleep(0.2)
+
+
+def test_the_web_form_offers_the_shapes_defaults_and_refuses_zero_users(gw, tmp_path):
+    """The real web UI with the class picker, in Chromium: the form shows ScenarioShape's users, editable,
+    also after a run without a shape (stock Locust then greys them out at 0 once the shape is picked, and
+    the run silently used 1 user); a start with 0 users is refused with the reason on the form, nothing
+    runs; with users it starts with them."""
+    chromium = require("chromium")
+    from playwright.sync_api import sync_playwright
+
+    web = free_port()
+    ui = procs.spawn([*LOCUST, "--host", gw.url, "--class-picker", "--web-host", "127.0.0.1", "--web-port", str(web),
+                      "--loglevel", "WARNING", "--max-tokens", "5", "--ttft-ms", "20", "--itl-ms", "10"], cwd=tmp_path,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{web}"
+    try:
+        wait_http(base + "/transports", ui)
+        args = _form_args(httpx.get(base + "/").text)
+        assert "ScenarioShape" in args["available_shape_classes"]
+        assert args["shape_use_common_options"] is True and not args["hide_common_options"], args
+        assert (args["num_users"], args["spawn_rate"]) == (10, 10)  # the steady scenario's own default
+        # A run without a shape first: after it, stock Locust forgets that the shape uses the fields.
+        started = httpx.post(base + "/swarm", data={"user_count": "2", "spawn_rate": "2", "host": gw.url,
+                                                    "shape_class": "Default", "user_classes": "SsePostUser"}).json()
+        assert started["success"], started
+        assert _users_become(base, 2, ui)["user_count"] == 2
+        assert httpx.post(base + "/stop").json()["success"]
+        assert _users_become(base, 0, ui, state="stopped")["state"] == "stopped"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                page.get_by_role("button", name="New").click()
+                page.select_option("select[name=shapeClass]", "ScenarioShape")
+                users = page.locator("input[name=userCount]")
+                assert users.is_enabled() and users.input_value() == "2"  # the last run's users, editable
+                assert page.locator("input[name=spawnRate]").is_enabled()
+                users.fill("0")
+                page.get_by_role("button", name="Start").click()
+                page.get_by_text("ScenarioShape needs a number of users above 0 (got 0)").wait_for(timeout=15000)
+                assert "its default is 10" in page.content()
+                assert httpx.get(base + "/stats/requests").json()["state"] == "stopped"  # nothing started
+                users.fill("3")
+                page.get_by_role("button", name="Start").click()
+                assert _users_become(base, 3, ui)["user_count"] == 3  # the form's users, not a default or 1
+            finally:
+                browser.close()
+        assert httpx.post(base + "/stop").json()["success"]
+    finally:
+        procs.kill_group(ui, grace=10)

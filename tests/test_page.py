@@ -10,12 +10,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from gateway.names import PAGE
 from gateway.page import STATIC
 from gateway.sources.simulated import expected_text
 
 from .support import ROOT, gateway, require
 
-KINDS = ["eventsource", "fetch-sse", "fetch-ndjson", "websocket", "fetch-responses"]
+KINDS = [t.value for t in PAGE]  # gateway/names.py: the page renders a panel for each
 PROMPT = "Why stream model output, and over which transport?"  # the page's default prompt
 SCREENSHOT = ROOT / "docs" / "browser-page.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -164,7 +165,7 @@ def test_four_panels_end_with_the_same_text_and_sha(page):
         drawn, whole = p.evaluate(DRAWN_AND_WHOLE)
         assert drawn == whole, kind
     for tag in ("h2", "h3", "strong", "em", "code", "pre", "ol", "ul", "blockquote", "table", "a[target=_blank]"):
-        assert panel(page, "websocket").locator(f".output {tag}").count() >= 1, tag
+        assert panel(page, "ws").locator(f".output {tag}").count() >= 1, tag
 
     watch = page.evaluate("window.__watch")
     assert watch["mutations"] > 50  # the watcher saw the text grow
@@ -201,13 +202,14 @@ def test_dropped_connection_resumes_without_a_lost_or_repeated_word(page, gw, tm
         assert not s["flags"], (kind, s["flags"])
     # EventSource waits the server's retry (200 ms here) before it resumes; the others the backoff's
     # first step (75-150 ms).
-    assert min(state["eventsource"]["stalls"]) >= 200
+    assert min(state["sse_get"]["stalls"]) >= 200
     assert page.locator("#path").inner_text() == f"path: {gw.url} over http/1.1"
     after = gw.metrics()
     # Each client resumed on the server's resume paths (not by starting a new generation).
     resumed = {t: after.get(f'gateway_resumes_total{{transport="{t}"}}', 0)
-               - before.get(f'gateway_resumes_total{{transport="{t}"}}', 0) for t in ("sse", "ndjson", "ws", "responses")}
-    assert resumed["sse"] >= 2 and resumed["ndjson"] >= 1 and resumed["ws"] >= 1, resumed
+               - before.get(f'gateway_resumes_total{{transport="{t}"}}', 0) for t in ("sse_get", "ndjson", "ws", "responses")}
+    # Both SSE panels resume by GET /v1/streams/{id}/sse, labelled sse_get (gateway/names.py).
+    assert resumed["sse_get"] >= 2 and resumed["ndjson"] >= 1 and resumed["ws"] >= 1, resumed
     assert resumed["responses"] >= 1, resumed  # GET /v1/responses/{id}?stream=true&starting_after=N
     assert after["gateway_streams_created_total"] - before["gateway_streams_created_total"] == len(KINDS)
 
@@ -298,4 +300,4 @@ def test_mid_stream_failure_keeps_partial_text_with_error_mark(page):
         assert p.locator(".output").inner_text().strip()  # the partial answer stays on screen
         # 2 s before the first token at a 0.5 s heartbeat: 3 or 4 heartbeats on the connections the page
         # reads; EventSource hides SSE comments from the page, so it must count none there.
-        assert s["heartbeats"] == 0 if kind == "eventsource" else s["heartbeats"] >= 2, (kind, s["heartbeats"])
+        assert s["heartbeats"] == 0 if kind == "sse_get" else s["heartbeats"] >= 2, (kind, s["heartbeats"])

@@ -404,7 +404,7 @@ def test_a_mirror_logs_its_clients_lifecycle(pair, redis, tmp_path):
             time.sleep(0.1)
         assert sorted(r["event"] for r in records) == want and records[0]["event"] == "attached", records
         attached, cut, resumed = (next(r for r in records if r["event"] == e) for e in want)
-        assert attached["transport"] == cut["transport"] == "ndjson" and resumed["transport"] == "sse"
+        assert attached["transport"] == cut["transport"] == "ndjson" and resumed["transport"] == "sse_get"
         assert cut["reason"] == "client_left" and resumed["after"] == last
     finally:
         b.stop()

@@ -25,7 +25,6 @@ its replica are written again from the generator's log (it has every event). If 
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from .redis import _BLOCK_MS, RedisStore, _Owned
+from .redis import _BLOCK_MS, RedisStore, _Owned, _Reader
 
 if TYPE_CHECKING:
     from ..clock import Clock
@@ -55,27 +54,12 @@ def shard_tags(n: int) -> list[str]:
     return tags
 
 
-class _Reader:
-    """One shard's reader: a connection to the node serving it, blocked in XREAD."""
-
-    __slots__ = ("client", "kick", "id", "blocked", "round", "wake")
-
-    def __init__(self) -> None:
-        self.client: Redis | None = None
-        self.kick: Redis | None = None  # CLIENT UNBLOCK goes to the reader's own node
-        self.id: int | None = None
-        self.blocked = False
-        self.round = 0
-        self.wake = asyncio.Event()
-
-
 class ClusterStore(RedisStore):
     def __init__(self, settings: Settings, clock: Clock, stats: Stats) -> None:
         super().__init__(settings, clock, stats)
         self.tags = shard_tags(settings.redis_shards)
-        self._readers: list[_Reader] = []
 
-    def _shard(self, stream_id: str) -> int:
+    def _shard(self, stream_id: str) -> int:  # (also picks the stream's reader)
         return zlib.crc32(stream_id.encode()) % len(self.tags)
 
     def _log_key(self, stream_id: str) -> str:
@@ -121,72 +105,25 @@ class ClusterStore(RedisStore):
             return
         super()._lost(rec, result)
 
-    # -- reading: one reader per shard ----------------------------------------
+    # -- reading: one reader per shard, the plain store's loop (RedisStore._read_shard) ------
 
-    def _follow(self) -> None:
-        for reader in self._readers:
-            reader.wake.set()
-            if reader.blocked:
-                self.spawn(self._unblock_shard(reader, reader.round))
+    def _shards(self) -> int:
+        return len(self.tags)
 
-    async def _unblock_shard(self, reader: _Reader, round_: int) -> None:
-        for _ in range(50):
-            if reader.round != round_ or not reader.blocked or reader.id is None or reader.kick is None:
-                return
-            try:
-                if await reader.kick.client_unblock(reader.id):
-                    return
-            except Exception:
-                return
-            await asyncio.sleep(0.005)
+    def _reader_clients(self, shard: int) -> tuple[Redis, Redis]:
+        tag = "{%s}" % self.tags[shard]
+        return (self._node_client(tag, f"reader{shard}", _BLOCK_MS / 1000 + 3.0),
+                self._node_client(tag, f"kick{shard}", 2.0))
 
-    async def _read_loop(self) -> None:
-        self._readers = [_Reader() for _ in self.tags]
-        await asyncio.gather(*(self._read_shard(i, r) for i, r in enumerate(self._readers)))
-
-    async def _read_shard(self, shard: int, reader: _Reader) -> None:
-        backoff = 0.05
-        while True:
-            following = {m.key: m for m in self.mirrors.values() if m.running and self._shard(m.id) == shard}
-            if not following:
-                reader.wake.clear()
-                await reader.wake.wait()
-                continue
-            streams = {key: b"1-%d" % (len(m.log) - 1) for key, m in following.items()}
-            try:
-                if reader.client is None:
-                    tag = "{%s}" % self.tags[shard]
-                    reader.client = self._node_client(tag, f"reader{shard}", _BLOCK_MS / 1000 + 3.0)
-                    reader.kick = self._node_client(tag, f"kick{shard}", 2.0)
-                    reader.id = await reader.client.client_id()
-                reader.wake.clear()
-                reader.blocked = True
+    async def _reader_lost(self, reader: _Reader) -> None:
+        # The node went away (a failover) or moved the slot: connect afresh to whoever serves it.
+        for client in (reader.client, reader.kick):
+            if client is not None:
                 try:
-                    reply = await reader.client.xread(streams, count=1024, block=_BLOCK_MS)
-                finally:
-                    reader.blocked = False
-                    reader.round += 1
-            except Exception as exc:
-                # The node went away (a failover) or moved the slot: connect afresh to whoever serves it.
-                for client in (reader.client, reader.kick):
-                    if client is not None:
-                        try:
-                            await client.aclose()
-                        except Exception:
-                            pass
-                reader.client = reader.kick = reader.id = None
-                self._trouble("read", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(1.0, backoff * 2)
-                continue
-            backoff = 0.05
-            self.reads += 1
-            now = self.clock.now()
-            for key, entries in reply or ():
-                mirror = following.get(key)
-                if mirror is not None and mirror.running:
-                    self.events_read += len(entries)
-                    mirror.feed(entries, now)
+                    await client.aclose()
+                except Exception:
+                    pass
+        reader.client = reader.kick = reader.id = None
 
     async def close(self) -> None:
         await super().close()

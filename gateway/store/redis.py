@@ -128,6 +128,7 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+_RESERVE_SHA = hashlib.sha1(_RESERVE).hexdigest()
 _DIGITS = bytes.maketrans(bytes(range(10)), b"0123456789")  # log kinds as the digits Redis stores
 
 
@@ -224,6 +225,21 @@ class _Owned:
         self.restored = False  # Redis lost it once and this replica wrote it back (once only)
 
 
+class _Reader:
+    """One shard's reader: a connection blocked in XREAD over the shard's mirrored streams."""
+
+    __slots__ = ("shard", "client", "kick", "id", "blocked", "round", "wake")
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.client: Any = None
+        self.kick: Any = None  # CLIENT UNBLOCK goes through this one (the same node on a cluster)
+        self.id: int | None = None  # the reader connection's CLIENT ID
+        self.blocked = False
+        self.round = 0  # XREAD calls returned
+        self.wake = asyncio.Event()
+
+
 class RedisStore:
     shared = True
 
@@ -246,9 +262,7 @@ class RedisStore:
         self._tasks: list[asyncio.Task] = []
         self._reader_task: asyncio.Task | None = None
         self._spawned: set[asyncio.Task] = set()
-        self._reader_id: int | None = None
-        self._round = 0  # XREAD calls returned
-        self._blocked = False
+        self._readers: list[_Reader] = []  # one per shard (`_shards`): one here, one per node on a cluster
         self.down_since: float | None = None
         self.reads = self.events_read = self.events_written = self.flushes = 0
         self.redis: Redis | None = None
@@ -297,7 +311,7 @@ class RedisStore:
 
     async def open(self) -> None:
         self._kick = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._readers = [_Reader(shard) for shard in range(self._shards())]
         self._loads = asyncio.Semaphore(max(1, self.settings.redis_pool_size - 3))
         self.redis = self._client("pool", self.settings.redis_pool_size, 2.0)
         self.reader = self._client("reader", 1, _BLOCK_MS / 1000 + 3.0)
@@ -305,6 +319,7 @@ class RedisStore:
         self._reserve = self.redis.register_script(_RESERVE)
         try:
             await self.redis.script_load(_APPEND)
+            await self.redis.script_load(_RESERVE)
             await self.redis.set(_lease_key(self.rid), b"1", px=self.lease_ms)
         except _DOWN as exc:
             self._failing("open", exc)
@@ -522,44 +537,53 @@ class RedisStore:
         return mirror
 
     def _follow(self) -> None:
-        """A new mirror to follow: interrupt the reader's current XREAD so the next one includes it."""
-        self._wake.set()
-        if self._blocked:
-            self.spawn(self._unblock(self._round))
+        """A new mirror to follow: interrupt the readers' current XREADs so the next ones include it."""
+        for reader in self._readers:
+            reader.wake.set()
+            if reader.blocked:
+                self.spawn(self._unblock(reader, reader.round))
 
-    async def _unblock(self, round_: int) -> None:
+    async def _unblock(self, reader: _Reader, round_: int) -> None:
         # The XREAD may not have reached Redis yet: retry until that round returns.
         for _ in range(50):
-            if self._round != round_ or not self._blocked or self._reader_id is None:
+            if reader.round != round_ or not reader.blocked or reader.id is None or reader.kick is None:
                 return
             try:
-                if await self.redis.client_unblock(self._reader_id):
+                if await reader.kick.client_unblock(reader.id):
                     return
-            except _DOWN:
+            except Exception:  # (Redis down, or the node gone in a failover: the reader reconnects)
                 return
             await asyncio.sleep(0.005)
 
     async def _read_loop(self) -> None:
+        await asyncio.gather(*(self._read_shard(reader) for reader in self._readers))
+
+    async def _read_shard(self, reader: _Reader) -> None:
+        """One reader: a blocking XREAD over every running mirror of its shard, fed to the mirrors."""
         backoff = 0.05
+        sharded = len(self._readers) > 1
         while True:
-            following = {m.key: m for m in self.mirrors.values() if m.running}
+            following = {m.key: m for m in self.mirrors.values()
+                         if m.running and (not sharded or self._shard(m.id) == reader.shard)}
             if not following:
-                self._wake.clear()
-                await self._wake.wait()
+                reader.wake.clear()
+                await reader.wake.wait()
                 continue
             streams = {key: b"1-%d" % (len(m.log) - 1) for key, m in following.items()}
             try:
-                if self._reader_id is None:
-                    self._reader_id = await self.reader.client_id()
-                self._wake.clear()
-                self._blocked = True
+                if reader.client is None:
+                    reader.client, reader.kick = self._reader_clients(reader.shard)
+                if reader.id is None:
+                    reader.id = await reader.client.client_id()
+                reader.wake.clear()
+                reader.blocked = True
                 try:
-                    reply = await self.reader.xread(streams, count=1024, block=_BLOCK_MS)
+                    reply = await reader.client.xread(streams, count=1024, block=_BLOCK_MS)
                 finally:
-                    self._blocked = False
-                    self._round += 1
+                    reader.blocked = False
+                    reader.round += 1
             except Exception as exc:
-                self._reader_id = None
+                await self._reader_lost(reader)
                 self._trouble("read", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
@@ -572,6 +596,21 @@ class RedisStore:
                 if mirror is not None and mirror.running:
                     self.events_read += len(entries)
                     mirror.feed(entries, now)
+
+    # Readers per shard; the cluster store has one per shard, each on a connection to its node.
+    def _shards(self) -> int:
+        return 1
+
+    def _shard(self, stream_id: str) -> int:
+        return 0
+
+    def _reader_clients(self, shard: int) -> tuple[Any, Any]:
+        """The reader's connection (blocked in XREAD) and the one its CLIENT UNBLOCK goes through."""
+        return self.reader, self.redis
+
+    async def _reader_lost(self, reader: _Reader) -> None:
+        """A read failed: the pooled client reconnects by itself; its connection id is new then."""
+        reader.id = None
 
     # -- writing: one flusher for every stream generated here ---------------
 
@@ -780,11 +819,8 @@ class RedisStore:
                         if mirror.running and mirror.subs:
                             self._publish(pipe, _ctl_channel(mirror.owner), f"reading {mirror.id}")
                     await pipe.execute()
-                if self.reserved:  # renew this replica's reservations (streams per key)
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for sid, key_id in self.reserved.items():
-                            await self._reserve([_running_key(key_id)], [0, sid, self.lease_ms], client=pipe)
-                        await pipe.execute()
+                if self.reserved:
+                    await self._renew()
                 self._ok()
             except Exception as exc:
                 self._trouble("tick", exc)
@@ -797,6 +833,17 @@ class RedisStore:
                         # Nothing came for the idle timeout and Redis cannot say why: end this copy.
                         self._trouble("tick", exc)
                         mirror.cut("store_unavailable", _CUT_MSG)
+
+    async def _renew(self) -> None:
+        """Renew this replica's reservations (streams per key), one pipeline; EVALSHA by name, as the
+        append does: redis-py's cluster pipeline refuses a registered script's `evalsha` method."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, key_id in self.reserved.items():
+                pipe.execute_command("EVALSHA", _RESERVE_SHA, 1, _running_key(key_id), 0, sid, self.lease_ms)
+            try:
+                await pipe.execute()
+            except NoScriptError:  # a node that never saw it (a failover, a restart): load, and next tick
+                await self.redis.script_load(_RESERVE)
 
     async def _check_silent(self, mirror: Mirror, idle: float) -> None:
         """A followed stream went quiet for `idle`: its log is gone (Redis lost it), or its generator is."""
@@ -876,8 +923,9 @@ class _Metrics:
                                 value=len(mirrors))
         yield GaugeMetricFamily("gateway_redis_mirror_clients", "Clients reading mirrored streams.",
                                 value=sum(len(m.subs) for m in mirrors))
-        yield GaugeMetricFamily("gateway_redis_readers", "Blocking XREAD loops (one per process).",
-                                value=int(s._reader_task is not None and not s._reader_task.done()))
+        running = s._reader_task is not None and not s._reader_task.done()
+        yield GaugeMetricFamily("gateway_redis_readers", "Blocking XREAD loops (one per process, one per shard "
+                                "on a cluster).", value=len(s._readers) if running else 0)
         yield GaugeMetricFamily("gateway_redis_pool_connections", "Connections open in the command pool.",
                                 value=pool)
         yield CounterMetricFamily("gateway_redis_reads", "XREAD calls of the reader.", value=s.reads)

@@ -29,8 +29,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--drop-rate", type=float, help="share of streams cut mid-way in the reconnection cells (0 skips them)")
     p.add_argument("--duration", type=float, help="seconds per load cell")
     p.add_argument("--runs", type=int, help="runs of every cell (default 3; verdicts need 3 or more)")
-    p.add_argument("--drop-by", choices=["client", "server"],
-                   help="reconnection cells: the user closes its socket (client, default) or the gateway cuts")
+    p.add_argument("--drop-by", help="reconnection cells, comma-separated: the user closes its socket (client), "
+                                     "the gateway cuts (server), a lab relay resets each connection mid-stream "
+                                     "(proxy); default client,proxy")
     p.add_argument("--locustfile", type=Path, help="another locustfile with the same arguments and rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--networks", metavar="measure|FILE",

@@ -12,8 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.names import counted_as
+
 from ..procs import ROOT, GatewayView, ProcStat, proc_stat, stop
-from .cost import client_transport
+from ..streaming import USER_CLASSES
+from .forks import ForkServer
 from .matrix import Cell, Matrix
 
 __all__ = ["LOCUSTFILE", "METRICS", "run_cell", "locust_args", "read_locust_json", "percentile",
@@ -27,16 +30,17 @@ SATURATED_CPU = 0.9
 _SAMPLE_S = 0.5
 
 
-USER_CLASSES = {"sse_get": "SseGetUser", "sse_post": "SsePostUser", "ndjson": "NdjsonUser", "ws": "WsUser",
-                "responses": "ResponsesUser", "complete": "CompleteUser"}
 
 
 def locust_args(cell: Cell, matrix: Matrix, url: str) -> list[str]:
     """The locustfile's own arguments for this cell (documented at the top of loadtests/locustfile.py)."""
-    if cell.kind == "reconnect":
+    if cell.kind == "reconnect" and cell.cut_by == "proxy":
+        # Steady load through the cutting relay: the cuts are the relay's, the users resume by themselves.
+        args = ["--scenario", "proxy", "--target", url]
+    elif cell.kind == "reconnect":
         rate = f"{matrix.drop_rate:g}"
         args = (["--scenario", "reconnection", "--drop-rate", "0", "--client-drop-rate", rate]
-                if matrix.drop_by == "client" else ["--scenario", "reconnection", "--drop-rate", rate])
+                if cell.cut_by == "client" else ["--scenario", "reconnection", "--drop-rate", rate])
     elif cell.path != "direct":
         args = ["--scenario", "proxy", "--target", url]
     else:
@@ -144,22 +148,26 @@ def _delta(before: dict, after: dict, name: str) -> float:
 
 
 def gateway_delta(before: dict, after: dict, transport: str) -> dict:
-    """What the gateway counted for one transport during a cell."""
-    key = f'{{transport="{transport}"}}'
+    """What the gateway counted for one transport during a cell (its resumes included)."""
+    labels = counted_as(transport)
+
+    def per(metric: str) -> float:
+        return sum(_delta(before, after, f'{metric}{{transport="{label}"}}') for label in labels)
+
     errors = sum(after[k] - before.get(k, 0.0) for k in after if k.startswith("gateway_stream_errors_total"))
-    events = _delta(before, after, f"gateway_events_sent_total{key}")
+    events = per("gateway_events_sent_total")
     created = _delta(before, after, "gateway_streams_created_total")
     finished = _delta(before, after, "gateway_streams_finished_total")
     return {
         "events": int(events),
-        "bytes": int(_delta(before, after, f"gateway_bytes_sent_total{key}")),
+        "bytes": int(per("gateway_bytes_sent_total")),
         "streams_created": int(created),
         "streams_finished": int(finished),
         "stream_errors": int(errors),
-        "drops": int(_delta(before, after, f"gateway_drops_total{key}")),
+        "drops": int(per("gateway_drops_total")),
         "wasted_tokens": int(_delta(before, after, "gateway_wasted_tokens_total")),
-        "resumes": int(_delta(before, after, f"gateway_resumes_total{key}")),
-        "disconnects": int(_delta(before, after, f"gateway_disconnects_total{key}")),
+        "resumes": int(per("gateway_resumes_total")),
+        "disconnects": int(per("gateway_disconnects_total")),
         # Every stream sends one meta and at most one terminal event; the rest are tokens.
         "tokens": max(0, int(events - created - finished - errors)),
     }
@@ -175,8 +183,9 @@ def _users_reached(history: Path) -> int | None:
 
 
 def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
-             tick: Callable[[], None] = lambda: None, run: int = 0) -> dict:
-    """Run Locust for one cell (its run `run`) against `url` (the gateway, directly or through a proxy)."""
+             tick: Callable[[], None] = lambda: None, run: int = 0, forks: ForkServer | None = None) -> dict:
+    """Run Locust for one cell (its run `run`) against `url` (the gateway, directly or through a proxy):
+    a fork of the fork server when there is one (loadtests/compare/forks.py), else a new process."""
     name = f"{cell.id}-r{run}"
     prefix = raw / name
     extra = prefix.with_name(name + "_extra.json")
@@ -189,8 +198,14 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     env = {**os.environ, "GATEWAY_COMPARE_EXTRA": str(extra), "PYTHONPATH": str(ROOT)}
     before = gw.metrics()
     gw_start = gw.stat()
-    with open(prefix.with_name(name + "_locust.log"), "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = prefix.with_name(name + "_locust.log")
+    with open(log_path, "wb") as log:
+        try:
+            proc = forks.spawn(cmd[3:], env, log_path, ROOT) if forks is not None else None  # cmd[:3]: python -m locust
+        except (OSError, RuntimeError):
+            proc = None  # the fork server failed: a process, as without it
+        if proc is None:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         sampler = _Sampler({"locust": proc.pid} | ({"gateway": gw.pid} if gw.pid else {}))
         sampler.start()
         # Locust stops by itself after -t; past this, ask it to stop (SIGTERM: it still writes its files).
@@ -233,7 +248,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     busy = locust_cpu[2:] or locust_cpu
     gw_cpu_s = gw_end.cpu_s - gw_start.cpu_s if gw_start and gw_end else None
     gw_samples = sampler.samples.get("gateway", [])
-    gateway = gateway_delta(before, after, client_transport(cell.transport)[0])
+    gateway = gateway_delta(before, after, cell.transport)
     gateway |= {
         "cpu_s": None if gw_cpu_s is None else round(gw_cpu_s, 3),
         "cpu_us_per_token": (round(gw_cpu_s * 1e6 / gateway["tokens"], 1)
@@ -249,6 +264,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     refused = sum(1 for r in records if (r["failure"] or "").startswith("refused:"))
     return {
         "cell": cell.id, "run": run, "kind": cell.kind, "transport": cell.transport, "path": cell.path,
+        "cut_by": cell.cut_by or None,
         "exact": exact_figures(records),
         "streams": {"recorded": len(records), "ok": sum(r["ok"] for r in records), "refused": refused,
                     "failures": sorted({r["failure"] for r in records if r["failure"]})[:5]},

@@ -7,12 +7,16 @@ or the lab's configurations are not in this checkout) is skipped with a note in 
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from contextlib import ExitStack
+from urllib.parse import urlsplit
 
 from .. import lab as lab_mod
-from ..procs import GatewayProcess, GatewayView
+from ..procs import ROOT, GatewayProcess, GatewayView, stop
 
-__all__ = ["start_paths"]
+__all__ = ["start_paths", "start_cut"]
 
 
 def start_paths(paths: list[str], gw: GatewayProcess,
@@ -47,3 +51,18 @@ def start_paths(paths: list[str], gw: GatewayProcess,
         if notes_for:
             notes.append(f"Proxy path {name}: {notes_for}")
     return targets, behind, notes
+
+
+def start_cut(front: str, cut_s: float, stack: ExitStack) -> str:
+    """A lab relay (lab/links.py, its own process) in front of the base URL `front` that resets (RST) every
+    connection `cut_s` seconds after it opened: a proxy cutting streams mid-way, on every transport alike.
+    Its URL; it stops with `stack`."""
+    cmd = [sys.executable, "-m", "lab.links", "train", "--bare", "--reset-after", f"{cut_s:g}",
+           "--listen", "127.0.0.1:0", "--upstream", urlsplit(front).netloc]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stack.callback(stop, proc)
+    line = proc.stdout.readline()  # "train (...) on http://127.0.0.1:PORT -> HOST:PORT", once listening
+    found = re.search(r" on (http://\S+) -> ", line)
+    if found is None:
+        raise RuntimeError(f"the cutting relay did not start: {line.strip() or proc.wait(5)}")
+    return found.group(1)

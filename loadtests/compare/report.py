@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import plots
-from .rules import CAPABILITIES, NOTICEABLE_MS, OUTCOMES, SLIP, _mean_cell, _pooled, by_cell, slip_reasons
+from .rules import CAPABILITIES, NOTICEABLE_MS, OUTCOMES, SLIP, _mean_cell, _pooled, by_cell, cut_by, slip_reasons
 from .stats import MIN_SAMPLES
 
 __all__ = ["write", "fmt", "ci", "Table", "build"]
@@ -151,12 +151,19 @@ def build(results: dict) -> dict:
             f"{max(r['load_generator']['cpu_share_peak'] for r in cr):.0%} peak", verdict])
     t["latency"], t["load"] = lat, load
 
-    by = "the users close their own sockets" if m.get("drop_by", "server") == "client" else "the gateway cuts them"
+    drop_by = m.get("drop_by", "server")
+    ways = {"client": f"client: {fmt(m['drop_rate'] * 100)}% of streams are cut at a random token by their user, "
+                      "who closes its own socket",
+            "server": f"server: {fmt(m['drop_rate'] * 100)}% of streams are cut at a random token by the gateway",
+            "proxy": f"proxy: a relay (lab/links.py) in front of {m.get('cut_front', 'direct')} resets each "
+                     f"connection {fmt(m.get('cut_s'), 3)} s after it opened, as a load balancer's connection age "
+                     "limit or a NAT timeout does: every longer stream is cut"}
+    by = "; ".join(ways[b] for b in ([drop_by] if isinstance(drop_by, str) else drop_by))
     recon = Table("Reconnection: streams cut mid-way, the users resume",
-                  ["transport", "streams", "resumes (gateway)", "resume stall p50", "resume stall p95",
+                  ["transport", "cut by", "streams", "resumes (gateway)", "resume stall p50", "resume stall p95",
                    "resume stall p99", "p95 per run", "gaps", "duplicates", "cut streams", "other failures",
                    "wasted tokens"],
-                  note=f"{fmt(m['drop_rate'] * 100)}% of streams are cut at a random token ({by}). Resume stall = "
+                  note=f"Cut by the {by}. Resume stall = "
                        "from the last token before the cut to the next new token, in ms, as a user sees it: the "
                        "client's own wait is in it (EventSource: the server's retry; fetch and WebSocket: the "
                        "page's backoff). Wasted tokens: generated after a stream's last reader left, for nobody "
@@ -167,7 +174,7 @@ def build(results: dict) -> dict:
             continue
         f = _pooled(cr)
         rf = figs.get(cid, {}).get("resume", {})
-        recon.rows.append([c["transport"], fmt(f["streams"]), fmt(sum(r["gateway"]["resumes"] for r in cr)),
+        recon.rows.append([c["transport"], cut_by(c, m), fmt(f["streams"]), fmt(sum(r["gateway"]["resumes"] for r in cr)),
                            ci(rf.get("p50")), ci(rf.get("p95")), ci(rf.get("p99")), spread(rf.get("p95")),
                            fmt(f["gaps"]), fmt(f["duplicates"]), fmt(f["cut"]), fmt(f["other"]),
                            fmt(sum(r["gateway"].get("wasted_tokens", 0) for r in cr))])
@@ -300,7 +307,10 @@ def _plots(results: dict) -> dict[str, str]:
                                               for t in m["transports"]}, mem,
                              {t: w["wire_bytes_per_token"] for t, w in wire.items()},
                              {t: w["payload_bytes_per_token"] for t, w in wire.items()})
-    rec = {c["transport"]: c["locust"].get("reconnect") or {} for c in one if c["kind"] == "reconnect"}
+    recs = [c for c in one if c["kind"] == "reconnect"]
+    several = len({cut_by(c, m) for c in recs}) > 1
+    rec = {c["transport"] + (f" ({cut_by(c, m)})" if several else ""): c["locust"].get("reconnect") or {}
+           for c in recs}
     if any(r.get("p50") is not None for r in rec.values()):
         out["reconnect"] = plots.reconnect(rec)
     return out
@@ -377,10 +387,9 @@ td{border-bottom:1px solid var(--line);padding:5px 8px;vertical-align:top}tbody 
 .none{color:var(--muted)}.rule{color:var(--muted);font-size:12.5px}.slip{color:#b91c1c}.ok{color:#047857}
 .fig.narrow svg{max-width:700px;display:block}.fig svg{width:100%;height:auto}
 .fig .cap{color:var(--muted);font-size:12px;margin-top:4px}
-.t-sse_post{color:#2563eb}.t-sse_get{color:#7c3aed}.t-ndjson{color:#059669}.t-ws{color:#ea580c}.t-responses{color:#db2777}
 nav a{color:#2563eb;text-decoration:none;margin-right:14px;font-size:13px}
 .lead{font-size:15px}
-"""
+""" + "".join(f".t-{t}{{color:{c}}}" for t, c in plots.COLORS.items()) + "\n"
 
 
 def _fig(svg: str | None, caption: str = "", narrow: bool = False) -> str:

@@ -15,7 +15,8 @@ from .loadgen import EXACT, QUANTILES
 from .stats import MIN_RUNS, MIN_SAMPLES, Decision, Figure, decide, figure
 
 __all__ = ["CAPABILITIES", "SLIP", "recommend", "summarize", "slip_reasons", "baseline_verdict",
-           "NOTICEABLE_MS", "TIE", "figures", "cell_figures", "by_cell", "OUTCOMES", "proxy_outcome", "fix_for"]
+           "NOTICEABLE_MS", "TIE", "figures", "cell_figures", "by_cell", "OUTCOMES", "proxy_outcome", "fix_for",
+           "cut_by"]
 
 CAPABILITIES = {
     "sse_post": {"browser_api": "fetch + ReadableStream", "browser_resumes": False, "talks_back": False},
@@ -151,9 +152,12 @@ def summarize(results: dict) -> dict[str, dict]:
         inconclusive = [v["users"] for v in views if slip_reasons(v, matrix) and _saturated(v)]
         above = [v for v in views if v["users"] > (held["users"] if held else 0) and slip_reasons(v, matrix)
                  and not _saturated(v)]
-        rec = next((runs for runs in cells.values() if runs[0]["transport"] == t and runs[0]["kind"] == "reconnect"),
-                   None)
-        proxied = [runs for runs in cells.values() if runs[0]["transport"] == t and runs[0]["path"] != "direct"]
+        # Reconnection cells, one per way of cutting (the user, the gateway, a proxy): the stall figure is
+        # the first's, cleanliness is every one's.
+        recs = [runs for runs in cells.values() if runs[0]["transport"] == t and runs[0]["kind"] == "reconnect"]
+        rec = recs[0] if recs else None
+        proxied = [runs for runs in cells.values() if runs[0]["transport"] == t and runs[0]["kind"] == "load"
+                   and runs[0]["path"] != "direct"]
         low = cell_figures(load[0]) if load else {}
         top = cell_figures(load[-1]) if load else {}
         rec_figs = cell_figures(rec) if rec else {}
@@ -169,16 +173,27 @@ def summarize(results: dict) -> dict[str, dict]:
             "cpu_us_per_token": top.get("gateway", {}).get("cpu_us_per_token"),
             "cpu_users": load[-1][0]["users"] if load else None,
             "resume_p95": rec_figs.get("resume", {}).get("p95"),
-            "reconnect_saturated": bool(rec and any(_saturated(r) for r in rec)),
-            "reconnect_failures": _pooled(rec) if rec else None,
-            "resumes": sum(r["gateway"]["resumes"] for r in rec) if rec else None,
-            "wasted_tokens": sum(r["gateway"].get("wasted_tokens", 0) for r in rec) if rec else None,
+            "resume_by": cut_by(rec[0], matrix) if rec else None,
+            "reconnect_saturated": any(_saturated(r) for runs in recs for r in runs),
+            "reconnect_failures": _pooled([r for runs in recs for r in runs]) if recs else None,
+            "drops": {cut_by(runs[0], matrix): {"resume_p95": cell_figures(runs).get("resume", {}).get("p95"),
+                                               "failures": _pooled(runs)} for runs in recs},
+            "resumes": sum(r["gateway"]["resumes"] for runs in recs for r in runs) if recs else None,
+            "wasted_tokens": sum(r["gateway"].get("wasted_tokens", 0) for runs in recs for r in runs) if recs else None,
             "inconclusive_users": inconclusive,
             "proxy_paths": {runs[0]["path"]: proxy_outcome(runs, next(
                 (x for x in load if x[0]["users"] == runs[0]["users"]), None), matrix) for runs in proxied},
             "saturated": any(_saturated(v) for v in views),
         }
     return out
+
+
+def cut_by(cell: dict, matrix: dict) -> str:
+    """Who cut a reconnection cell's streams: "client", "server" or "proxy" (older results: the matrix's)."""
+    if cell.get("cut_by"):
+        return cell["cut_by"]
+    by = matrix.get("drop_by", "server")
+    return by if isinstance(by, str) else by[0]
 
 
 # Proxy outcomes, worst first. "not measured" is not an outcome: nothing ran.
@@ -332,11 +347,26 @@ def _resume(s: dict[str, dict], drop_rate: float):
         return None, "not measured", "--drop-rate 0: no stream was cut, so nothing resumed"
     dirty = [t for t, v in s.items() if v["reconnect_failures"] is not None and not _clean(v)]
     cands = {t: v["resume_p95"] for t, v in s.items() if _clean(v)}
-    winner, label, why = _verdict(decide(cands), "resume stall p95 (last token before the cut to the next "
-                                  "new one): " + _evidence(cands), "no transport resumed cleanly")
+    by = sorted({v["resume_by"] for v in s.values() if v["resume_by"]})
+    winner, label, why = _verdict(decide(cands), f"resume stall p95 (cut by the {'/'.join(by)}; last token "
+                                  "before the cut to the next new one): " + _evidence(cands),
+                                  "no transport resumed cleanly")
     if dirty:
-        why += f"; {', '.join(dirty)} left gaps, duplicates or cut streams"
+        why += f"; {', '.join(dirty)} left gaps, duplicates or cut streams ({_losses(s, dirty)})"
     return winner, label, why
+
+
+def _losses(s: dict[str, dict], transports: list[str]) -> str:
+    """What each transport lost, per way of cutting: "sse_post cut by the proxy: 10 cut streams"."""
+    parts = []
+    for t in transports:
+        for by, d in s[t].get("drops", {}).items():
+            f = d["failures"]
+            lost = [f"{f[k]} {name}" for k, name in (("gaps", "gaps"), ("duplicates", "duplicates"),
+                                                     ("cut", "cut streams"), ("other", "other failures")) if f[k]]
+            if lost:
+                parts.append(f"{t} cut by the {by}: {', '.join(lost)}")
+    return "; ".join(parts) or "see the reconnection table"
 
 
 def _mobile(s: dict[str, dict]):
@@ -374,8 +404,9 @@ RULES: list[tuple[str, str, Callable]] = [
     ("strict proxies", "Each proxy path's outcome, worst first: refused (upgrade denied, 4xx/5xx) < held until "
      "the end (first token at 80% or more of the stream) < delayed (TTFT p50 over direct's + max(50 ms, 50%), "
      "or tokens bunched) < clean; the transport whose worst outcomes are best wins, equal ones tie.", _proxies),
-    ("resumability", "No gaps, duplicates or cut streams in the reconnection cell; then lowest resume stall p95, "
-     "as a user sees it (the client's own reconnect wait included), as above.", None),
+    ("resumability", "No gaps, duplicates or cut streams in any reconnection cell (whoever cut: the user, the "
+     "gateway, a proxy); then lowest resume stall p95 of the first, as a user sees it (the client's own "
+     "reconnect wait included), as above.", None),
     ("mobile networks", "Not judged on loopback: needs the lab's network profiles.", _mobile),
     ("highest throughput", "Most concurrent streams held without slipping (inter-token p99 over 2x the gap, "
      "TTFT p95 over the model's + 250 ms, each by the low end of its 95% interval, or over 1% failures); ties: "

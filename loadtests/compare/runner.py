@@ -18,9 +18,10 @@ from ..procs import ROOT, GatewayProcess
 from . import loadgen
 from .baseline import baseline
 from .cost import memory_per_connection, wire_cost
-from .matrix import Matrix
+from .forks import start as start_forks
+from .matrix import CUT_PATH, Matrix
 from .progress import Progress
-from .proxies import start_paths
+from .proxies import start_cut, start_paths
 
 __all__ = ["run", "conditions"]
 
@@ -121,11 +122,23 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
     raw.mkdir(exist_ok=True)
     results: dict = {"matrix": matrix.as_dict(), "conditions": conditions(), "notes": [], "cells": []}
     started = time.monotonic()
-    progress = Progress(_estimates(matrix, matrix.paths), stream=open(os.devnull, "w") if quiet else None)
+    progress = Progress(_estimates(matrix, [*matrix.paths, CUT_PATH]), stream=open(os.devnull, "w") if quiet else None)
     progress.step()
     with ExitStack() as stack:
+        # Locust runs fork from one process that imported Locust once (forks.py), or start as processes;
+        # it imports while the gateway and the proxies start.
+        forks = start_forks(ROOT)
+        if forks is not None:
+            stack.callback(forks.close)
         gw = stack.enter_context(GatewayProcess(log=raw / "gateway.log"))
-        targets, behind, notes = start_paths(matrix.paths, gw, stack)
+        cuts = "proxy" in matrix.drop_by and matrix.drop_rate > 0
+        wanted = [*matrix.paths, *([matrix.cut_front] if cuts and matrix.cut_front not in matrix.paths else [])]
+        targets, behind, notes = start_paths(wanted, gw, stack)
+        if cuts and matrix.cut_front in targets:
+            targets[CUT_PATH] = start_cut(targets[matrix.cut_front], matrix.cut_s, stack)
+            behind[CUT_PATH] = behind[matrix.cut_front]
+        elif cuts:
+            notes.append(f"Proxy cuts skipped: the path {matrix.cut_front} in front of which the relay cuts did not start.")
         results["notes"] += notes
         results["paths"] = dict(targets)
         progress.estimates = _estimates(matrix, list(targets))
@@ -146,10 +159,10 @@ def run(matrix: Matrix, out: Path, locustfile: Path | None = None, quiet: bool =
                     continue
                 progress.step()
                 results["cells"].append(loadgen.run_cell(cell, matrix, targets[cell.path], behind[cell.path],
-                                                         raw, progress.draw, run=run_no))
+                                                         raw, progress.draw, run=run_no, forks=forks))
         results["gateway_rss_end_bytes"] = gw.stat().rss
     progress.step()
-    results["memory"] = (memory_per_connection(matrix.transports, matrix.memory_connections)
+    results["memory"] = (memory_per_connection(matrix.transports, matrix.memory_connections, results["notes"])
                          if matrix.memory_connections else [])
     progress.step()
     results["conditions"]["loadavg_end"] = list(os.getloadavg())
