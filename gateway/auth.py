@@ -27,12 +27,8 @@ __all__ = ["Auth", "Unauthorized", "RedactTokens", "redact", "install_log_filter
 
 class Unauthorized(Problem):
     def __init__(self, detail: str) -> None:
-        super().__init__(401, "Unauthorized", detail, code="unauthorized")
-
-    def response(self):
-        response = super().response()
-        response.headers["WWW-Authenticate"] = 'Bearer realm="gateway"'
-        return response
+        super().__init__(401, "Unauthorized", detail, code="unauthorized",
+                         headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
 
 
 def check_expiry(expires: float) -> None:

@@ -15,13 +15,14 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from . import openapi
 from .codecs.openai import ChunkEncoder, error_object, usage
-from .api.start import open_stream
+from .names import Transport
+from .api.start import context, open_stream
 from .models import ChatMessage, SimParams, StreamRequest
 from .transports.http import EventStream
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from .log import EventLog
     from .stream import Stream, Subscriber
 
-__all__ = ["ChatRequest", "ChatEventStream", "add_openai_routes", "openai_error"]
+__all__ = ["ChatRequest", "ChatEventStream", "router", "openai_error"]
 
 
 class Frames(Protocol):
@@ -97,47 +98,54 @@ class ChatEventStream(EventStream):
         return self.encoder.frames(log, start, end)
 
 
-def add_openai_routes(app: FastAPI, ctx: Context) -> None:
-    started = int(time.time())
+router = APIRouter()
+_STARTED = int(time.time())  # the models' `created`: when this process loaded them
 
-    @app.post("/v1/chat/completions", response_class=JSONResponse, responses=openapi.CHAT)
-    async def chat_completions(request: Request):
-        opened = await open_stream(request, ChatRequest, ChatRequest.stream_request, openai_error)
-        if isinstance(opened, JSONResponse):
-            return opened
-        body, stream_request, stream = opened
-        completion_id = f"chatcmpl-{stream.id}"
-        created = int(stream.created)
-        n_prompt = prompt_tokens(stream_request.prompt)
-        if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            encoder = ChunkEncoder(completion_id, stream.model, created, include_usage=include_usage,
-                                   prompt_tokens=n_prompt)
-            return ChatEventStream(ctx, stream, stream.attach(-1, "chat", ctx.clock.now()), encoder)
-        await ctx.run_to_end(stream, request)
-        if stream.status != "done":
-            status = 504 if stream.error_code == "upstream_timeout" else 502
-            return openai_error(status, f"generation failed after {stream.tokens} tokens: {stream.error_code}",
-                                stream.error_code)
-        return JSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": created, "model": stream.model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": stream.text(), "refusal": None},
-                         "logprobs": None, "finish_reason": stream.finish_reason}],
-            "usage": usage(n_prompt, stream.tokens),
-        })
 
-    def model_card(name: str) -> dict:
-        spec = ctx.settings.models.get(name)
-        return {"id": name, "object": "model", "created": started,
-                "owned_by": f"relay:{spec.kind}" if spec is not None else "gateway"}
+@router.post("/v1/chat/completions", response_class=JSONResponse, responses=openapi.CHAT)
+async def chat_completions(request: Request):
+    opened = await open_stream(request, ChatRequest, ChatRequest.stream_request, openai_error)
+    if isinstance(opened, JSONResponse):
+        return opened
+    ctx = context(request)
+    body, stream_request, stream = opened
+    completion_id = f"chatcmpl-{stream.id}"
+    created = int(stream.created)
+    n_prompt = prompt_tokens(stream_request.prompt)
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        encoder = ChunkEncoder(completion_id, stream.model, created, include_usage=include_usage,
+                               prompt_tokens=n_prompt)
+        return ChatEventStream(ctx, stream, stream.attach(-1, Transport.CHAT, ctx.clock.now()), encoder)
+    await ctx.run_to_end(stream, request)
+    if stream.status != "done":
+        status = 504 if stream.error_code == "upstream_timeout" else 502
+        return openai_error(status, f"generation failed after {stream.tokens} tokens: {stream.error_code}",
+                            stream.error_code)
+    return JSONResponse({
+        "id": completion_id, "object": "chat.completion", "created": created, "model": stream.model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": stream.text(), "refusal": None},
+                     "logprobs": None, "finish_reason": stream.finish_reason}],
+        "usage": usage(n_prompt, stream.tokens),
+    })
 
-    @app.get("/v1/models")
-    async def list_models() -> dict:
-        return {"object": "list", "data": [model_card(name) for name in ctx.registry.sources]}
 
-    @app.get("/v1/models/{model:path}", responses=openapi.MODEL)
-    async def get_model(model: str):
-        if model not in ctx.registry.sources:
-            return openai_error(404, f"The model {model!r} does not exist", "model_not_found", param="model")
-        return model_card(model)
+def _model_card(ctx: Context, name: str) -> dict:
+    spec = ctx.settings.models.get(name)
+    return {"id": name, "object": "model", "created": _STARTED,
+            "owned_by": f"relay:{spec.kind}" if spec is not None else "gateway"}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    ctx = context(request)
+    return {"object": "list", "data": [_model_card(ctx, name) for name in ctx.registry.sources]}
+
+
+@router.get("/v1/models/{model:path}", responses=openapi.MODEL)
+async def get_model(model: str, request: Request):
+    ctx = context(request)
+    if model not in ctx.registry.sources:
+        return openai_error(404, f"The model {model!r} does not exist", "model_not_found", param="model")
+    return _model_card(ctx, model)

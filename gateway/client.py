@@ -1,9 +1,11 @@
 """A Python client for the gateway: any transport, automatic resume, per-event arrival times.
 
     async with Client("http://127.0.0.1:8000") as client:
-        result = await client.stream("sse", prompt="hi", max_tokens=50)
+        result = await client.stream("sse_post", prompt="hi", max_tokens=50)
         print(result.text, result.ttft)
 
+Transports are named in `gateway.names` (sse_get, sse_post, ndjson, ws,
+responses); "sse", the earlier name of sse_post, is still accepted.
 `events()` is the incremental form: an async iterator of (event, arrival)
 that resumes by itself after a drop. Decoding uses the gateway's own codecs.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import orjson
@@ -28,16 +30,18 @@ from websockets.asyncio.client import connect as ws_connect
 from .codecs import ndjson, sse, ws
 from .codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
 from .events import Event
+from .names import FORMAT, OWN, Transport, parse
 from .resume import CLOSE, LAST, SKIP, STOP, GatewayError, PathRefused, Resume, StreamResult
 
 __all__ = ["Client", "StreamResult", "GatewayError", "PathRefused", "Transport", "Transports", "TRANSPORTS",
            "responses_body"]
 
-Transport = Literal["sse", "ndjson", "ws", "responses"]
-TRANSPORTS: tuple[Transport, ...] = ("sse", "ndjson", "ws")  # the gateway's own; "responses" is OpenAI's
+# The gateway's own transports that start a stream in one request (sse_get creates it first, as EventSource
+# does); "responses" is OpenAI's
+TRANSPORTS: tuple[str, ...] = tuple(t.value for t in OWN if t is not Transport.SSE_GET)
 # Responses API: a streamed background response, resumed with starting_after = seq + 3.
 # "auto": WebSocket, falling back to SSE over fetch, then NDJSON, where a path refuses or kills one.
-Transports = Transport | Literal["auto"] | Sequence[Transport]
+Transports = Transport | str | Sequence[Transport | str]
 _CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.ConnectError,
         websockets.ConnectionClosed, OSError)
 
@@ -123,6 +127,9 @@ class Client:
         result.stream_id = stream_id
         result.last_seq = after
         body = {"prompt": prompt, **fields}
+        # Plain strings from here on (they key results and reports as they are printed).
+        transport = transport if transport == "auto" else parse(transport).value if isinstance(transport, str) \
+            else tuple(parse(t).value for t in transport)
         machine = Resume(result, transport=transport, resume=resume, max_resumes=self.max_resumes,
                          urls=len(self.base_urls))
         while True:
@@ -158,11 +165,14 @@ class Client:
 
     async def _connect(self, transport: Transport, body: dict, stream_id: str | None, after: int,
                        result: StreamResult) -> AsyncIterator[tuple[Event, float]]:
-        if transport == "ws":
+        if transport == Transport.WS:
             async for item in self._ws(body, stream_id, after, result):
                 yield item
             return
-        if transport == "responses":
+        if stream_id is None and transport == Transport.SSE_GET:  # as EventSource: create, then attach
+            result.stream_id = stream_id = (await self.create(**body))["id"]
+        fmt = FORMAT[transport]
+        if transport == Transport.RESPONSES:
             if stream_id is None:
                 request = self.http.build_request("POST", f"{self.base_url}/v1/responses", json=responses_body(body))
             else:
@@ -170,8 +180,8 @@ class Client:
                     "GET", f"{self.base_url}/v1/responses/{RESPONSE_PREFIX}{stream_id}",
                     params={"stream": "true", "starting_after": after + OFFSET})
         elif stream_id is None:
-            request = self.http.build_request("POST", f"{self.base_url}/v1/{transport}", json=body)
-        elif transport == "sse":
+            request = self.http.build_request("POST", f"{self.base_url}/v1/{fmt}", json=body)
+        elif fmt == "sse":
             headers = {"Last-Event-ID": str(after)} if after >= 0 else {}
             request = self.http.build_request("GET", f"{self.base_url}/v1/streams/{stream_id}/sse",
                                               headers=headers)
@@ -179,7 +189,7 @@ class Client:
             params = {"after": after} if after >= 0 else {}
             request = self.http.build_request("GET", f"{self.base_url}/v1/streams/{stream_id}/ndjson",
                                               params=params)
-        decoder = {"sse": sse.Decoder, "responses": EventDecoder}.get(transport, ndjson.Decoder)()
+        decoder = {"sse": sse.Decoder, "responses": EventDecoder}.get(fmt, ndjson.Decoder)()
         response = await self.http.send(request, stream=True)
         try:
             if response.status_code >= 400:

@@ -6,8 +6,9 @@ on the main thread) puts a handler in front of the server's: the first signal re
 clients (503 problem, /healthz 503), tells attached clients to reconnect elsewhere (SSE `retry` + a
 `reconnect` event, NDJSON a `reconnect` line, WebSocket close 1012: with a shared store another
 replica resumes them), keeps generating in-flight streams up to `drain_timeout_s`, then ends the rest
-with an in-band `shutdown` error. Only then is the signal handed to the server's handler, which shuts
-down as usual. A second signal skips the wait.
+with an in-band `shutdown` error and waits (briefly) for each connection to write it. Only then is the
+signal handed to the server's handler, which shuts down as usual. A second signal skips the wait for
+in-flight streams, not their terminal event; a third hands the signal on at once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ log = logging.getLogger("gateway")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def drain(ctx: Context) -> None:
+# After the last streams were ended: how long their connections get to write the terminal event.
+GOODBYE_S = 2.0
+
+
+async def drain(ctx: Context, hurry: asyncio.Event | None = None) -> None:
+    """Drain this process's streams; `hurry` set (a second signal) ends the waits for streams at once."""
+    hurry = hurry if hurry is not None else asyncio.Event()
     store = ctx.store
     ctx.draining = True
     if ctx.stop_listening is not None:  # a worker: its siblings take the new connections
@@ -40,19 +47,26 @@ async def drain(ctx: Context) -> None:
         for stream in store.local():
             stream.kick()
         # Let every connection say goodbye before the server's shutdown closes it.
-        until = loop.time() + 2.0
-        while loop.time() < until and any(sub.kicked for s in store.local() for sub in s.subs):
-            await asyncio.sleep(0.02)
-    deadline = loop.time() + ctx.settings.drain_timeout_s
-    while loop.time() < deadline and any(s.generation is not None for s in store.local()):
-        await asyncio.sleep(0.05)
+        await _until(lambda: not any(sub.kicked for s in store.local() for sub in s.subs), GOODBYE_S, hurry)
+    await _until(lambda: not any(s.generation is not None for s in store.local()), ctx.settings.drain_timeout_s,
+                 hurry)
     for stream in store.local():
         gen = stream.generation
         if gen is not None:
             gen.cancel()
             ctx.stats.cancelled["shutdown"] += 1
             stream.fail("shutdown", "the gateway replica shut down before the stream finished", True)
+    # The terminal event goes out on each connection before the server's shutdown may close it.
+    await _until(lambda: not any(s.subs for s in store.local()), GOODBYE_S)
     await store.flush(5.0)
+
+
+async def _until(done, timeout_s: float, hurry: asyncio.Event | None = None) -> None:
+    """Poll `done()` until true, `timeout_s` passed or `hurry` is set."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not done() and loop.time() < deadline and not (hurry is not None and hurry.is_set()):
+        await asyncio.sleep(0.02)
 
 
 def stop_listening(server: Any) -> bool:
@@ -76,6 +90,7 @@ def install(ctx: Context) -> bool:
     loop = asyncio.get_running_loop()
     previous: dict[int, Any] = {}
     task: asyncio.Task | None = None
+    hurry = asyncio.Event()
 
     def hand_on(sig: int) -> None:
         for s, handler in previous.items():
@@ -88,10 +103,12 @@ def install(ctx: Context) -> bool:
 
     def on_signal(sig: int) -> None:
         nonlocal task
-        if task is not None:  # a second signal: stop waiting
-            task.cancel()
+        if task is not None:
+            if hurry.is_set():  # a third signal: hand it on now
+                task.cancel()
+            hurry.set()  # a second: stop waiting for streams, still end them in band
             return
-        task = loop.create_task(drain(ctx))
+        task = loop.create_task(drain(ctx, hurry))
 
         def drained(t: asyncio.Task) -> None:
             if not t.cancelled() and t.exception() is not None:

@@ -5,7 +5,7 @@ was expected), and TLS-inspecting ones let the upgrade through and then kill the
 connection. A client that cannot stream one way moves down the order, resuming
 the same stream (by id, after the last seq) on the next transport:
 
-    policy = Fallback(("ws", "sse", "ndjson"))
+    policy = Fallback(("ws", "sse_post", "ndjson"))
     ... connect with policy.transport ...
     policy.refused()          # the path refused the transport: True if there is another to try
     policy.ended(progressed, lasted_s)  # a connection ended without a terminal event: True: move on
@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .names import FALLBACK
+
 __all__ = ["Fallback", "ORDER"]
 
-ORDER: tuple[str, ...] = ("ws", "sse", "ndjson")
+ORDER: tuple[str, ...] = tuple(FALLBACK)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .limits import Buckets
 from .problems import Problem
+from .render import response
 
 if TYPE_CHECKING:
     from .service import Context
@@ -32,7 +33,7 @@ _EXEMPT = frozenset(("/healthz", "/metrics"))  # a full replica still answers it
 
 async def refuse(exc: Problem, scope: Scope, receive: Receive, send: Send) -> None:
     # On a WebSocket this is a denial response: the client sees the status and body before any accept.
-    await exc.response()(scope, receive, send)
+    await response(exc)(scope, receive, send)
 
 
 class Edge:

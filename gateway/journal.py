@@ -51,12 +51,12 @@ class Journal:
                   **prompt)
 
     def attached(self, stream: Stream, sub: Subscriber) -> None:
-        self.emit("resumed" if sub.cursor > 0 else "attached", stream, transport=sub.transport,
+        self.emit("resumed" if sub.cursor > 0 else "attached", stream, transport=sub.conn.transport,
                   after=sub.cursor - 1)
 
     def cut(self, stream: Stream, sub: Subscriber, now: float) -> None:
-        self.emit("cut", stream, transport=sub.transport, reason=sub.cut, last_seq=sub.cursor - 1,
-                  duration_s=round(now - sub.since, 3))
+        self.emit("cut", stream, transport=sub.conn.transport, reason=sub.conn.cut, last_seq=sub.cursor - 1,
+                  duration_s=round(now - sub.conn.since, 3))
 
     def ended(self, stream: Stream, now: float) -> None:
         self.emit("ended", stream, status=stream.status, error=stream.error_code,

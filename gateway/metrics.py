@@ -8,11 +8,11 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .accept import accept_stats
+from .names import STREAMED
 
 __all__ = ["Stats", "TransportStats", "TRANSPORTS"]
 
-# chat: POST /v1/chat/completions streamed; responses: /v1/responses; messages: POST /v1/messages streamed
-TRANSPORTS = ("sse", "ndjson", "ws", "chat", "responses", "messages")
+TRANSPORTS = tuple(t.value for t in STREAMED)  # the `transport` label's values (gateway/names.py)
 
 
 class TransportStats:

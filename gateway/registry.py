@@ -164,11 +164,12 @@ class Registry:
 
     def _cut_slow(self, sub: Subscriber, why: str) -> None:
         """Drop a connection whose writes are stuck; its stream goes on, so the client can resume."""
-        sub.cut = why
+        conn = sub.conn
+        conn.cut = why
         sub.gone = True
-        self.stats[sub.transport].slow_cuts += 1
-        if sub.abort is not None:
-            sub.abort()  # wakes the blocked write; the transport then detaches as usual
+        self.stats[conn.transport].slow_cuts += 1
+        if conn.abort is not None:
+            conn.abort()  # wakes the blocked write; the transport then detaches as usual
         sub.wake()
 
     def _admit(self, key: str | None, budget: int) -> None:
@@ -200,19 +201,20 @@ class Registry:
             if not stream.running:
                 kept[stream.owner_key] += stream.log.size
             for sub in stream.subs:
-                if sub.sending and not sub.gone:
-                    if sub.sending != sub.blocked:  # a write the sweep has not seen blocked before
-                        sub.blocked, sub.lag_base = sub.sending, size
-                    if now - sub.sending >= send_timeout:
+                conn = sub.conn
+                if conn.sending and not sub.gone:
+                    if conn.sending != conn.blocked:  # a write the sweep has not seen blocked before
+                        conn.blocked, conn.lag_base = conn.sending, size
+                    if now - conn.sending >= send_timeout:
                         self._cut_slow(sub, "slow_send")
-                    elif size - sub.lag_base > max_lag:  # the stream ran this far ahead meanwhile
+                    elif size - conn.lag_base > max_lag:  # the stream ran this far ahead meanwhile
                         self._cut_slow(sub, "slow_lag")
-                if sub.cursor != sub.mark:
-                    sub.mark = sub.cursor
-                    sub.quiet_since = now
-                elif now - sub.quiet_since >= heartbeat:
+                if sub.cursor != conn.mark:
+                    conn.mark = sub.cursor
+                    conn.quiet_since = now
+                elif now - conn.quiet_since >= heartbeat:
                     sub.beat = True
-                    sub.quiet_since = now
+                    conn.quiet_since = now
                     sub.wake()
             if not stream.running or stream.generation is None:
                 continue

@@ -3,7 +3,7 @@
 The Python client (gateway/client.py, asyncio) and the Locust users
 (loadtests/streaming.py, blocking under gevent) are thin loops around it:
 
-    machine = Resume(result, transport="sse", urls=2)
+    machine = Resume(result, transport="sse_post", urls=2)
     while True:
         ... connect with machine.transport, after seq machine.after, at base URL number machine.url ...
         try:
@@ -155,7 +155,7 @@ class StreamResult:
 
 
 class Resume:
-    def __init__(self, result: StreamResult, *, transport: str | Sequence[str] = "sse", resume: bool = True,
+    def __init__(self, result: StreamResult, *, transport: str | Sequence[str] = "sse_post", resume: bool = True,
                  max_resumes: int = 20, urls: int = 1, eventsource: bool = False,
                  rand: Callable[[], float] = random.random) -> None:
         self.result = result

@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .events import KIND, Done, Error, Meta, from_json, to_json, token_json
 from .log import EventLog
+from .names import RESUMABLE
 
 if TYPE_CHECKING:
     from .sources.base import Generation
 
-__all__ = ["Stream", "Subscriber", "set_write_window", "RUNNING", "DONE", "FAILED"]
+__all__ = ["Stream", "Subscriber", "Connection", "set_write_window", "RUNNING", "DONE", "FAILED"]
 
 log = logging.getLogger("gateway.stream")
 
 RUNNING, DONE, FAILED = "running", "done", "error"
-RESUMABLE = ("sse", "ndjson", "ws", "responses")  # clients that can resume elsewhere (not chat, messages)
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
 
@@ -84,33 +84,45 @@ def set_write_window(seconds: float) -> None:
     _batch.window = seconds
 
 
-class Subscriber:
-    """One client connection reading a stream."""
+class Connection:
+    """A reader's connection as the sweep and the journal see it (the transport's side of a reader)."""
 
-    __slots__ = ("cursor", "waiter", "beat", "gone", "kicked", "drop_at", "transport", "mark", "quiet_since",
-                 "push", "queued", "since", "sending", "abort", "cut", "blocked", "lag_base")
+    __slots__ = ("transport", "since", "mark", "quiet_since", "sending", "blocked", "lag_base", "abort", "cut",
+                 "drop_at")
 
-    def __init__(self, cursor: int, transport: str, now: float, drop_at: int | None) -> None:
-        self.cursor = cursor
-        self.waiter: asyncio.Future | None = None
-        self.beat = False  # a heartbeat is due
-        self.gone = False  # the client left, or the server is ending this connection
-        self.kicked = False  # the server is draining: tell the client to reconnect elsewhere
-        self.drop_at = drop_at  # fault injection: cut the connection at this index
-        self.transport = transport
+    def __init__(self, transport: str, now: float, drop_at: int | None) -> None:
+        self.transport = transport  # its name (gateway/names.py): the metric label, the journal's field
+        self.since = now  # when it attached
+        # Heartbeats (the sweep): the cursor the sweep last saw move, and since when it has not.
         self.mark = -1
         self.quiet_since = now
-        # Set by the transport while its task is parked: `push(sub)` writes
-        # what is due and returns True, or False to have the task woken.
-        self.push: Callable[[Subscriber], bool] | None = None
-        self.queued = False
-        self.since = now
         # Slow consumers (the sweep): loop time when the pending write began, 0.0 when none is.
         self.sending = 0.0
         self.blocked = 0.0  # the `sending` the sweep last saw, and the log size then
         self.lag_base = 0
         self.abort: Callable[[], None] | None = None  # drops the connection, buffered bytes and all
         self.cut: str | None = None  # why the connection ended before the stream's end
+        # Fault injection (`sim.drop_after`): cut the connection at this log index. The transport reads it
+        # once, when it starts; such a reader is written by its task, never from the batched flush.
+        self.drop_at = drop_at
+
+
+class Subscriber:
+    """A reader's cursor into a stream's log, and how the stream wakes the task that writes it."""
+
+    __slots__ = ("cursor", "waiter", "queued", "push", "beat", "gone", "kicked", "conn")
+
+    def __init__(self, cursor: int, conn: Connection) -> None:
+        self.cursor = cursor  # the index of the next event to write
+        self.waiter: asyncio.Future | None = None  # the parked task's future (`Stream.wait`)
+        self.queued = False  # in the current batch already
+        # Set by the transport while its task is parked: `push(sub)` writes
+        # what is due and returns True, or False to have the task woken.
+        self.push: Callable[[Subscriber], bool] | None = None
+        self.beat = False  # a heartbeat is due
+        self.gone = False  # the client left, or the server is ending this connection
+        self.kicked = False  # the server is draining: tell the client to reconnect elsewhere
+        self.conn = conn
 
     def wake(self) -> None:
         if not self.queued:
@@ -230,7 +242,7 @@ class Stream:
     def kick(self) -> None:
         """Ask every client that can resume to reconnect (to another replica): this one is draining."""
         for sub in self.subs:
-            if sub.transport in RESUMABLE:
+            if sub.conn.transport in RESUMABLE:
                 sub.kicked = sub.gone = True
                 sub.wake()
 
@@ -259,7 +271,7 @@ class Stream:
             # Once per stream: a browser can lose the last chunk before a cut (Chromium's fetch
             # does, often), resume from before N, and would be cut again at N for ever.
             self.drop_after = None
-        sub = Subscriber(after + 1, transport, now, drop_at)
+        sub = Subscriber(after + 1, Connection(transport, now, drop_at))
         self.subs.append(sub)
         self.detached_since = self.left_at = None
         self._on_event(self, "attached", sub)
@@ -272,9 +284,10 @@ class Stream:
             return
         sub.push = None
         sub.wake()
-        if sub.cut is None and (self.status is RUNNING or sub.cursor < len(self.log)):
-            sub.cut = "client_left" if client_left else "server"
-        if sub.cut is not None:
+        conn = sub.conn
+        if conn.cut is None and (self.status is RUNNING or sub.cursor < len(self.log)):
+            conn.cut = "client_left" if client_left else "server"
+        if conn.cut is not None:
             self._on_event(self, "cut", sub)
         if self.subs:
             return
@@ -283,7 +296,7 @@ class Stream:
             return
         # A lost connection is not a cancel: the stream goes on for the grace, so the client can
         # resume; unless the policy says otherwise or the transport cannot resume (chat, complete).
-        if sub.cut == "client_left" and (self.leave_cancels or sub.transport not in RESUMABLE):
+        if conn.cut == "client_left" and (self.leave_cancels or conn.transport not in RESUMABLE):
             self.cancel("client_gone")
         else:
             self.left_at = self.tokens

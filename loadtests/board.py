@@ -23,11 +23,13 @@ from typing import Any
 import gevent
 from locust.stats import calculate_response_time_percentile, diff_response_time_dicts
 
+from gateway.names import OWN, Transport
+
 __all__ = ["Board", "LagMonitor", "ORDER", "METRICS", "COLUMNS"]
 
 log = logging.getLogger("loadtests")
 
-ORDER = ("sse_get", "sse_post", "ndjson", "ws", "complete")
+ORDER = tuple(t.value for t in (*OWN, Transport.COMPLETE))  # then any other, by name
 METRICS = ("ttft", "inter_token", "reconnect", "stream", "gap", "duplicate")
 WINDOW_S = 10.0
 HISTORY_POINTS = 3600  # an hour at one point a second

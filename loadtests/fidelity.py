@@ -31,11 +31,10 @@ from gateway.client import Client
 from gateway.models import StreamRequest
 from gateway.sources.simulated import SimGeneration
 from loadtests import procs
-from loadtests.streaming import request_body
+from loadtests.streaming import USER_CLASSES, request_body
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASSES = {"sse_get": "SseGetUser", "sse_post": "SsePostUser", "ndjson": "NdjsonUser", "ws": "WsUser"}
-CLIENT = {"sse_get": "sse", "sse_post": "sse", "ndjson": "ndjson", "ws": "ws"}
+CLASSES = {t: USER_CLASSES[t] for t in ("sse_get", "sse_post", "ndjson", "ws")}
 # ttft above 100 ms would be rounded by Locust's stats; the raw samples are not, but keep it readable.
 PARAMS = {"prompt_bytes": 64, "max_tokens": 10, "seed": 7, "ttft_ms": 50.0, "itl_ms": 15.0, "jitter": 0.3}
 
@@ -74,11 +73,7 @@ async def client_samples(host: str, transports: list[str], running) -> dict[str,
         await asyncio.sleep(delay)
         while running():
             started = time.perf_counter()
-            if transport == "sse_get":  # create, then attach: the users time both
-                stream_id = (await client.create(body["prompt"], **fields))["id"]
-                result = await client.stream("sse", stream_id=stream_id)
-            else:
-                result = await client.stream(CLIENT[transport], body["prompt"], **fields)
+            result = await client.stream(transport, body["prompt"], **fields)  # sse_get: create, then attach
             arrivals = result.token_arrivals
             if result.done is None or not arrivals:
                 raise RuntimeError(f"{transport}: stream did not complete")

@@ -332,7 +332,7 @@ def measure(lab: Lab, idle_s: float = 0.0) -> str:
     lines = [head, "|---|---|---|---|"]
     for name in names:
         report = asyncio.run(probe(lab.urls[name], idle_s=idle_s))
-        cells = [_cell(report["transports"][t], idle_s) for t in ("sse", "ndjson", "ws")]
+        cells = [_cell(report["transports"][t], idle_s) for t in ("sse_post", "ndjson", "ws")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

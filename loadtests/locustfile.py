@@ -112,6 +112,7 @@ if str(ROOT) not in sys.path:
 
 from gateway import backoff  # noqa: E402
 from gateway.events import Done, Error, Token  # noqa: E402
+from gateway.names import COLORS, Transport  # noqa: E402
 from gateway.sources.simulated import corpus_tokens, expected_text  # noqa: E402
 from loadtests import targets  # noqa: E402
 from loadtests.board import COLUMNS, Board  # noqa: E402
@@ -333,7 +334,7 @@ class StreamUser(GatewayUser):
 
 
 class SseGetUser(StreamUser):
-    transport = "sse_get"
+    transport = Transport.SSE_GET.value
     weight = 2
 
     @tag("sse_get", "sse")
@@ -343,7 +344,7 @@ class SseGetUser(StreamUser):
 
 
 class SsePostUser(StreamUser):
-    transport = "sse_post"
+    transport = Transport.SSE_POST.value
     weight = 3
 
     @tag("sse_post", "sse")
@@ -353,7 +354,7 @@ class SsePostUser(StreamUser):
 
 
 class NdjsonUser(StreamUser):
-    transport = "ndjson"
+    transport = Transport.NDJSON.value
     weight = 2
 
     @tag("ndjson")
@@ -363,7 +364,7 @@ class NdjsonUser(StreamUser):
 
 
 class WsUser(StreamUser):
-    transport = "ws"
+    transport = Transport.WS.value
     weight = 3
 
     @tag("ws")
@@ -385,7 +386,7 @@ class AutoUser(StreamUser):
 
 class CompleteUser(GatewayUser):
     """The non-streamed baseline: the first token is seen only with the whole answer."""
-    transport = "complete"
+    transport = Transport.COMPLETE.value
     weight = 1
 
     @tag("complete")
@@ -415,7 +416,7 @@ class CompleteUser(GatewayUser):
 
 class ResponsesUser(StreamUser):
     """OpenAI's Responses API: a streamed background response, resumed with `starting_after` (seq + 3)."""
-    transport = "responses"
+    transport = Transport.RESPONSES.value
     weight = 2
 
     @tag("responses")
@@ -691,7 +692,7 @@ def _extend_web_ui(environment) -> None:
 
     @app.route("/transports/chart")
     def transports_chart():
-        return app.response_class(CHART_PAGE, mimetype="text/html")
+        return app.response_class(CHART_PAGE.replace("%COLORS%", json.dumps(COLORS)), mimetype="text/html")
 
     @app.route("/transports/csv")
     def transports_csv():
@@ -748,7 +749,7 @@ CHART_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Transpor
 .k{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}</style></head><body>
 <h2>Transports over time <small>(each point: the last 10 s)</small></h2><div id="legend"></div><div id="charts"></div>
 <script>
-const COLORS = {sse_get: "#7c3aed", sse_post: "#2563eb", ndjson: "#059669", ws: "#ea580c", complete: "#6b7280"};
+const COLORS = %COLORS%;
 const CHARTS = [["ttft_p95", "TTFT p95 (ms)"], ["itl_p99", "inter-token p99 (ms)"], ["tokens_per_s", "tokens/s"]];
 async function draw() {
   const points = await (await fetch("history")).json();

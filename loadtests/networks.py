@@ -44,7 +44,8 @@ from .lab import Lab
 
 __all__ = ["mobile", "strict", "many_tabs", "dead_connections", "verdicts", "tables", "run", "markdown", "main"]
 
-TRANSPORTS = ("sse", "ndjson", "ws")
+TRANSPORTS = ("sse_post", "ndjson", "ws")  # the Python client's one-shot transports (gateway/names.py)
+MANY_TABS = ("sse_get", "sse_post", "ws")  # EventSource, fetch + SSE, WebSocket
 HEARTBEAT_S = 1.0  # the lab gateway's heartbeat for these runs
 READ_TIMEOUT_S = 3.0  # the clients' read timeout: three heartbeats
 WS_PING = "server: every 20 s, 20 s timeout (uvicorn's default); clients: none"
@@ -163,15 +164,15 @@ OPEN_MANY = """async ([kind, n, waitMs]) => {
   const mark = (i) => { if (first[i] === null) first[i] = performance.now() - t0; };
   const stops = [];
   const ids = [];
-  for (let i = 0; kind === 'eventsource' && i < n; i++) {  // first: a POST waits too while 6 stream
+  for (let i = 0; kind === 'sse_get' && i < n; i++) {  // first: a POST waits too while 6 stream
     ids.push((await (await fetch('/v1/streams', {...json, body: body(i)})).json()).id);
   }
   for (let i = 0; i < n; i++) {
-    if (kind === 'eventsource') {
+    if (kind === 'sse_get') {
       const es = new EventSource('/v1/streams/' + ids[i] + '/sse');
       es.addEventListener('token', () => mark(i));
       stops.push(() => es.close());
-    } else if (kind === 'fetch') {
+    } else if (kind === 'sse_post') {
       const ctl = new AbortController();
       fetch('/v1/sse', {...json, body: body(i), signal: ctl.signal}).then(async (r) => {
         const reader = r.body.getReader();
@@ -203,7 +204,7 @@ async def many_tabs(lab: Lab, chromium: str, n: int = 8, runs: int = 3) -> dict:
             for path, protocol in (("nginx-tls", "HTTP/1.1"), ("nginx-h2", "HTTP/2")):
                 if path not in lab.urls:
                     continue
-                for kind in ("eventsource", "fetch", "websocket"):
+                for kind in MANY_TABS:
                     counts = []
                     for _ in range(runs):
                         page = await (await browser.new_context(ignore_https_errors=True)).new_page()
@@ -351,7 +352,7 @@ async def dead_connections(lab: Lab, runs: int = 3, streams: int = 70, chromium:
                 p["notice"].append([g["notice_s"]] if g["notice_s"] is not None else [])
                 p["resume"].append([g["resume_s"]] if g["resume_s"] is not None else [])
         for client, p in per.items():
-            read = None if client == "page eventsource" else READ_TIMEOUT_S
+            read = None if client == "page sse_get" else READ_TIMEOUT_S
             rows[client] = {"notice_s": _figure(p["notice"], "runs"), "resume_s": _figure(p["resume"], "runs"),
                             "read_timeout_s": read, "resumed": sum(map(len, p["resume"])), "streams": runs,
                             "limit_s": p["limit_s"]}
@@ -360,8 +361,6 @@ async def dead_connections(lab: Lab, runs: int = 3, streams: int = 70, chromium:
 
 # -- verdicts ------------------------------------------------------------------------------------
 
-# The report's transports: the Python client's one-shot SSE is a POST (sse_post); the page's EventSource is sse_get.
-_AS = {"sse": "sse_post", "ndjson": "ndjson", "ws": "ws"}
 RULES = {
     "mobile networks": "Per profile (lab/links.py), every stream exact first; then on links without stalls or "
                        "resets the lowest TTFT, with them the shortest longest wait between tokens; a winner only "
@@ -391,12 +390,12 @@ def verdicts(m: dict) -> list[dict]:
     mob = m.get("mobile_networks")
     if mob:
         per: dict[str, str] = {}
-        inexact = sorted({_AS[t] for p in mob.values() for t, r in p["transports"].items()
+        inexact = sorted({t for p in mob.values() for t, r in p["transports"].items()
                           if r["exact"] < r["streams"]})
-        tied_everywhere = set(_AS.values()) - set(inexact)
+        tied_everywhere = set(TRANSPORTS) - set(inexact)
         won = set()
         for name, p in mob.items():
-            d = decide({_AS[t]: fig(r[p["judged_by"]]) for t, r in p["transports"].items()})
+            d = decide({t: fig(r[p["judged_by"]]) for t, r in p["transports"].items()})
             per[name] = d.label
             tied_everywhere &= set(d.tied) if d.order else set()
             if d.winner:
@@ -410,8 +409,8 @@ def verdicts(m: dict) -> list[dict]:
                      "why": why})
     st = m.get("strict_proxies")
     if st:
-        ok = [_AS[t] for t in TRANSPORTS if all(r["transports"][t] == "streams" for r in st.values())]
-        fails = "; ".join(f"{_AS[t]} via {p}: {r['transports'][t]}" for p, r in st.items() for t in TRANSPORTS
+        ok = [t for t in TRANSPORTS if all(r["transports"][t] == "streams" for r in st.values())]
+        fails = "; ".join(f"{t} via {p}: {r['transports'][t]}" for p, r in st.items() for t in TRANSPORTS
                           if r["transports"][t] != "streams")
         fall = "; ".join(f"auto via {p}: falls back in {_fmt(r['auto']['fallback_s'])}, "
                          f"{r['auto']['exact']}/{r['auto']['streams']} exact" for p, r in st.items())
@@ -421,23 +420,22 @@ def verdicts(m: dict) -> list[dict]:
                      "why": "; ".join(x for x in (fails, fall) if x)})
     tabs = m.get("many_tabs")
     if tabs:
-        kinds = {"eventsource": "sse_get", "fetch": "sse_post", "websocket": "ws"}
         parts, labels = [], []
         for protocol in ("HTTP/1.1", "HTTP/2"):
-            full = [kinds[k] for k in kinds if f"{protocol} {k}" in tabs
+            full = [k for k in MANY_TABS if f"{protocol} {k}" in tabs
                     and all(c == tabs[f"{protocol} {k}"]["opened"] for c in tabs[f"{protocol} {k}"]["streaming"])]
             labels.append(f"{protocol}: {', '.join(full) or 'none'}")
-            parts += [f"{protocol} {kinds[k]} {min(tabs[f'{protocol} {k}']['streaming'])}/"
-                      f"{tabs[f'{protocol} {k}']['opened']}" for k in kinds if f"{protocol} {k}" in tabs]
+            parts += [f"{protocol} {k} {min(tabs[f'{protocol} {k}']['streaming'])}/"
+                      f"{tabs[f'{protocol} {k}']['opened']}" for k in MANY_TABS if f"{protocol} {k}" in tabs]
         rows.append({"need": "many tabs", "winner": None, "verdict": "; ".join(labels), "rule": RULES["many tabs"],
                      "why": "streaming at once (worst run): " + ", ".join(parts)})
     dead = m.get("dead_connections")
     if dead:
         clients = dead["clients"]
-        cands = {_AS[t]: fig(clients[f"python {t}"]["resume_s"]) for t in TRANSPORTS if f"python {t}" in clients}
+        cands = {t: fig(clients[f"python {t}"]["resume_s"]) for t in TRANSPORTS if f"python {t}" in clients}
         d = decide(cands)
         never = [c for c, r in clients.items() if r["resume_s"] is None]
-        why = (", ".join(f"{k} {_fmt(clients[f'python {t}']['resume_s'])}" for t, k in _AS.items()
+        why = (", ".join(f"{t} {_fmt(clients[f'python {t}']['resume_s'])}" for t in TRANSPORTS
                          if f"python {t}" in clients)
                + f"; heartbeat {dead['heartbeat_s']:g} s, read timeout {dead['read_timeout_s']:g} s, "
                f"WebSocket ping: {dead['ws_ping']}")
@@ -504,7 +502,7 @@ def tables(m: dict) -> list:
                   note="One stream per transport, then the automatic client (WebSocket -> SSE -> NDJSON).")
         for path, r in s.items():
             tr, a = r["transports"], r["auto"]
-            t.rows.append([path, tr["sse"], tr["ndjson"], tr["ws"], _fmt(a["fallback_s"]), _fmt(a["ttft_s"]),
+            t.rows.append([path, tr["sse_post"], tr["ndjson"], tr["ws"], _fmt(a["fallback_s"]), _fmt(a["ttft_s"]),
                            f"{a['exact']}/{a['streams']} on {a['ended_on']}"])
         out.append(t)
     tabs = m.get("many_tabs")

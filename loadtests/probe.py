@@ -32,10 +32,11 @@ import websockets
 from gateway.client import TRANSPORTS, Client, GatewayError, StreamResult, Transport
 from gateway.codecs import ndjson, sse, ws
 from gateway.events import Event, Token
+from gateway.names import FORMAT, parse
 
 __all__ = ["probe", "probe_through", "arrival", "report_table", "main"]
 
-_ENCODE = {"sse": sse.encode, "ndjson": ndjson.encode, "ws": lambda e: ws.encode(e).encode()}
+_ENCODE = {"sse": sse.encode, "ndjson": ndjson.encode, "ws": lambda e: ws.encode(e).encode()}  # by format
 
 
 def arrival(result: StreamResult, transport: str, ttft_s: float, itl_s: float) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def arrival(result: StreamResult, transport: str, ttft_s: float, itl_s: float) -
         if t - prev > itl_s / 4:
             bursts.append([])
         bursts[-1].append(event)
-    sizes = [sum(len(_ENCODE[transport](e)) for e in b) for b in bursts]
+    sizes = [sum(len(_ENCODE[FORMAT[parse(transport)]](e)) for e in b) for b in bursts]
     spaced = len(bursts) >= len(tokens) / 2
     # Held to the end: the buffer is at least the stream; otherwise it released every ~N bytes.
     buffer = None if spaced else (sizes[0] if len(sizes) == 1 else int(statistics.median(sizes[:-1])))

@@ -30,7 +30,7 @@ async def ttfts(url: str, model: str, n: int) -> list[float]:
     out = []
     async with Client(url) as client:
         for i in range(n):
-            r = await client.stream("sse", f"ttft {i}", model=model, max_tokens=5, seed=i,
+            r = await client.stream("sse_post", f"ttft {i}", model=model, max_tokens=5, seed=i,
                                     sim={"ttft_ms": 0, "itl_ms": 0, "jitter": 0})
             assert r.done is not None
             out.append(r.ttft)
@@ -42,7 +42,7 @@ async def paced(url: str, model: str, streams: int, tokens: int, itl_ms: float) 
     sim = {"ttft_ms": 50, "itl_ms": itl_ms, "jitter": 0}
     async with Client(url) as client:
         results = await asyncio.gather(*(
-            client.stream("sse", f"load {i}", model=model, max_tokens=tokens, seed=i, sim=sim)
+            client.stream("sse_post", f"load {i}", model=model, max_tokens=tokens, seed=i, sim=sim)
             for i in range(streams)))
     gaps, received = [], 0
     for i, r in enumerate(results):

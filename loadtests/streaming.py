@@ -47,15 +47,19 @@ from gateway.client import _check, responses_body
 from gateway.codecs import ndjson, sse, ws
 from gateway.codecs.responses import OFFSET, RESPONSE_PREFIX, EventDecoder
 from gateway.events import Done, Error, Event, Token
+from gateway.names import FALLBACK, FORMAT, RESUMABLE, Transport
 from gateway.resume import CLOSE, LAST, SKIP, STOP, Again, GatewayError, PathRefused, Resume, StreamResult
 
-__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "post_complete", "request_body", "responses_body"]
+__all__ = ["StreamClient", "Run", "GatewayError", "TRANSPORTS", "USER_CLASSES", "post_complete", "request_body", "responses_body"]
 
 # sse_get attaches by id, as EventSource does; the others create and stream in one request. responses:
 # OpenAI's Responses API (a background response, resumed with starting_after = seq + 3).
 # "auto": WebSocket, falling back to SSE over fetch, then NDJSON (gateway.fallback), as the page does.
-TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws", "responses", "auto")
-AUTO = ("ws", "sse_post", "ndjson")
+TRANSPORTS = (*(t.value for t in RESUMABLE), "auto")
+AUTO = tuple(t.value for t in FALLBACK)
+# The locustfile's user class for each transport.
+USER_CLASSES = {"sse_get": "SseGetUser", "sse_post": "SsePostUser", "ndjson": "NdjsonUser", "ws": "WsUser",
+                "responses": "ResponsesUser", "complete": "CompleteUser", "auto": "AutoUser"}
 # Chromium's EventSource reconnection time when the server sends no `retry:`.
 EVENTSOURCE_DEFAULT_RETRY_MS = 3000
 _CUT = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
@@ -109,10 +113,10 @@ class StreamClient:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; one of {TRANSPORTS}")
         run.started = time.perf_counter()
-        if transport == "sse_get":
+        if transport == Transport.SSE_GET:
             run.stream_id = self.create(body)
         machine = Resume(run, transport=AUTO if transport == "auto" else transport,
-                         max_resumes=self.max_resumes, eventsource=transport == "sse_get")
+                         max_resumes=self.max_resumes, eventsource=transport == Transport.SSE_GET)
         while True:
             machine.opened(time.perf_counter())
             connection = self._connect(machine.transport, body, run.stream_id, machine.after, run)
@@ -156,22 +160,22 @@ class StreamClient:
 
     def _connect(self, transport: str, body: dict, stream_id: str | None, after: int,
                  run: Run) -> Iterator[tuple[Event, float]]:
-        if transport == "ws":
+        if transport == Transport.WS:
             return self._ws(body, stream_id, after, run)
-        if transport == "responses":
+        if transport == Transport.RESPONSES:
             decoder = EventDecoder()
             if stream_id is None:
                 return self._http("POST", "/v1/responses", decoder, run, json=responses_body(body))
             return self._http("GET", f"/v1/responses/{RESPONSE_PREFIX}{stream_id}", decoder, run,
                               params={"stream": "true", "starting_after": after + OFFSET})
-        decoder = ndjson.Decoder() if transport == "ndjson" else sse.Decoder()
-        fmt = "ndjson" if transport == "ndjson" else "sse"
+        fmt = FORMAT[transport]
+        decoder = sse.Decoder() if fmt == "sse" else ndjson.Decoder()
         if stream_id is None:
             return self._http("POST", f"/v1/{fmt}", decoder, run, json=body)
         if fmt == "sse":
             headers = {"Last-Event-ID": str(after)} if after >= 0 else {}
             return self._http("GET", f"/v1/streams/{stream_id}/sse", decoder, run, headers=headers,
-                              eventsource=transport == "sse_get")
+                              eventsource=transport == Transport.SSE_GET)
         params = {"after": after} if after >= 0 else {}
         return self._http("GET", f"/v1/streams/{stream_id}/ndjson", decoder, run, params=params)
 

@@ -103,7 +103,7 @@ MUTANTS = [
            "an event past a skipped seq is delivered: a stream can end in `done` with text missing"),
     Mutant("lag-cut-misnamed", "gateway/registry.py", 'self._cut_slow(sub, "slow_lag")', 'self._cut_slow(sub, "slow_send")',
            ("tests/test_slow_readers.py",), "a reader too far behind is cut with the send timeout's reason"),
-    Mutant("no-lag-cut", "gateway/registry.py", "elif size - sub.lag_base > max_lag:", "elif False:",
+    Mutant("no-lag-cut", "gateway/registry.py", "elif size - conn.lag_base > max_lag:", "elif False:",
            ("tests/test_slow_readers.py",), "MAX_LAG_BYTES is never applied"),
     Mutant("deflate-ignored", "gateway/cli.py", "ws_per_message_deflate=settings.ws_per_message_deflate,",
            "ws_per_message_deflate=False,",

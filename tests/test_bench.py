@@ -23,7 +23,7 @@ def test_speed_benchmark_runs_gateway_and_every_peer(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
-    expected = {("gateway", t) for t in ("sse", "ndjson", "ws")}
+    expected = {("gateway", t) for t in ("sse_post", "ndjson", "ws")}  # "sse" on the command line: sse_post
     expected |= {(peer, t) for peer, transports in PEERS.items() for t in transports}
     assert {(r["server"], r["transport"]) for r in rows} == expected, proc.stderr[-3000:]
     for r in rows:

@@ -182,7 +182,7 @@ def test_eventsource_in_chromium_follows_a_drain_to_the_other_replica():
                 page.evaluate(EVENTSOURCE, [sid])
                 page.wait_for_function("() => window.__ev.seqs.length >= 20", timeout=30_000)
                 serving = [c for c in lab._children if c.name.startswith("replica")
-                           and 'gateway_connections{transport="sse"} 1.0' in httpx.get(c.url + "/metrics").text]
+                           and 'gateway_connections{transport="sse_get"} 1.0' in httpx.get(c.url + "/metrics").text]
                 assert len(serving) == 1, [c.name for c in serving]
                 serving[0].proc.send_signal(signal.SIGTERM)
                 page.wait_for_function("() => window.__ev.done !== null", timeout=60_000)

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.timeout(180)
 SOURCES = 8
 
 
-def first_tokens(url: str, kind: str = "eventsource") -> list[float | None]:
-    """For each of SOURCES streams of `kind` (eventsource, fetch, websocket) opened at once from a page of
+def first_tokens(url: str, kind: str = "sse_get") -> list[float | None]:
+    """For each of SOURCES streams of `kind` (sse_get, sse_post, ws: gateway/names.py) opened at once from a page of
     `url`: ms to its first token, or None if it had none within 3 s."""
     chromium = require("chromium")
     from playwright.sync_api import sync_playwright
@@ -48,11 +48,11 @@ def test_over_http11_the_seventh_eventsource_waits(lab, path):
 
 def test_over_http11_fetch_streams_wait_too_and_websockets_do_not(lab):
     url = lab.urls["nginx-tls"]
-    assert sum(t is not None for t in first_tokens(url, "fetch")) == 6
-    assert all(t is not None for t in first_tokens(url, "websocket"))  # not pooled with HTTP requests
+    assert sum(t is not None for t in first_tokens(url, "sse_post")) == 6
+    assert all(t is not None for t in first_tokens(url, "ws"))  # not pooled with HTTP requests
 
 
-@pytest.mark.parametrize("kind", ["eventsource", "fetch"])
+@pytest.mark.parametrize("kind", ["sse_get", "sse_post"])
 def test_over_http2_every_stream_streams(lab, kind):
     first = first_tokens(lab.urls["nginx-h2"], kind)
     assert all(t is not None for t in first), first

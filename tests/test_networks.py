@@ -39,20 +39,20 @@ def fixed() -> dict:
         "runs": 3, "heartbeat_s": 1, "read_timeout_s": 3,
         "mobile_networks": {
             "3g": {"profile": "300 ms RTT", "judged_by": "ttft_s",
-                   "transports": {"sse": row(0.70, 0.1), "ndjson": row(0.71, 0.1), "ws": row(0.95, 0.1)}},
+                   "transports": {"sse_post": row(0.70, 0.1), "ndjson": row(0.71, 0.1), "ws": row(0.95, 0.1)}},
             "train": {"profile": "", "judged_by": "longest_wait_s",
-                      "transports": {"sse": row(0.4, 1.0), "ndjson": row(0.4, 1.02), "ws": row(0.4, 1.5)}},
+                      "transports": {"sse_post": row(0.4, 1.0), "ndjson": row(0.4, 1.02), "ws": row(0.4, 1.5)}},
         },
         "strict_proxies": {
-            "nginx-strict": {"transports": {"sse": "streams", "ndjson": "streams", "ws": "refused (InvalidStatus)"},
+            "nginx-strict": {"transports": {"sse_post": "streams", "ndjson": "streams", "ws": "refused (InvalidStatus)"},
                              "auto": {"fallback_s": _fig(0.07), "ttft_s": _fig(0.5), "exact": 210, "streams": 210,
-                                      "ended_on": "sse"}},
+                                      "ended_on": "sse_post"}},
         },
-        "many_tabs": {f"{p} {k}": {"opened": 8, "streaming": [8 if p == "HTTP/2" or k == "websocket" else 6] * 3}
-                      for p in ("HTTP/1.1", "HTTP/2") for k in ("eventsource", "fetch", "websocket")},
+        "many_tabs": {f"{p} {k}": {"opened": 8, "streaming": [8 if p == "HTTP/2" or k == "ws" else 6] * 3}
+                      for p in ("HTTP/1.1", "HTTP/2") for k in ("sse_get", "sse_post", "ws")},
         "dead_connections": {"heartbeat_s": 1, "read_timeout_s": 3, "ws_ping": "none", "clients": {
-            "python sse": dead(3.1), "python ndjson": dead(3.1), "python ws": dead(13.0),
-            "page eventsource": {"notice_s": None, "resume_s": None, "read_timeout_s": None, "resumed": 0,
+            "python sse_post": dead(3.1), "python ndjson": dead(3.1), "python ws": dead(13.0),
+            "page sse_get": {"notice_s": None, "resume_s": None, "read_timeout_s": None, "resumed": 0,
                                  "streams": 3, "limit_s": 15}}},
     }
     return m
@@ -67,7 +67,7 @@ def test_verdicts_follow_the_figures():
     assert "ws via nginx-strict: refused" in got["strict proxies"]["why"]
     assert got["many tabs"]["verdict"] == "HTTP/1.1: ws; HTTP/2: sse_get, sse_post, ws"
     assert tied(got["dead connections"]["verdict"]) == {"sse_post", "ndjson"}
-    assert "never noticed: page eventsource" in got["dead connections"]["why"]
+    assert "never noticed: page sse_get" in got["dead connections"]["why"]
     # Too few samples: not judged, never a winner.
     m["dead_connections"]["clients"]["python ws"]["resume_s"] = _fig(1.0, samples=20)
     assert tied(networks.verdicts(m)[-1]["verdict"]) == {"sse_post", "ndjson"}

@@ -64,14 +64,14 @@ def test_websocket_panel_falls_back_to_fetch_sse_and_ends_with_the_same_text(lab
         state = _state(page)
     finally:
         page.close()
-    ws = state["websocket"]
-    assert ws["transport"] == "fetch-sse", ws
-    assert [(f["from"], f["to"]) for f in ws["fallbacks"]] == [("websocket", "fetch-sse")]
+    ws = state["ws"]
+    assert ws["transport"] == "sse_post", ws
+    assert [(f["from"], f["to"]) for f in ws["fallbacks"]] == [("ws", "sse_post")]
     assert ws["fallbacks"][0]["ms"] < 5000
     assert ws["outcome"]["status"] == "done" and (ws["gaps"], ws["duplicates"]) == (0, 0)
     assert ws["sha"] == ws["doneSha"] == hashlib.sha256(ws["text"].encode()).hexdigest()
     assert all(s["text"] == ws["text"] for s in state.values())
-    assert all(not s["fallbacks"] for k, s in state.items() if k != "websocket")
+    assert all(not s["fallbacks"] for k, s in state.items() if k != "ws")
 
 
 def test_fetch_and_websocket_panels_notice_a_silent_connection_and_resume(lab, browser):
@@ -104,11 +104,11 @@ def test_fetch_and_websocket_panels_notice_a_silent_connection_and_resume(lab, b
         relay.terminate()
         relay.wait(10)
     assert 1.5 < noticed < 10, noticed  # the 2 s read timeout, not the 45 s default nor never
-    for kind in ("fetch-sse", "fetch-ndjson", "websocket"):
+    for kind in ("sse_post", "ndjson", "ws"):
         s = after[kind]
         assert s["outcome"]["status"] == "done" and s["sha"] == s["doneSha"], (kind, s["outcome"])
         assert s["reconnects"] >= 1 and (s["gaps"], s["duplicates"]) == (0, 0)
         assert any("no byte for 2 s" in c for c in s["cuts"]), s["cuts"]
     # EventSource: still on its silent connection, nothing noticed.
-    assert after["eventsource"]["reconnects"] == before["eventsource"]["reconnects"]
-    assert not after["eventsource"]["ended"]
+    assert after["sse_get"]["reconnects"] == before["sse_get"]["reconnects"]
+    assert not after["sse_get"]["ended"]

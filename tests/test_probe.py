@@ -44,10 +44,10 @@ def test_bursts_of_five_estimate_the_buffer():
 
 
 def test_table_names_the_fix():
-    held = arrival(_result([TTFT + 19 * ITL] * 20), "sse", TTFT, ITL)
+    held = arrival(_result([TTFT + 19 * ITL] * 20), "sse_post", TTFT, ITL)
     report = {"url": "http://x", "ok": False, "params": {"tokens": 20, "itl_ms": 50, "ttft_ms": 200, "idle_s": 0},
               "transports": {
-                  "sse": {"reachable": True, "error": None, "ttft_s": 1.15, "arrival": held, "idle": None,
+                  "sse_post": {"reachable": True, "error": None, "ttft_s": 1.15, "arrival": held, "idle": None,
                           "resume": {"ok": True, "detail": ""}},
                   "ws": {"reachable": False, "error": "WebSocket upgrade refused (HTTP 404)"}}}
     table = report_table(report)

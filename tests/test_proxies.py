@@ -259,8 +259,8 @@ def test_the_browser_page_through_default_and_tuned_nginx(lab):
                 states[path]["shown"] = {
                     "path": page.locator("#path").inner_text(),
                     "flags": {k: page.locator(f'.panel[data-kind="{k}"] .flags').inner_text()
-                              for k in ("eventsource", "fetch-sse", "fetch-ndjson", "websocket")},
-                    "rate": page.locator('.panel[data-kind="fetch-sse"] .rate').inner_text()}
+                              for k in ("sse_get", "sse_post", "ndjson", "ws")},
+                    "rate": page.locator('.panel[data-kind="sse_post"] .rate').inner_text()}
                 page.close()
         finally:
             browser.close()
@@ -269,19 +269,19 @@ def test_the_browser_page_through_default_and_tuned_nginx(lab):
     # The page explains itself: which path and HTTP version, and what the path did, per panel.
     shown, shown_tuned = held.pop("shown"), tuned.pop("shown")
     assert shown["path"] == f"path: {lab.urls['nginx-defaults']} over http/1.1"
-    for kind in ("eventsource", "fetch-sse", "fetch-ndjson"):
+    for kind in ("sse_get", "sse_post", "ndjson"):
         assert "held until the end" in held[kind]["flags"][0], (kind, held[kind]["flags"])
         assert "held until the end" in shown["flags"][kind]
-    assert any("upgrade refused" in f for f in held["websocket"]["flags"]), held["websocket"]["flags"]
+    assert any("upgrade refused" in f for f in held["ws"]["flags"]), held["ws"]["flags"]
     assert shown["rate"] == "– (one burst)"  # not 100,000 tokens/s for an answer that came in one piece
     assert all(not s["flags"] for s in tuned.values()) and not any(shown_tuned["flags"].values())
-    for kind in ("eventsource", "fetch-sse", "fetch-ndjson"):
+    for kind in ("sse_get", "sse_post", "ndjson"):
         # Every HTTP client got the whole answer, but its first token only came with the last.
         assert held[kind]["tokens"] == n and held[kind]["sha"] == held[kind]["doneSha"], kind
         assert held[kind]["ttftMs"] > 0.8 * scheduled_ms, (kind, held[kind]["ttftMs"])
     # The WebSocket upgrade is refused there: the panel says so, and falls back to fetch (gateway/fallback.py).
-    ws = held["websocket"]
-    assert ws["fallbacks"] and ws["fallbacks"][0]["from"] == "websocket" and ws["transport"] != "websocket"
+    ws = held["ws"]
+    assert ws["fallbacks"] and ws["fallbacks"][0]["from"] == "ws" and ws["transport"] != "ws"
     for kind, s in tuned.items():
         assert s["tokens"] == n and s["sha"] == s["doneSha"], kind
         assert s["ttftMs"] < 0.3 * scheduled_ms, (kind, s["ttftMs"])

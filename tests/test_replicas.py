@@ -112,14 +112,22 @@ def test_create_on_a_read_half_on_b_resume_on_a(pair, transport):
 def test_fifty_clients_share_one_reader(pair, redis):
     a, b = pair
     pid = str(b.proc.pid)
-    text = expected_text("fan", 9, 120)
+    full = expected_text("fan", 9, 5000)
 
     def b_connections() -> list[dict]:
         return [c for c in redis.client().client_list() if f"-{pid}-" in c.get("name", "")]
 
     async def go():
         reads = b.metrics()["gateway_redis_reads_total"]
-        sid = create(a.url, "fan", max_tokens=120, seed=9, sim={**SIM, "ttft_ms": 300})
+        # A stream far longer than the test, read on A from its creation (no detach grace can end it):
+        # all fifty readers on B attach while it runs however slowly a loaded machine opens them, and
+        # none leaves before the cancel. (A 120-token stream could end before the fiftieth came; the wait
+        # for 50 clients then never ended.)
+        meta = asyncio.get_running_loop().create_future()
+        keeper = asyncio.create_task(wire.read(
+            a.url, "ndjson", body={"prompt": "fan", "max_tokens": 5000, "seed": 9, "sim": SIM},
+            on_event=lambda e: meta.done() or e["type"] != "meta" or meta.set_result(e["stream_id"])))
+        sid = await meta
         first = asyncio.create_task(wire.read(b.url, "sse", stream_id=sid))
         while b.metrics().get("gateway_redis_mirror_clients") != 1:
             await asyncio.sleep(0.02)
@@ -129,19 +137,25 @@ def test_fifty_clients_share_one_reader(pair, redis):
             await asyncio.sleep(0.02)
         conns = b_connections()
         metrics = b.metrics()
+        while httpx.get(f"{b.url}/v1/streams/{sid}").json()["last_seq"] < 120:  # some tokens for all 50
+            await asyncio.sleep(0.05)
+        assert httpx.delete(f"{a.url}/v1/streams/{sid}").status_code == 204
         results = await asyncio.gather(first, *rest)
-        return one, conns, metrics, results, b.metrics()["gateway_redis_reads_total"] - reads
+        reads = b.metrics()["gateway_redis_reads_total"] - reads
+        return one, conns, metrics, results, reads, await keeper
 
-    one, conns, metrics, results, reads = run(go())
+    one, conns, metrics, results, reads, kept = run(go())
+    last = kept.terminal["seq"]
+    assert kept.terminal["code"] == "cancelled" and last > 120
     for r in results:
-        wire.assert_exact(r.events, 0, 121)
-        assert r.text == text and r.terminal["sha256"] == sha(text)
+        wire.assert_exact(r.events, 0, last)  # every reader: every event, up to the same cancel
+        assert r.terminal == kept.terminal and r.text == kept.text and full.startswith(r.text)
     assert metrics["gateway_redis_mirror_clients"] == 50 and metrics["gateway_redis_readers"] == 1
     # One connection blocked in XREAD for the whole process; the total does not grow with clients.
     assert sum(1 for c in conns if c["cmd"] == "xread") == 1
     assert len(conns) <= one + 1 and len(conns) <= 8 + 2
-    # About one XREAD per token for all 50 clients, not one per client (that would be 6000).
-    assert reads < 2 * 120 + 20
+    # About one XREAD per event for all 50 clients, not one per client (fifty times that).
+    assert reads < 2 * last + 20
 
 
 def test_delete_on_any_replica_reaches_the_generator(pair):
@@ -390,7 +404,7 @@ def test_a_mirror_logs_its_clients_lifecycle(pair, redis, tmp_path):
             time.sleep(0.1)
         assert sorted(r["event"] for r in records) == want and records[0]["event"] == "attached", records
         attached, cut, resumed = (next(r for r in records if r["event"] == e) for e in want)
-        assert attached["transport"] == cut["transport"] == "ndjson" and resumed["transport"] == "sse"
+        assert attached["transport"] == cut["transport"] == "ndjson" and resumed["transport"] == "sse_get"
         assert cut["reason"] == "client_left" and resumed["after"] == last
     finally:
         b.stop()

@@ -53,7 +53,7 @@ def test_a_reader_attached_after_a_seq_reads_from_the_next_one():
 def test_wait_returns_when_an_event_comes_and_a_lost_client_is_not_a_cancel():
     async def go():
         stream, seen = new()
-        sub = stream.attach(-1, "sse", 100.0)
+        sub = stream.attach(-1, "sse_post", 100.0)
         sub.cursor = len(stream.log)
         waiting = asyncio.ensure_future(stream.wait(sub))
         await asyncio.sleep(0)
@@ -65,7 +65,7 @@ def test_wait_returns_when_an_event_comes_and_a_lost_client_is_not_a_cancel():
 
     stream, sub, seen = asyncio.run(go())
     assert stream.status == RUNNING  # a lost connection is not a cancel
-    assert sub.cut == "client_left" and "cut" in seen and stream.detached_since == 102.0
+    assert sub.conn.cut == "client_left" and "cut" in seen and stream.detached_since == 102.0
 
 
 def test_a_client_that_cannot_resume_cancels_when_it_leaves_one_that_can_does_not():
@@ -74,7 +74,7 @@ def test_a_client_that_cannot_resume_cancels_when_it_leaves_one_that_can_does_no
         sub = chat.attach(-1, "chat", 100.0)
         chat.detach(sub, 101.0, client_left=True)
         sse, _ = new(one_shot=True)
-        sub = sse.attach(-1, "sse", 100.0)
+        sub = sse.attach(-1, "sse_post", 100.0)
         sse.detach(sub, 101.0, client_left=True)
         return chat, seen, sse
 
@@ -87,7 +87,7 @@ def test_a_drop_is_injected_once_per_stream():
     stream, _ = new(drop_after=3)
     first = stream.attach(-1, "ndjson", 100.0)
     again = stream.attach(2, "ndjson", 101.0)
-    assert first.drop_at == 4 and again.drop_at is None
+    assert first.conn.drop_at == 4 and again.conn.drop_at is None
 
 
 def test_kick_asks_only_resumable_readers_to_go_elsewhere():

@@ -254,7 +254,7 @@ def test_streaming_headers(gw, path):
 def test_metrics_count_streams_and_ttft(gw):
     run(_stream(gw, "sse", max_tokens=3, sim=FAST_SIM))
     m = gw.metrics()
-    assert m['gateway_events_sent_total{transport="sse"}'] >= 5
+    assert m['gateway_events_sent_total{transport="sse_post"}'] >= 5
     assert m["gateway_ttft_seconds_count"] >= 1
     assert "gateway_active_streams" in m and 'gateway_connections{transport="ws"}' in m
 

@@ -45,7 +45,7 @@ def run(fn):
 def test_a_quiet_reader_gets_a_heartbeat_after_heartbeat_s():
     def go():
         loop, clock, registry, stream = setup()
-        sub = stream.attach(-1, "sse", clock.now())
+        sub = stream.attach(-1, "sse_post", clock.now())
         sub.cursor = len(stream.log)
         registry.sweep(clock.now())
         loop.advance(0.5)
@@ -66,8 +66,8 @@ def test_a_write_blocked_past_send_timeout_is_cut_and_the_stream_goes_on():
         loop, clock, registry, stream = setup()
         sub = stream.attach(-1, "ndjson", clock.now())
         aborted = []
-        sub.abort = lambda: aborted.append(True)
-        sub.sending = clock.now()
+        sub.conn.abort = lambda: aborted.append(True)
+        sub.conn.sending = clock.now()
         registry.sweep(clock.now())
         loop.advance(1.0)
         registry.sweep(clock.now())
@@ -77,7 +77,7 @@ def test_a_write_blocked_past_send_timeout_is_cut_and_the_stream_goes_on():
         return sub, aborted, stream, registry
 
     sub, aborted, stream, registry = run(go)
-    assert sub.gone and sub.cut == "slow_send" and aborted == [True]
+    assert sub.gone and sub.conn.cut == "slow_send" and aborted == [True]
     assert stream.status == RUNNING and registry.stats["ndjson"].slow_cuts == 1
 
 
@@ -85,7 +85,7 @@ def test_a_reader_the_stream_ran_too_far_ahead_of_is_cut_for_lag():
     def go():
         loop, clock, registry, stream = setup()
         sub = stream.attach(-1, "ws", clock.now())
-        sub.sending = clock.now()
+        sub.conn.sending = clock.now()
         registry.sweep(clock.now())
         for _ in range(60):
             stream.token("0123456789" * 2)
@@ -94,7 +94,7 @@ def test_a_reader_the_stream_ran_too_far_ahead_of_is_cut_for_lag():
         return sub
 
     sub = run(go)
-    assert sub.gone and sub.cut == "slow_lag"
+    assert sub.gone and sub.conn.cut == "slow_lag"
 
 
 def test_a_silent_source_ends_the_stream_with_upstream_timeout():

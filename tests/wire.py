@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import httpx
 import websockets
 
+from gateway.names import FORMAT, parse
+
 TERMINAL = ("done", "error")
 READ_TIMEOUT = 30.0  # bound on one whole read: a server that never ends fails the test, it does not hang it
 
@@ -147,11 +149,13 @@ async def read(base: str, transport: str, *, stream_id: str | None = None, after
                compression: str | None = None, on_event: Callable[[dict], None] | None = None) -> Read:
     """Read one connection to the end: a terminal event, a close, or `until(event)` true (then drop it).
 
-    `transport` is "sse", "ndjson" or "ws"; with `stream_id` it attaches after `after` (SSE
+    `transport` is a format, "sse", "ndjson" or "ws", or a transport's name (gateway/names.py: sse_post and
+    sse_get read as "sse"); with `stream_id` it attaches after `after` (SSE
     `Last-Event-ID`, NDJSON `?after=`, a WebSocket `resume` message, or with `ws_attach` the
     `/v1/streams/{id}/ws?after=` route); without, it starts a one-shot stream with `body`.
     `on_event` sees each event as it arrives.
     """
+    transport = FORMAT[parse(transport)]
     out = Read(transport, base, on_event=on_event)
     try:
         async with asyncio.timeout(timeout):

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from .. import openapi
 from ..chat import ChatEventStream, openai_error, prompt_tokens
 from ..codecs.responses import RESPONSE_PREFIX, Cursor, ResponsesEncoder, response_object, status_of
+from ..names import Transport
 from ..guard import KEY
 from ..log import KIND
 from ..models import ChatMessage, SimParams, StreamRequest
@@ -149,7 +150,7 @@ async def create_response(request: Request):
     if body.background:
         stream.keep = True  # no detach grace: a background response generates to its end
     if body.stream:
-        return ResponsesEventStream(ctx, stream, stream.attach(-1, "responses", ctx.clock.now()), _encoder(stream),
+        return ResponsesEventStream(ctx, stream, stream.attach(-1, Transport.RESPONSES, ctx.clock.now()), _encoder(stream),
                                     "responses")
     if body.background:
         return JSONResponse(snapshot(stream, "queued" if stream.tokens == 0 else None))
@@ -180,8 +181,8 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
     except Problem as exc:
         return _openai(exc)
     if starting_after >= 0:
-        ctx.stats["responses"].resumes += 1
-    sub = found.attach(cursor.after, "responses", ctx.clock.now())
+        ctx.stats[Transport.RESPONSES].resumes += 1
+    sub = found.attach(cursor.after, Transport.RESPONSES, ctx.clock.now())
     return ResponsesEventStream(ctx, found, sub, _encoder(found, cursor.skip), "responses")
 
 

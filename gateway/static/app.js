@@ -15,6 +15,8 @@
   // No byte for this long on an open connection: it is dead (half-open, no FIN or RST ever comes), so
   // cut it and resume. Three of the gateway's default 15 s heartbeats; `?read_timeout_s=N` sets it.
   const READ_TIMEOUT_MS = 1000 * (Number(new URLSearchParams(location.search).get("read_timeout_s")) || 45);
+  // The transports' names, formats and fallback order, as the server defines them (gateway/names.py).
+  const NAMES = JSON.parse(document.getElementById("transports").textContent);
 
   // Transport fallback, the rules of gateway/fallback.py: a path that refuses a transport, or cuts it
   // twice in a row before any token or within a second of opening, moves the panel to the next one,
@@ -301,7 +303,7 @@
         bytes: $(".bytes"), reconnects: $(".reconnects"), shaMark: $(".sha-mark"), shaText: $(".sha-text"),
         sha: $(".sha"), output: $(".output"), stall: $(".stall"), gapsdups: $(".gapsdups"), flags: $(".flags"),
       };
-      if (this.kind === "eventsource") {
+      if (this.kind === "sse_get") {
         $(".bytes-label").textContent = "event bytes";
         $(".bytes-label").title = "EventSource hides the framing and heartbeats: bytes of the events it delivered";
       }
@@ -377,7 +379,8 @@
 
     fellBack(from, to) {
       this.fallbacks.push({ from, to, ms: performance.now() - this.t0 });
-      this.ui.state.textContent = `${to} (no ${from} on this path)`;
+      const label = (t) => NAMES.transports[t].label;
+      this.ui.state.textContent = `${label(to)} (no ${label(from)} on this path)`;
     }
 
     event(ev) {
@@ -577,6 +580,10 @@
     get live() {
       return this.panel.client === this;
     }
+
+    get transport() {
+      return this.panel.kind;
+    }
   }
   // Stops a stream's generation; keepalive lets it outlive the page (pagehide).
   const abortStream = (id) => {
@@ -651,16 +658,17 @@
 
   // 2 and 3. fetch with a ReadableStream; after a cut, GET the stream by id from the last seq.
   class FetchClient extends Client {
-    constructor(panel, format, fallback = null) {
+    constructor(panel, transport, fallback = null) {
       super(panel);
       this.id = null;  // from the X-Stream-Id header
-      this.format = format;  // "sse" or "ndjson"
+      this.name = transport;  // "sse_post" or "ndjson"
+      this.format = NAMES.transports[transport].format;  // "sse" or "ndjson"
       this.abort = new AbortController();
       this.fallback = fallback;  // set on the WebSocket panel once it fell back to fetch
     }
 
     get transport() {
-      return `fetch-${this.format}`;
+      return this.name;
     }
 
     resumeRequest() {
@@ -716,7 +724,7 @@
     }
 
     fallBack(body) {
-      const next = new FetchClient(this.panel, "ndjson", this.fallback);
+      const next = new FetchClient(this.panel, this.fallback.transport, this.fallback);
       this.panel.fellBack(this.transport, next.transport);
       this.panel.client = next;
       return next.start(body);
@@ -790,11 +798,11 @@
     constructor(panel) {
       super(panel);
       this.ws = null;
-      this.fallback = new Fallback(["websocket", "fetch-sse", "fetch-ndjson"]);
+      this.fallback = new Fallback(NAMES.fallback);
     }
 
     get transport() {
-      return "websocket";
+      return "ws";
     }
 
     start(body) {
@@ -815,7 +823,7 @@
         const barren = () => this.fallback.ended(panel.tokens > tokens, performance.now() - opened);
         if (!opened) panel.flag(`upgrade refused (${reason})`);
         if (opened ? barren() : this.fallback.refused()) {
-          const next = new FetchClient(panel, "sse", this.fallback);
+          const next = new FetchClient(panel, this.fallback.transport, this.fallback);
           panel.fellBack(this.transport, next.transport);
           panel.client = next;
           return next.start(this.body);
@@ -869,11 +877,11 @@
   }
 
   const CLIENTS = {
-    "eventsource": (p) => new EventSourceClient(p),
-    "fetch-sse": (p) => new FetchClient(p, "sse"),
-    "fetch-ndjson": (p) => new FetchClient(p, "ndjson"),
-    "websocket": (p) => new WebSocketClient(p),
-    "fetch-responses": (p) => new ResponsesClient(p),
+    sse_get: (p) => new EventSourceClient(p),
+    sse_post: (p) => new FetchClient(p, "sse_post"),
+    ndjson: (p) => new FetchClient(p, "ndjson"),
+    ws: (p) => new WebSocketClient(p),
+    responses: (p) => new ResponsesClient(p),
   };
 
   // ---------------------------------------------------------------------------------------------

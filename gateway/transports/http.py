@@ -65,7 +65,7 @@ class EventStream(Response):
         self.client_left = False
         self.task: asyncio.Task | None = None
         self.write: Writer | None = None  # the fast path's write without `send` (gateway/adapter)
-        self.stats = ctx.stats[fmt]
+        self.stats = ctx.stats[sub.conn.transport]
         self.batch = ctx.settings.max_batch_bytes
         self.media_type = ndjson.MEDIA_TYPE if fmt == "ndjson" else sse.MEDIA_TYPE
         self.heartbeat = ndjson.HEARTBEAT_LINE if fmt == "ndjson" else sse.HEARTBEAT_FRAME
@@ -80,7 +80,7 @@ class EventStream(Response):
         stats.connections += 1
         conn = connection(scope)
         self.task = asyncio.current_task()
-        sub.abort = conn.abort if conn is not None else self._abort
+        sub.conn.abort = conn.abort if conn is not None else self._abort
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
@@ -92,7 +92,7 @@ class EventStream(Response):
                 self.write = conn.http_writer()
             await self._pump(send, stats)
         except asyncio.CancelledError:
-            if sub.cut is None or self.client_left:
+            if sub.conn.cut is None or self.client_left:
                 raise
             self.task.uncancel()  # our own cancel (`_abort`): the connection ends here
             raise DropConnection(stream.id) from None
@@ -129,8 +129,10 @@ class EventStream(Response):
         wait = stream.wait
         clock = asyncio.get_running_loop().time
         batch = self.batch
+        state = sub.conn
         # Fault injection (a drop at a seq) stays off the push path: such a reader is written by the task.
-        push = self._push if self.write is not None and sub.drop_at is None else None
+        drop_at = state.drop_at
+        push = self._push if self.write is not None and drop_at is None else None
         while True:
             sub.push = push
             await wait(sub)
@@ -145,8 +147,8 @@ class EventStream(Response):
             drop = terminal = False
             if cursor < end:
                 end = log.batch_end(cursor, end, batch)
-                if sub.drop_at is not None and end >= sub.drop_at:
-                    end, drop = sub.drop_at, True
+                if drop_at is not None and end >= drop_at:
+                    end, drop = drop_at, True
                 body = frames(log, cursor, end)
                 stats.events += end - cursor
                 sub.cursor = end
@@ -155,11 +157,11 @@ class EventStream(Response):
                 body = heartbeat
             sub.beat = False
             stats.bytes += len(body)
-            sub.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
+            state.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
             await send({"type": "http.response.body", "body": body, "more_body": True})
             if terminal and not drop:  # a separate send: it waits for the client to take the rest
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            sub.sending = 0.0
+            state.sending = 0.0
             if drop:
                 stats.drops += 1
                 raise DropConnection(stream.id)

@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..adapter import Writer, connection
 from ..codecs import ws as codec
 from ..events import Reconnect
+from ..names import Transport
 from ..auth import check_expiry
 from ..guard import ATTACH, KEY
 from ..limits import Bucket
@@ -43,7 +44,7 @@ class WSSession:
     def __init__(self, ctx: Context, websocket: WebSocket) -> None:
         self.ctx = ctx
         self.ws = websocket
-        self.stats = ctx.stats["ws"]
+        self.stats = ctx.stats[Transport.WS]
         self.batch = ctx.settings.max_batch_bytes
         self.stream: Stream | None = None
         self.sub: Subscriber | None = None
@@ -181,8 +182,8 @@ class WSSession:
         if self.write is None and self.conn is not None:
             self.write = self.conn.ws_writer()
         self.stream = stream
-        self.sub = stream.attach(after, "ws", self.ctx.clock.now())
-        self.sub.abort = self.conn.abort if self.conn is not None else self._abort
+        self.sub = stream.attach(after, Transport.WS, self.ctx.clock.now())
+        self.sub.conn.abort = self.conn.abort if self.conn is not None else self._abort
         if after >= 0:
             self.stats.resumes += 1
         self.pump = asyncio.get_running_loop().create_task(self._pump(stream, self.sub))
@@ -209,8 +210,10 @@ class WSSession:
         log, stats, send = stream.log, self.stats, self.ws.send
         clock = asyncio.get_running_loop().time
         batch = self.ctx.settings.max_batch_bytes
+        state = sub.conn
         # Fault injection (a drop at a seq) stays off the push path: such a reader is written by the pump.
-        push = self._push if self.write is not None and sub.drop_at is None else None
+        drop_at = state.drop_at
+        push = self._push if self.write is not None and drop_at is None else None
         try:
             while True:
                 sub.push = push
@@ -223,20 +226,20 @@ class WSSession:
                 cursor, end = sub.cursor, len(log)
                 if cursor < end:
                     end = log.batch_end(cursor, end, batch)
-                    drop = sub.drop_at is not None and end >= sub.drop_at
+                    drop = drop_at is not None and end >= drop_at
                     if drop:
-                        end = sub.drop_at
+                        end = drop_at
                     texts = codec.texts(log, cursor, end)
                     sub.cursor = end
                     terminal = not stream.running and end == len(log)
                 else:
                     texts, drop, terminal = [codec.HEARTBEAT_TEXT], False, False
                 sub.beat = False
-                sub.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
+                state.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
                 for text in texts:
                     await send({"type": "websocket.send", "text": text})
                     stats.bytes += len(text)
-                sub.sending = 0.0
+                state.sending = 0.0
                 stats.events += len(texts) if cursor < end else 0
                 if drop:
                     stats.drops += 1

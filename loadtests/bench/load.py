@@ -30,11 +30,13 @@ import time
 import orjson
 from websockets.frames import Frame, Opcode
 
+from gateway.names import FORMAT, parse
+
 from ..procs import proc_stat, proc_wait
 
 __all__ = ["main", "TRANSPORTS"]
 
-TRANSPORTS = ("sse", "sse_get", "ndjson", "ws")  # sse_get: POST /v1/streams, then GET .../sse (EventSource)
+TRANSPORTS = ("sse_post", "sse_get", "ndjson", "ws")  # gateway/names.py
 TOKEN, DONE = b'"token"', b'"done"'
 CREATED = re.compile(rb'"created": ?([0-9.]+)')
 STREAM_ID = re.compile(rb'"id": ?"([^"]+)"')
@@ -65,7 +67,7 @@ class Run:
         if a.transport == "ws":
             return (b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        path = b"streams" if a.transport == "sse_get" else a.transport.encode()
+        path = b"streams" if a.transport == "sse_get" else FORMAT[a.transport].encode()
         return (b"POST /v1/%b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n%b" % (path, len(self.body), self.body))
 
@@ -212,10 +214,7 @@ async def witness(args: argparse.Namespace) -> str:
     fields = {"max_tokens": args.tokens, "seed": 7, "sim": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms,
                                                            "jitter": 0}}
     async with Client(f"http://127.0.0.1:{args.port}") as client:
-        if args.transport == "sse_get":
-            result = await client.stream("sse", stream_id=(await client.create(prompt="witness", **fields))["id"])
-        else:
-            result = await client.stream(args.transport, "witness", **fields)
+        result = await client.stream(args.transport, "witness", **fields)  # sse_get: create, then attach
     if result.cut or result.done is None:
         return "cut"
     if len(result.tokens) != args.tokens:
@@ -230,14 +229,10 @@ async def warm_up(args: argparse.Namespace) -> None:
     (shared by every later one) are not counted as per-stream memory."""
     Client, _ = _witness_imports()
     fields = {"max_tokens": 3, "sim": {"ttft_ms": 0, "itl_ms": 1, "jitter": 0}}
-    transport = "sse" if args.transport == "sse_get" else args.transport
     async with Client(f"http://127.0.0.1:{args.port}") as client:
         for i in range(3):
             try:
-                if args.transport == "sse_get":
-                    await client.stream(transport, stream_id=(await client.create(prompt="warm", **fields))["id"])
-                else:
-                    await client.stream(transport, "warm", seed=i, **fields)
+                await client.stream(args.transport, "warm", seed=i, **fields)
             except Exception:  # a peer without the gateway's full API: its idle RSS is read as it is
                 return
     await asyncio.sleep(0.3)
@@ -336,7 +331,7 @@ async def bench(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--transport", choices=TRANSPORTS, required=True)
+    p.add_argument("--transport", type=lambda name: parse(name).value, choices=TRANSPORTS, required=True)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--server-pid", type=int, required=True)
     p.add_argument("--tokens", type=int, default=200)

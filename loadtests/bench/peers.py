@@ -19,12 +19,12 @@ from websockets.utils import accept_key
 
 __all__ = ["PEERS", "floor_protocol", "main"]
 
-# peer -> the transports it serves
+# peer -> the transports it serves (gateway/names.py)
 PEERS = {
-    "fastapi": ("sse", "ndjson", "ws"),  # StreamingResponse / WebSocket.send_text + asyncio.sleep
-    "sse-starlette": ("sse",),  # sse_starlette.EventSourceResponse
-    "fastapi-sse": ("sse",),  # FastAPI's native fastapi.sse.EventSourceResponse (0.135+)
-    "floor": ("sse", "ndjson", "ws"),  # raw uvloop Protocol, pre-encoded bytes, one shared ticker
+    "fastapi": ("sse_post", "ndjson", "ws"),  # StreamingResponse / WebSocket.send_text + asyncio.sleep
+    "sse-starlette": ("sse_post",),  # sse_starlette.EventSourceResponse
+    "fastapi-sse": ("sse_post",),  # FastAPI's native fastapi.sse.EventSourceResponse (0.135+)
+    "floor": ("sse_post", "ndjson", "ws"),  # raw uvloop Protocol, pre-encoded bytes, one shared ticker
 }
 
 TEXT = "tok "  # every peer sends the same short token text

@@ -7,7 +7,7 @@ token events per second, server CPU per event (utime + stime from /proc),
 lateness of tokens against the source's schedule, memory per open stream
 (RSS growth / N), and the gateway's ratio to each peer.
 
-    python -m loadtests.bench.speed --n 100,1000,2000 --transports sse,ndjson,ws
+    python -m loadtests.bench.speed --n 100,1000,2000 --transports sse_post,ndjson,ws
     python -m loadtests.bench.speed --n 100,1000 --peers none      # the gateway alone
 """
 
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from gateway.names import parse
 
 from ..procs import ROOT, free_port, stop, wait_port
 
@@ -145,8 +147,9 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", default="100,1000,2000", help="concurrent streams, comma-separated")
-    p.add_argument("--transports", default="sse,ndjson,ws",
-                   help="sse, ndjson, ws; sse_get (create, then attach by id: the gateway only, with --peers none)")
+    p.add_argument("--transports", default="sse_post,ndjson,ws",
+                   help="sse_post (or sse), ndjson, ws; sse_get (create, then attach by id: the gateway only, "
+                   "with --peers none)")
     p.add_argument("--peers", default="all", help="'all', 'none', or a comma-separated list of "
                    + ", ".join(PEERS))
     p.add_argument("--windows", default="0", help="gateway write windows in ms, comma-separated (0: one "
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, help="record py-spy profiles of the gateway into this folder")
     args = p.parse_args(argv)
     ns = [int(x) for x in args.n.split(",")]
-    transports = args.transports.split(",")
+    transports = [parse(name).value for name in args.transports.split(",")]
     peers = [] if args.peers == "none" else list(PEERS) if args.peers == "all" else args.peers.split(",")
     rows = []
     for transport in transports:
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{server} {transport} N={n}: {exc}", file=sys.stderr)
                     continue
                 rows.append(row)
-                print(f"{transport:6} N={n:<5} {server:14} {row['events_per_s']:8.0f} ev/s "
+                print(f"{transport:8} N={n:<5} {server:14} {row['events_per_s']:8.0f} ev/s "
                       f"{row['us_per_event']:6.1f} us/ev p50/p99 {row['late_p50_ms']:.0f}/{row['late_p99_ms']:.0f} ms "
                       f"start {row['start_p99_ms']:.0f} ms "
                       f"{row['kb_per_stream']:5.1f} KB server {row['server_cpu_share']:.0%} client {row['client_cpu_share']:.0%} "

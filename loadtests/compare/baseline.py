@@ -57,7 +57,7 @@ async def _run(url: str, lengths: list[int], repeats: int, sim: dict, prompt: st
 
 
 def baseline(url: str, lengths: list[int], ttft_ms: float, itl_ms: float, prompt: str = "",
-             repeats: int = 3, transport: str = "sse") -> list[dict]:
+             repeats: int = 3, transport: str = "sse_post") -> list[dict]:
     """Per answer length: median time to the whole answer without streaming, and to the first
     words and the whole answer with it."""
     sim = {"ttft_ms": ttft_ms, "itl_ms": itl_ms}

@@ -11,24 +11,15 @@ import asyncio
 import subprocess
 
 from gateway.client import Client
+from gateway.names import counted_as
+
 from ..procs import GatewayProcess
 
-__all__ = ["WireMeter", "wire_cost", "memory_per_connection", "client_transport"]
-
-
-def client_transport(transport: str) -> tuple[str, bool]:
-    """The client's (and the gateway's metrics') transport name for a Locust transport, and whether
-    the stream is created first and attached by id (`sse_get`, as EventSource does)."""
-    name, _, style = transport.partition("_")
-    return name, style == "get"
+__all__ = ["WireMeter", "wire_cost", "memory_per_connection"]
 
 
 async def _read(client: Client, transport: str, **fields):
-    name, by_id = client_transport(transport)
-    if by_id:
-        created = await client.create(**fields)
-        return await client.stream(name, stream_id=created["id"])
-    return await client.stream(name, **fields)
+    return await client.stream(transport, **fields)  # sse_get: created, then attached by id
 
 
 class WireMeter:
@@ -91,13 +82,14 @@ def wire_cost(gw: GatewayProcess, transports: list[str], streams: int, fields: d
     counters belong to it alone."""
     rows = []
     for transport in transports:
-        name, _ = client_transport(transport)
-        key = f'{{transport="{name}"}}'
         before = gw.metrics()
         row = asyncio.run(_wire_one(gw.port, transport, streams, fields))
         after = gw.metrics()
-        events = after[f"gateway_events_sent_total{key}"] - before[f"gateway_events_sent_total{key}"]
-        body = after[f"gateway_bytes_sent_total{key}"] - before[f"gateway_bytes_sent_total{key}"]
+
+        def delta(metric: str) -> float:
+            keys = [f'{metric}{{transport="{label}"}}' for label in counted_as(transport)]
+            return sum(after[k] - before[k] for k in keys)
+        events, body = delta("gateway_events_sent_total"), delta("gateway_bytes_sent_total")
         row["gateway_events"] = int(events)
         row["gateway_body_bytes"] = int(body)
         row["body_bytes_per_event"] = round(body / events, 2) if events else None
@@ -119,10 +111,10 @@ def memory_per_connection(transports: list[str], n: int, notes: list[str] | None
 
     rows = []
     for transport in transports:
-        if ("sse" if transport == "sse_post" else transport) not in MEASURED:
+        if transport not in MEASURED:
             continue  # the benchmark's raw client has no Responses framing: no row, the report shows "-"
         try:
-            row = speed.run_one("gateway", "sse" if transport == "sse_post" else transport, n, args)
+            row = speed.run_one("gateway", transport, n, args)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # a starved box: a note, not a lost report
             if notes is not None:
                 notes.append(f"Memory per connection for {transport} not measured: {exc}.")

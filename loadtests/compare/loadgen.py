@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.names import counted_as
+
 from ..procs import ROOT, GatewayView, ProcStat, proc_stat, stop
-from .cost import client_transport
+from ..streaming import USER_CLASSES
 from .forks import ForkServer
 from .matrix import Cell, Matrix
 
@@ -28,8 +30,6 @@ SATURATED_CPU = 0.9
 _SAMPLE_S = 0.5
 
 
-USER_CLASSES = {"sse_get": "SseGetUser", "sse_post": "SsePostUser", "ndjson": "NdjsonUser", "ws": "WsUser",
-                "responses": "ResponsesUser", "complete": "CompleteUser"}
 
 
 def locust_args(cell: Cell, matrix: Matrix, url: str) -> list[str]:
@@ -148,22 +148,26 @@ def _delta(before: dict, after: dict, name: str) -> float:
 
 
 def gateway_delta(before: dict, after: dict, transport: str) -> dict:
-    """What the gateway counted for one transport during a cell."""
-    key = f'{{transport="{transport}"}}'
+    """What the gateway counted for one transport during a cell (its resumes included)."""
+    labels = counted_as(transport)
+
+    def per(metric: str) -> float:
+        return sum(_delta(before, after, f'{metric}{{transport="{label}"}}') for label in labels)
+
     errors = sum(after[k] - before.get(k, 0.0) for k in after if k.startswith("gateway_stream_errors_total"))
-    events = _delta(before, after, f"gateway_events_sent_total{key}")
+    events = per("gateway_events_sent_total")
     created = _delta(before, after, "gateway_streams_created_total")
     finished = _delta(before, after, "gateway_streams_finished_total")
     return {
         "events": int(events),
-        "bytes": int(_delta(before, after, f"gateway_bytes_sent_total{key}")),
+        "bytes": int(per("gateway_bytes_sent_total")),
         "streams_created": int(created),
         "streams_finished": int(finished),
         "stream_errors": int(errors),
-        "drops": int(_delta(before, after, f"gateway_drops_total{key}")),
+        "drops": int(per("gateway_drops_total")),
         "wasted_tokens": int(_delta(before, after, "gateway_wasted_tokens_total")),
-        "resumes": int(_delta(before, after, f"gateway_resumes_total{key}")),
-        "disconnects": int(_delta(before, after, f"gateway_disconnects_total{key}")),
+        "resumes": int(per("gateway_resumes_total")),
+        "disconnects": int(per("gateway_disconnects_total")),
         # Every stream sends one meta and at most one terminal event; the rest are tokens.
         "tokens": max(0, int(events - created - finished - errors)),
     }
@@ -244,7 +248,7 @@ def run_cell(cell: Cell, matrix: Matrix, url: str, gw: GatewayView, raw: Path,
     busy = locust_cpu[2:] or locust_cpu
     gw_cpu_s = gw_end.cpu_s - gw_start.cpu_s if gw_start and gw_end else None
     gw_samples = sampler.samples.get("gateway", [])
-    gateway = gateway_delta(before, after, client_transport(cell.transport)[0])
+    gateway = gateway_delta(before, after, cell.transport)
     gateway |= {
         "cpu_s": None if gw_cpu_s is None else round(gw_cpu_s, 3),
         "cpu_us_per_token": (round(gw_cpu_s * 1e6 / gateway["tokens"], 1)

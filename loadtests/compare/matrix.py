@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from gateway.names import RESUMABLE
+
 __all__ = ["Matrix", "Cell", "PRESETS", "PATHS", "TRANSPORTS", "CUT_PATH", "DROP_BY", "from_args"]
 
 # Transports as the Locust users name them (request_type, loadtests/locustfile.py).
-TRANSPORTS = ("sse_get", "sse_post", "ndjson", "ws", "responses")  # responses: OpenAI's Responses API
+TRANSPORTS = tuple(t.value for t in RESUMABLE)  # gateway/names.py; responses: OpenAI's Responses API
 # Deployment paths: "direct" to the gateway, the others are the proxy lab's paths (loadtests/lab.py).
 PATHS = ("direct", "nginx-defaults", "nginx-accel", "nginx-tuned", "haproxy", "haproxy-tuned")
 

@@ -11,10 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
+from gateway.names import COLORS as NAMED_COLORS  # noqa: E402
+
 __all__ = ["COLORS", "latency_cdf", "concurrency", "baseline", "cost", "reconnect"]
 
-COLORS = {"sse_post": "#2563eb", "sse_get": "#7c3aed", "ndjson": "#059669", "ws": "#ea580c", "responses": "#db2777",
-          "complete": "#6b7280"}
+COLORS = {t.value: c for t, c in NAMED_COLORS.items()}
 _STYLE = {
     "font.family": "DejaVu Sans", "font.size": 9.5, "axes.titlesize": 10.5, "axes.titleweight": "bold",
     "axes.titlelocation": "left", "axes.spines.top": False, "axes.spines.right": False,

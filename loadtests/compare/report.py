@@ -390,10 +390,9 @@ td{border-bottom:1px solid var(--line);padding:5px 8px;vertical-align:top}tbody 
 .none{color:var(--muted)}.rule{color:var(--muted);font-size:12.5px}.slip{color:#b91c1c}.ok{color:#047857}
 .fig.narrow svg{max-width:700px;display:block}.fig svg{width:100%;height:auto}
 .fig .cap{color:var(--muted);font-size:12px;margin-top:4px}
-.t-sse_post{color:#2563eb}.t-sse_get{color:#7c3aed}.t-ndjson{color:#059669}.t-ws{color:#ea580c}.t-responses{color:#db2777}
 nav a{color:#2563eb;text-decoration:none;margin-right:14px;font-size:13px}
 .lead{font-size:15px}
-"""
+""" + "".join(f".t-{t}{{color:{c}}}" for t, c in plots.COLORS.items()) + "\n"
 
 
 def _fig(svg: str | None, caption: str = "", narrow: bool = False) -> str:
