@@ -210,7 +210,8 @@ def test_no_throughput_winner_over_a_transport_the_load_generator_could_not_judg
 FRAME = json.loads((Path(__file__).parent / "golden" / "compare_results.json").read_text())
 
 
-def report_verdicts(tmp_path: Path, a: dict, b: dict) -> dict[str, str]:
+def fixed_frame(a: dict, b: dict) -> dict:
+    """FRAME with the fixed cells of `results(a, b)`, on a gateway and load generator that stayed well."""
     r = copy.deepcopy(FRAME)
     fixed = results(a, b)
     r["matrix"].update(fixed["matrix"], runs=3, drop_by="client")
@@ -218,6 +219,11 @@ def report_verdicts(tmp_path: Path, a: dict, b: dict) -> dict[str, str]:
     for c in r["cells"]:
         c["gateway"].update(cpu_s=1.0, cpu_share_peak=0.5, rss_peak_bytes=None, drops=0, stream_errors=0)
         c["load_generator"].update(cpu_share_peak=0.3, locust_cpu_warning=False)
+    return r
+
+
+def report_verdicts(tmp_path: Path, a: dict, b: dict) -> dict[str, str]:
+    r = fixed_frame(a, b)
     r["figures"] = figures(r)
     r["recommendations"] = recommend(r)
     (tmp_path / "raw").mkdir(parents=True)

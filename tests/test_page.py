@@ -15,13 +15,11 @@ from gateway.names import PAGE
 from gateway.page import STATIC
 from gateway.sources.simulated import expected_text
 
-from .support import ROOT, gateway, require
+from .support import ROOT, gateway
 
 KINDS = [t.value for t in PAGE]  # gateway/names.py: the page renders a panel for each
 PROMPT = "Why stream model output, and over which transport?"  # the page's default prompt
 SCREENSHOT = ROOT / "docs" / "browser-page.png"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 # Watches every panel's answer while it streams. The view is two divs: finished blocks, drawn once,
 # then the last block(s), redrawn as they grow. Recorded in window.__watch: markup shown as raw
@@ -68,19 +66,6 @@ def gw(server):
     with gateway({"GATEWAY_SSE_RETRY_MS": "200", "GATEWAY_DETACH_GRACE_S": "30",
                   "GATEWAY_HEARTBEAT_S": "0.5"}, server=server) as g:
         yield g
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = require("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

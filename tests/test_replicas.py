@@ -50,13 +50,6 @@ def sha(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def redis():
-    server = RedisServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def pair(redis):
     """Replicas A and B, left running for the tests that do not kill anything."""
     gws = start(redis, 2)
