@@ -226,7 +226,7 @@ def _winners(verdict: str) -> set[str]:
 
 def test_a_second_real_run_never_contradicts_the_first(report: Path, tmp_path):
     """The same cells measured again (the `repeat` preset: tiny's direct load cells, 3 runs, by a new gateway
-    and new Locust processes): no need gets two different winners. A verdict may be a winner once and a tie
+    and new Locust runs): no need gets two different winners. A verdict may be a winner once and a tie
     naming it the other time, or not measured for want of samples: the evidence did not separate, and the
     report says so. (That identical figures give identical verdicts, ties included, is a property of the
     rules alone: test_compare_rules.py checks it on runs with noise. Running the whole tiny preset twice
