@@ -72,6 +72,18 @@ def create(url: str, prompt: str, **fields) -> str:
     return r.json()["id"]
 
 
+async def begun(url: str, prompt: str, max_tokens: int, seed: int) -> tuple[str, asyncio.Task]:
+    """A stream begun on `url` by a reader that stays to its end (a one-shot NDJSON POST), so no detach
+    grace (1 s here) ends it before the clients under test come, however slowly a loaded machine brings
+    them: its id, and that reader's task. (Created ahead with no reader, such streams were cancelled.)"""
+    meta = asyncio.get_running_loop().create_future()
+    reader = asyncio.create_task(wire.read(
+        url, "ndjson", body={"prompt": prompt, "max_tokens": max_tokens, "seed": seed, "sim": SIM},
+        on_event=lambda e: meta.done() or e["type"] != "meta" or meta.set_result(e["stream_id"])))
+    async with asyncio.timeout(10):
+        return await meta, reader
+
+
 def follows(read: wire.Read, text: str) -> bool:
     """The read's tokens are a prefix of `text`."""
     return text.startswith(read.text)
@@ -112,15 +124,10 @@ def test_fifty_clients_share_one_reader(pair, redis):
 
     async def go():
         reads = b.metrics()["gateway_redis_reads_total"]
-        # A stream far longer than the test, read on A from its creation (no detach grace can end it):
-        # all fifty readers on B attach while it runs however slowly a loaded machine opens them, and
-        # none leaves before the cancel. (A 120-token stream could end before the fiftieth came; the wait
-        # for 50 clients then never ended.)
-        meta = asyncio.get_running_loop().create_future()
-        keeper = asyncio.create_task(wire.read(
-            a.url, "ndjson", body={"prompt": "fan", "max_tokens": 5000, "seed": 9, "sim": SIM},
-            on_event=lambda e: meta.done() or e["type"] != "meta" or meta.set_result(e["stream_id"])))
-        sid = await meta
+        # A stream far longer than the test: all fifty readers on B attach while it runs however slowly a
+        # loaded machine opens them, and none leaves before the cancel. (A 120-token stream could end
+        # before the fiftieth came; the wait for 50 clients then never ended.)
+        sid, keeper = await begun(a.url, "fan", 5000, 9)
         first = asyncio.create_task(wire.read(b.url, "sse", stream_id=sid))
         while b.metrics().get("gateway_redis_mirror_clients") != 1:
             await asyncio.sleep(0.02)
@@ -234,9 +241,9 @@ def test_sigterm_drains_clients_to_another_replica(pair, victim):
 def test_sigterm_on_a_reading_replica_moves_its_clients(pair, victim):
     a, b = pair
     text = expected_text("move", 8, 150)
-    sid = create(a.url, "move", max_tokens=150, seed=8, sim=SIM)
 
     async def go():
+        sid, keeper = await begun(a.url, "move", 150, 8)
         tasks = [asyncio.create_task(wire.follow([victim.url, b.url], t, sid)) for t in TRANSPORTS]
         async with asyncio.timeout(20):
             while victim.metrics().get("gateway_redis_mirror_clients") != 3:
@@ -244,6 +251,7 @@ def test_sigterm_on_a_reading_replica_moves_its_clients(pair, victim):
         os.kill(victim.proc.pid, signal.SIGTERM)
         results = await asyncio.gather(*tasks)
         await asyncio.to_thread(victim.proc.wait, 20)
+        assert (await keeper).text == text
         return results
 
     for transport, reads in zip(TRANSPORTS, run(go())):
@@ -491,15 +499,10 @@ def test_the_client_retries_a_503_at_the_next_base_url(pair, victim, transport):
                 os.kill(victim.proc.pid, signal.SIGTERM)
                 while (await http.get(f"{victim.url}/healthz")).status_code != 503:
                     await asyncio.sleep(0.05)
-            # The stream starts only now, read on A from its first event: a stream created ahead with no
-            # reader was ended by the detach grace (1 s here) when a loaded machine took that long to
-            # drain, and the client read a cut text ending in `cancelled`.
-            meta = asyncio.get_running_loop().create_future()
-            keeper = asyncio.create_task(wire.read(
-                a.url, "ndjson", body={"prompt": "retry", "max_tokens": 60, "seed": 7, "sim": SIM},
-                on_event=lambda e: meta.done() or e["type"] != "meta" or meta.set_result(e["stream_id"])))
-            async with asyncio.timeout(10):
-                sid = await meta
+            # The stream starts only now, kept by a reader on A: created ahead with none, it was ended by
+            # the detach grace when a loaded machine took over 1 s to drain, and the client read a cut text
+            # ending in `cancelled`.
+            sid, keeper = await begun(a.url, "retry", 60, 7)
             refused = (await http.get(f"{victim.url}/v1/streams/{sid}/ndjson")).status_code
         async with Client([victim.url, a.url]) as client:
             result = await client.stream(transport, stream_id=sid)
