@@ -127,14 +127,18 @@ class Listener(asyncio.AbstractServer):
             waiter = coro.send(None)  # sets the transport up, then waits for connection_made
         except StopIteration:
             return
-        except OSError:  # the peer left before its transport was set up
+        except Exception as exc:  # the peer left before its transport was set up, or a refusal
             conn.close()
+            if not isinstance(exc, OSError):
+                log.error("accept: a connection could not be set up", exc_info=exc)
             return
 
         def finish(_: object) -> None:
             try:
                 coro.send(None)
-            except (StopIteration, OSError):
+            except StopIteration:
+                pass
+            except Exception:  # the transport was closed by the coroutine itself; nothing to hand on
                 pass
 
         waiter.add_done_callback(finish)

@@ -62,13 +62,9 @@ def _uvicorn(app, settings, host: str, port: int, fds: str | None = None) -> Non
     # front of its parser (uvicorn's `http` option takes a protocol class); h11's own limit as well.
     from .admission import refusal
 
-    # A POST to a route without path parameters creates a stream (/v1/sse, /v1/streams, /v1/chat/...):
-    # past capacity the gate refuses those as soon as their heads are in.
-    creates = frozenset(r.path.encode() for r in app.routes
-                        if "POST" in (getattr(r, "methods", None) or ()) and "{" not in r.path)
     ctx = app.state.ctx
     gate = Gate(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections,
-                settings.max_pending_connections, ctx.stats.refused, ctx.admission.over, refusal, creates)
+                settings.max_pending_connections, ctx.stats.refused, ctx.admission.over, refusal, _creates(app))
     config = uvicorn.Config(
         FastPath(app),  # offers the fast path per connection, after a capability check
         host=host,
@@ -106,6 +102,15 @@ def _uvicorn(app, settings, host: str, port: int, fds: str | None = None) -> Non
 
     app.state.ctx.stop_listening = lambda: stop_listening(server)
     server.run(sockets=[listen(host, port, settings.backlog), socket.socket(fileno=int(fds))])
+
+
+def _creates(app) -> frozenset[bytes]:
+    """The paths a POST to which creates a stream: the POST routes without path parameters (/v1/sse,
+    /v1/streams, /v1/chat/completions, /v1/responses ...), from the app's routes and its OpenAPI paths
+    (routers included into the app show there). Past capacity the gate refuses those at once."""
+    paths = {r.path for r in app.routes if "POST" in (getattr(r, "methods", None) or ()) and "{" not in r.path}
+    paths |= {p for p, ops in app.openapi().get("paths", {}).items() if "post" in ops and "{" not in p}
+    return frozenset(p.encode() for p in paths)
 
 
 def _hypercorn(app, settings, host: str, port: int) -> None:

@@ -135,6 +135,7 @@ class Lab:
     def __post_init__(self) -> None:
         self._children: list[_Child] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self.hurry = False  # set while stopping (a second Ctrl-C): kill what is left instead of waiting
 
     def __enter__(self) -> Lab:
         self.start()
@@ -244,11 +245,15 @@ class Lab:
                     child.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + timeout
             for child in group:
-                try:
-                    child.proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    child.proc.kill()
-                    child.proc.wait()
+                while child.proc.poll() is None:
+                    if self.hurry or time.monotonic() > deadline:
+                        child.proc.kill()
+                        child.proc.wait()
+                        break
+                    try:
+                        child.proc.wait(0.05)
+                    except subprocess.TimeoutExpired:
+                        pass
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -361,11 +366,20 @@ def run(port: int = 8000, proxies: tuple[str, ...] | None = None, read_timeout: 
               file=sys.stderr)
         return 2
 
-    def _terminate(signum, frame):
+    lab = Lab(port=port, proxies=proxies, read_timeout=read_timeout)
+    stopping = False
+
+    def _stop(signum, frame):
+        # The first Ctrl-C or SIGTERM ends the wait (or the start) below; one more while the lab stops
+        # (a second Ctrl-C, or `uv run` passing the terminal's on) kills what is left, never a traceback.
+        nonlocal stopping
+        if stopping:
+            lab.hurry = True
+            return
+        stopping = True
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    lab = Lab(port=port, proxies=proxies, read_timeout=read_timeout)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         lab.start()
         print(lab.table(), flush=True)
@@ -386,7 +400,9 @@ def run(port: int = 8000, proxies: tuple[str, ...] | None = None, read_timeout: 
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
+        stopping = True  # from here on a signal only hurries the stop
         lab.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         print("lab stopped", flush=True)
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
-from .support import SERVERS, gateway
+from .support import CHROMIUM_ARGS, SERVERS, FakeOllama, RedisServer, gateway, require
 
 # Hypothesis' 200 ms deadline fails examples that a loaded 2-core machine merely delays; sockets or not,
 # no test here is about the speed of one example.
@@ -40,3 +40,40 @@ def gw(server):
     """One real gateway (on `server`, a free loopback port) per test module and server."""
     with gateway(FAST, server=server) as g:
         yield g
+
+
+@pytest.fixture(scope="module")
+def redis():
+    """A redis-server of the module's own (the replicas' shared store)."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A gateway that relays point at (gateway A); its idle timeout is long, so a stall is the relay's to notice."""
+    with gateway({**FAST, "GATEWAY_IDLE_TIMEOUT_S": "30"}) as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+def ollama():
+    """The stand-in Ollama (tests/support.py `FakeOllama`)."""
+    fake = FakeOllama()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium through Playwright, for the module."""
+    chromium = require("chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

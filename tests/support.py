@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from loadtests import procs
+from loadtests.networks import CHROMIUM_ARGS  # noqa: F401 (the tests launch Chromium with these)
 from loadtests.procs import ROOT, GatewayProcess, free_port, stop, wait_http  # noqa: F401 (tests import them from here)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -87,3 +91,97 @@ def uvicorn_thread(app, ready_path: str = "/healthz", **config):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A stand-in upstream's handler: HTTP/1.1 (kept-alive connections, as relays use them), no access log."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_json(self, status: int, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class HttpServer:
+    """A stand-in upstream (a fake Ollama, OpenAI or Responses server) on a free loopback port, from a thread;
+    `url` is its base URL. For what cannot run here; the gateway's own peers are real processes."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:
+                pass  # a relay closing a kept-alive connection is not news
+
+        self.server = Server(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ollama_fragments(prompt: str, n: int) -> list[str]:
+    """What the fake Ollama answers: the prompt's words, cycled, one fragment each."""
+    words = prompt.split() or ["empty"]
+    return [" " + words[i % len(words)] for i in range(n)]
+
+
+class FakeOllama(HttpServer):
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict, dict]] = []  # (headers, body)
+        self.disconnects = 0
+        fake = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                fake.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if self.path != "/api/chat" or body["model"] == "missing":
+                    self.send_json(404, {"error": f'model "{body["model"]}" not found, try pulling it first'})
+                    return
+                if body["model"] == "json-only":  # a server that ignores `stream`
+                    self.send_json(200, {"model": "json-only", "message": {"role": "assistant", "content": "hi"},
+                                          "done": True})
+                    return
+                prompt = body["messages"][-1]["content"]
+                n = body["options"]["num_predict"]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                pause = 0.1 if "slow" in prompt else 0.005
+                try:
+                    for i, text in enumerate(ollama_fragments(prompt, n)):
+                        if "fail" in prompt and i == 3:
+                            self._chunk({"error": "an error was encountered while running the model"})
+                            break
+                        self._chunk({"model": body["model"], "created_at": "2024-01-01T00:00:00Z",
+                                     "message": {"role": "assistant", "content": text}, "done": False})
+                        time.sleep(pause)
+                    else:
+                        self._chunk({"model": body["model"], "created_at": "2024-01-01T00:00:01Z",
+                                     "message": {"role": "assistant", "content": ""}, "done": True,
+                                     "done_reason": "length", "eval_count": n})
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.disconnects += 1
+                    self.close_connection = True
+
+            def _chunk(self, obj: dict) -> None:
+                line = json.dumps(obj).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+
+        super().__init__(Handler)

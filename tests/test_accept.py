@@ -109,11 +109,16 @@ def test_the_gateway_accepts_through_the_listener_and_refuses_a_create_before_re
         assert r.headers["content-type"] == "application/problem+json" and 1 <= int(r.headers["retry-after"]) <= 3
         body = json.loads(r.content)
         assert body["code"] == "over_capacity" and body["status"] == 503
+        # Every stream-creating route, the LLM-format ones included: refused before the body is read.
+        for path in ("/v1/streams", "/v1/ndjson", "/v1/chat/completions", "/v1/responses", "/v1/messages"):
+            r = httpx.post(gw.url + path, content=b"{not json", headers={"content-type": "application/json"},
+                           timeout=10)
+            assert r.status_code == 503 and r.json()["code"] == "over_capacity", (path, r.status_code, r.text)
         # Attaching is not a create: served.
         with httpx.stream("GET", f"{gw.url}/v1/streams/{sid}/ndjson", timeout=10) as r:
             assert r.status_code == 200
             assert json.loads(next(r.iter_lines()))["type"] == "meta"
         m = gw.metrics()
         assert m["gateway_connections_accepted_total"] >= 4 and m["gateway_accept_wakeups_total"] >= 1
-        assert m['gateway_refused_total{reason="capacity"}'] == 1
+        assert m['gateway_refused_total{reason="capacity"}'] == 6
         httpx.delete(f"{gw.url}/v1/streams/{sid}", timeout=10)

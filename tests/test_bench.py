@@ -35,10 +35,11 @@ def test_speed_benchmark_runs_gateway_and_every_peer(tmp_path):
     table = proc.stdout
     assert "| " + " | ".join(HEAD) + " |" in table
     assert table.count("\n| ") == len(rows)  # one line per row under the header
-    # The gateway's rows carry no ratio; every peer row has one.
+    # The gateway's rows carry no ratio; every peer row has one ("n/a" when the gateway's CPU read 0
+    # clock ticks in this 1-second run on a loaded machine: nothing to divide by).
     for line in table.splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[-1].endswith("x") == (cells[2] != "gateway"), line
+        assert (cells[-1].endswith("x") or cells[-1] == "n/a") == (cells[2] != "gateway"), line
 
 
 def test_gateway_alone(tmp_path):

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from gateway.codecs import ws as wsc
 from loadtests.procs import free_port, stop
 
-from .support import ROOT, run, wait_http
+from .support import ROOT, HttpServer, QuietHandler, run, wait_http
 
 KEY = "secret-edge-0123456789"
 OTHER = "secret-other-0123456789"
@@ -261,24 +261,16 @@ def test_resume_points_are_plain_ascii_digits(gw, value):
     assert httpx.get(f"{gw.url}/v1/streams/{sid}/ndjson", params={"after": "10"}).status_code == 200
 
 
-class BadUpstream:
+class BadUpstream(HttpServer):
     """A small OpenAI-compatible upstream of the test's own that misbehaves by model name."""
 
     RETRY = {"sup": "\u00b2", "nines": "9" * 400, "date": "Sun, 06 Nov 2044 08:49:37 GMT", "words": "soon",
              "seconds": "7"}
 
     def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        import threading
-
         retry = self.RETRY
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 model = body["model"]
@@ -310,14 +302,8 @@ class BadUpstream:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.url += "/v1"
 
 
 @pytest.fixture(scope="module")

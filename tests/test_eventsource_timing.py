@@ -15,8 +15,7 @@ import requests
 
 from loadtests.streaming import Run, StreamClient
 
-from .support import gateway, require
-from .test_page import CHROMIUM_ARGS
+from .support import CHROMIUM_ARGS, gateway, require
 
 RETRY_MS = 700
 BODY = {"prompt": "stall", "max_tokens": 12, "seed": 1, "sim": {"ttft_ms": 20, "itl_ms": 30, "jitter": 0,

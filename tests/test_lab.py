@@ -75,6 +75,43 @@ def test_lab_starts_every_path_and_stops_on_ctrl_c():
             proc.wait()
 
 
+@pytest.mark.parametrize("signals", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_ctrl_c_stops_every_process_quietly(signals):
+    """Ctrl-C stops the lab without a traceback and leaves no process; also when a second one comes while it
+    stops (a user pressing twice, or `uv run` passing on the terminal's SIGINT: the lab printed a
+    KeyboardInterrupt traceback from inside its stop, exit status -2)."""
+    import psutil
+
+    for tool in ("nginx", "redis-server"):
+        require(tool)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "lab", "--port", "0", "--only", "nginx-tuned,nginx-lb"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
+    try:
+        lines, seen = _lines(proc), []
+        deadline = time.monotonic() + 90
+        while not seen or "Ctrl-C" not in seen[-1]:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "the lab exited:\n" + "".join(seen + err)
+            seen.append(line)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 6  # redis, the replicas and the gateway, nginx and its workers
+        proc.send_signal(signal.SIGINT)
+        if signals == 2:
+            time.sleep(0.1)  # while the lab stops its proxies and gateways
+            proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, "".join(err)
+        assert "Traceback" not in "".join(err), "".join(err)
+        assert "lab stopped" in "".join(iter(lambda: lines.get(timeout=5), None))
+        left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert not left, [(c.pid, c.name()) for c in left]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_every_configuration_renders_without_placeholders_left():
     for proxy in (p for p in PROXIES if p.tool != "relay"):  # relays (network profiles) have no file
         text = render(proxy.config, LISTEN="127.0.0.1:1", UPSTREAM="127.0.0.1:2", UPSTREAM_B="127.0.0.1:3",

@@ -76,20 +76,12 @@ def test_verdicts_follow_the_figures():
 def test_the_comparison_report_decides_these_needs_from_a_networks_run(tmp_path):
     """compare --networks FILE: the four verdicts printed in summary.md come from the networks run, in place
     of loopback's "not measured", and its tables follow."""
-    import copy
-
     from loadtests.compare import report
     from loadtests.compare.rules import figures, recommend
 
-    from .test_compare_rules import FAST, FRAME, SLOW, results
+    from .test_compare_rules import FAST, SLOW, fixed_frame
 
-    r = copy.deepcopy(FRAME)
-    fixed_cells = results(FAST, SLOW)
-    r["matrix"].update(fixed_cells["matrix"], runs=3, drop_by="client")
-    r["cells"], r["wire"], r["memory"] = fixed_cells["cells"], [], []
-    for c in r["cells"]:
-        c["gateway"].update(cpu_s=1.0, cpu_share_peak=0.5, rss_peak_bytes=None, drops=0, stream_errors=0)
-        c["load_generator"].update(cpu_share_peak=0.3, locust_cpu_warning=False)
+    r = fixed_frame(FAST, SLOW)
     r["networks"] = fixed()
     r["figures"] = figures(r)
     r["recommendations"] = recommend(r)

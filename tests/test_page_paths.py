@@ -17,8 +17,6 @@ from .support import ROOT, require, wait_http
 
 pytestmark = pytest.mark.timeout(180)
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +26,6 @@ def lab():
     with Lab(port=0, read_timeout="10s", gateway_env={"GATEWAY_HEARTBEAT_S": "0.5"},
              proxies=("nginx-strict", "haproxy-ws-cut")) as lab:
         yield lab
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = require("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _start(page, url: str, max_tokens: int, itl_ms: int, query: str = "") -> None:

@@ -94,7 +94,7 @@ async def _asgi_heads() -> dict[str, httpx.Headers]:
     from gateway.app import create_app
     from gateway.settings import Settings
 
-    app = create_app(Settings())  # not get_settings(): cached by whichever test called it first
+    app = create_app(Settings())  # not get_settings(): its cache may hold another test's settings
     body = {"prompt": "h", "max_tokens": 2, "sim": {"ttft_ms": 0, "itl_ms": 0}}
     heads = {}
     async with app.router.lifespan_context(app):

@@ -5,7 +5,7 @@ Gateway B relays gateway A's `/v1/chat/completions` (model `relay`), so every tr
 A's simulated text exactly, and A's metrics show what B did to the upstream request.
 
 Ollama itself cannot run here (no model weights, no accelerator, no network beyond loopback), so
-`FakeOllama` is a small real HTTP server in this file that speaks Ollama's documented `/api/chat`
+`FakeOllama` (tests/support.py) is a small real HTTP server that speaks Ollama's documented `/api/chat`
 streaming format (https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completion):
 chunked `application/x-ndjson`, one `{"model", "created_at", "message": {"role", "content"}, "done": false}`
 line per fragment, a last line with `"done": true` and `done_reason`, `{"error": ...}` for a failure.
@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import aclosing
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
@@ -30,106 +28,12 @@ from gateway.sources.simulated import expected_text
 
 from . import wire
 from .conftest import FAST
-from .support import free_port, Gateway, gateway, run
+from .support import Gateway, free_port, gateway, ollama_fragments, run
 
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 OLLAMA_KEY = "ollama-secret"
 
 
-def ollama_fragments(prompt: str, n: int) -> list[str]:
-    """What the fake Ollama answers: the prompt's words, cycled, one fragment each."""
-    words = prompt.split() or ["empty"]
-    return [" " + words[i % len(words)] for i in range(n)]
-
-
-class FakeOllama:
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict, dict]] = []  # (headers, body)
-        self.disconnects = 0
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                fake.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                if self.path != "/api/chat" or body["model"] == "missing":
-                    self._send_json(404, {"error": f'model "{body["model"]}" not found, try pulling it first'})
-                    return
-                if body["model"] == "json-only":  # a server that ignores `stream`
-                    self._send_json(200, {"model": "json-only", "message": {"role": "assistant", "content": "hi"},
-                                          "done": True})
-                    return
-                prompt = body["messages"][-1]["content"]
-                n = body["options"]["num_predict"]
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-ndjson")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                pause = 0.1 if "slow" in prompt else 0.005
-                try:
-                    for i, text in enumerate(ollama_fragments(prompt, n)):
-                        if "fail" in prompt and i == 3:
-                            self._chunk({"error": "an error was encountered while running the model"})
-                            break
-                        self._chunk({"model": body["model"], "created_at": "2024-01-01T00:00:00Z",
-                                     "message": {"role": "assistant", "content": text}, "done": False})
-                        time.sleep(pause)
-                    else:
-                        self._chunk({"model": body["model"], "created_at": "2024-01-01T00:00:01Z",
-                                     "message": {"role": "assistant", "content": ""}, "done": True,
-                                     "done_reason": "length", "eval_count": n})
-                    self.wfile.write(b"0\r\n\r\n")
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    fake.disconnects += 1
-                    self.close_connection = True
-
-            def _chunk(self, obj: dict) -> None:
-                line = json.dumps(obj).encode() + b"\n"
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                self.wfile.flush()
-
-            def _send_json(self, status: int, obj: dict) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address) -> None:
-                pass  # a relay closing a kept-alive connection is not news
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def ollama():
-    fake = FakeOllama()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    """Gateway A; its idle timeout is long, so a stall is B's to notice."""
-    with gateway({**FAST, "GATEWAY_IDLE_TIMEOUT_S": "30"}) as a:
-        yield a
 
 
 @pytest.fixture(scope="module")

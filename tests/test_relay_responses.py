@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import anthropic
@@ -26,8 +24,7 @@ import pytest
 from gateway.sources.simulated import expected_text
 
 from .conftest import FAST
-from .support import gateway
-from .test_relay import FakeOllama, ollama_fragments
+from .support import HttpServer, QuietHandler, gateway, ollama_fragments
 
 FAST_SIM = {"ttft_ms": 30, "itl_ms": 5, "jitter": 0.2}
 CUT_AT = 7  # deltas a "reset" connection carries before the cut
@@ -38,7 +35,7 @@ def fake_words(prompt: str, n: int) -> list[str]:
     return [f" {words[i % len(words)]}{i}" for i in range(n)]
 
 
-class FakeResponses:
+class FakeResponses(HttpServer):
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
         self.cancelled: list[str] = []
@@ -46,12 +43,7 @@ class FakeResponses:
         self.connections: dict[str, int] = {}
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 url = urlparse(self.path)
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
@@ -59,7 +51,7 @@ class FakeResponses:
                 if url.path.endswith("/cancel"):
                     rid = url.path.split("/")[-2]
                     fake.cancelled.append(rid)
-                    self._json(200, {"id": rid, "object": "response", "status": "cancelled", "output": []})
+                    self.send_json(200, {"id": rid, "object": "response", "status": "cancelled", "output": []})
                     return
                 assert body["background"] is True and body["stream"] is True and body["store"] is True
                 prompt = body["input"][-1]["content"]
@@ -73,7 +65,7 @@ class FakeResponses:
                 fake.requests.append(("GET", url.path, query))
                 rid = url.path.split("/")[-1]
                 if rid not in fake.events or query.get("stream") != "true":
-                    self._json(404, {"error": {"message": f"no response {rid}", "type": "invalid_request_error"}})
+                    self.send_json(404, {"error": {"message": f"no response {rid}", "type": "invalid_request_error"}})
                     return
                 after = int(query.get("starting_after", "-1"))
                 events = fake.events[rid]
@@ -106,24 +98,7 @@ class FakeResponses:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
 
-            def _json(self, status: int, obj: dict) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address) -> None:
-                pass
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
     @staticmethod
     def build(rid: str, prompt: str, n: int) -> list[dict]:
@@ -154,9 +129,6 @@ class FakeResponses:
             event["prompt"] = prompt
         return events
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -164,20 +136,6 @@ def fake():
     server = FakeResponses()
     yield server
     server.close()
-
-
-@pytest.fixture(scope="module")
-def ollama():
-    server = FakeOllama()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    """Gateway A: a Responses and a chat completions upstream."""
-    with gateway({**FAST, "GATEWAY_IDLE_TIMEOUT_S": "30"}) as a:
-        yield a
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,12 @@ import pytest
 from gateway.codecs.responses import OFFSET
 from gateway.sources.simulated import expected_text
 
-from .support import RedisServer, run
+from .support import run
 from .test_replicas import start
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
 PROMPT = "across replicas"
-
-
-@pytest.fixture(scope="module")
-def redis():
-    server = RedisServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

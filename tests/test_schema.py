@@ -38,9 +38,12 @@ def _app_schema() -> dict:
     from unittest import mock
 
     from gateway.app import create_app
+    from gateway.settings import Settings
 
+    # Settings of its own: `create_app()` would fill get_settings()'s process-wide cache with these keys,
+    # and every later in-process app of the run (tests/test_paths.py) answered 401.
     with mock.patch.dict(os.environ, ENV):
-        return create_app().openapi()
+        return create_app(Settings()).openapi()
 
 
 schema = schemathesis.openapi.from_dict(_app_schema())

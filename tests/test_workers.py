@@ -18,7 +18,7 @@ import pytest
 from gateway.sources.simulated import expected_text
 
 from . import wire
-from .support import ROOT, Gateway, RedisServer, free_port
+from .support import ROOT, Gateway, free_port
 
 SIM = {"ttft_ms": 20, "itl_ms": 20, "jitter": 0}
 ENV = {
@@ -28,13 +28,6 @@ ENV = {
     "GATEWAY_DRAIN_TIMEOUT_S": "15",
     "GATEWAY_SSE_RETRY_MS": "100",
 }
-
-
-@pytest.fixture(scope="module")
-def redis():
-    server = RedisServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

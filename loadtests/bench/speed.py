@@ -134,7 +134,12 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in rows:
         g = gw.get((r["transport"], r["n"]))
-        ratio = "" if g is None or r["server"].startswith("gateway") else f"{r['us_per_event'] / g['us_per_event']:.1f}x"
+        if g is None or r["server"].startswith("gateway"):
+            ratio = ""
+        elif not g["us_per_event"]:  # the gateway's CPU read 0 ticks (a run too short to measure)
+            ratio = "n/a"
+        else:
+            ratio = f"{r['us_per_event'] / g['us_per_event']:.1f}x"
         cells = (r["transport"], r["n"], r["server"], f"{r['events_per_s']:.0f}",
                  f"{r['events_per_s'] / r['offered_per_s']:.0%}", f"{r['us_per_event']:.1f}",
                  f"{r['late_p50_ms']:.0f}", f"{r['late_p99_ms']:.0f}", f"{r['start_p99_ms']:.0f}",

@@ -17,7 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "Locust headless over a matrix of transports and concurrency levels, measure "
                                    "the gateway's cost, and write index.html, summary.md and the raw data.")
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: every transport, stock nginx and HAProxy, 3 runs a cell (22 min on a loaded 2-core box); full: every path, up to 400 streams")
+                   help="quick: every transport, stock nginx and HAProxy, 3 runs a cell (11 min on a shared 2-core box); full: every path, up to 400 streams (about 50 min)")
     p.add_argument("--out", type=Path, help="report folder (default reports/compare-<time>)")
     p.add_argument("--transports", help=f"comma-separated, from {','.join(TRANSPORTS)}")
     p.add_argument("--concurrency", help="concurrent streams per load cell, comma-separated, e.g. 10,50,200")

@@ -161,12 +161,15 @@ def build(results: dict) -> dict:
     by = "; ".join(ways[b] for b in ([drop_by] if isinstance(drop_by, str) else drop_by))
     recon = Table("Reconnection: streams cut mid-way, the users resume",
                   ["transport", "cut by", "streams", "resumes (gateway)", "resume stall p50", "resume stall p95",
-                   "resume stall p99", "p95 per run", "gaps", "duplicates", "cut streams", "other failures",
+                   "resume stall p99", "p95 per run", "gaps", "duplicates", "cut streams", "cut before any answer",
+                   "other failures",
                    "wasted tokens"],
                   note=f"Cut by the {by}. Resume stall = "
                        "from the last token before the cut to the next new token, in ms, as a user sees it: the "
                        "client's own wait is in it (EventSource: the server's retry; fetch and WebSocket: the "
-                       "page's backoff). Wasted tokens: generated after a stream's last reader left, for nobody "
+                       "page's backoff). Cut before any answer: the request was cut before a byte came back, so the client "
+                       "had no stream id to resume with (it may send it again); cut streams: begun, never resumed. "
+                       "Wasted tokens: generated after a stream's last reader left, for nobody "
                        "(gateway_wasted_tokens_total).", id="reconnect")
     for cid, cr in cells.items():
         c = cr[0]
@@ -176,7 +179,7 @@ def build(results: dict) -> dict:
         rf = figs.get(cid, {}).get("resume", {})
         recon.rows.append([c["transport"], cut_by(c, m), fmt(f["streams"]), fmt(sum(r["gateway"]["resumes"] for r in cr)),
                            ci(rf.get("p50")), ci(rf.get("p95")), ci(rf.get("p99")), spread(rf.get("p95")),
-                           fmt(f["gaps"]), fmt(f["duplicates"]), fmt(f["cut"]), fmt(f["other"]),
+                           fmt(f["gaps"]), fmt(f["duplicates"]), fmt(f["cut"]), fmt(f["unanswered"]), fmt(f["other"]),
                            fmt(sum(r["gateway"].get("wasted_tokens", 0) for r in cr))])
     t["reconnect"] = recon
 

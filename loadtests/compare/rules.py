@@ -42,16 +42,21 @@ def _fig(cell: dict, metric: str, key: str):
 
 def failures(cell: dict) -> dict:
     """A cell's failed streams, and gaps, duplicates and cut streams among them (the locustfile's
-    `gap`/`duplicate` rows count seq ranges; `cut:` is the message of a stream that ended unresumed)."""
+    `gap`/`duplicate` rows count seq ranges; `cut:` is the message of a stream that ended unresumed).
+    `unanswered`: cut before any answer ("cut: no response"): the client got no stream id, so there was
+    nothing to resume (it may send the request again); counted apart from the streams that failed to resume."""
     rows = cell["locust"]
-    cut = sum(e.get("occurrences", 1) for e in cell.get("errors", [])
-              if e.get("method") == cell["transport"] and "cut:" in str(e.get("error", "")))
+    cuts = [(e.get("occurrences", 1), str(e.get("error", ""))) for e in cell.get("errors", [])
+            if e.get("method") == cell["transport"] and "cut:" in str(e.get("error", ""))]
+    unanswered = sum(n for n, msg in cuts if "cut: no response" in msg)
+    cut = sum(n for n, _ in cuts) - unanswered
     failed = (rows.get("stream") or {}).get("failures", 0)
     return {"streams": (rows.get("stream") or {}).get("count", 0), "failed": failed,
             "gaps": (rows.get("gap") or {}).get("failures", 0),
             "duplicates": (rows.get("duplicate") or {}).get("failures", 0),
-            "cut": cut, "other": max(0, failed - cut - (rows.get("gap") or {}).get("failures", 0)
-                                     - (rows.get("duplicate") or {}).get("failures", 0))}
+            "cut": cut, "unanswered": unanswered,
+            "other": max(0, failed - cut - unanswered - (rows.get("gap") or {}).get("failures", 0)
+                         - (rows.get("duplicate") or {}).get("failures", 0))}
 
 
 def slip_reasons(cell: dict, matrix: dict) -> list[str]:
@@ -107,7 +112,7 @@ def figures(results: dict) -> dict[str, dict]:
 
 def _pooled(runs: list[dict]) -> dict:
     """Counts over a cell's runs (failures as the Locust rows say, streams as the users recorded)."""
-    f = {k: 0 for k in ("streams", "failed", "gaps", "duplicates", "cut", "other")}
+    f = {k: 0 for k in ("streams", "failed", "gaps", "duplicates", "cut", "unanswered", "other")}
     for r in runs:
         for k, v in failures(r).items():
             f[k] += v
@@ -353,6 +358,11 @@ def _resume(s: dict[str, dict], drop_rate: float):
                                   "no transport resumed cleanly")
     if dirty:
         why += f"; {', '.join(dirty)} left gaps, duplicates or cut streams ({_losses(s, dirty)})"
+    unanswered = {t: v["reconnect_failures"]["unanswered"] for t, v in s.items()
+                  if v["reconnect_failures"] is not None and v["reconnect_failures"]["unanswered"]}
+    if unanswered:
+        why += ("; cut before any answer, with no stream id to resume (not judged here: the client may send "
+                "the request again): " + ", ".join(f"{t} {n}" for t, n in unanswered.items()))
     return winner, label, why
 
 
@@ -405,8 +415,9 @@ RULES: list[tuple[str, str, Callable]] = [
      "the end (first token at 80% or more of the stream) < delayed (TTFT p50 over direct's + max(50 ms, 50%), "
      "or tokens bunched) < clean; the transport whose worst outcomes are best wins, equal ones tie.", _proxies),
     ("resumability", "No gaps, duplicates or cut streams in any reconnection cell (whoever cut: the user, the "
-     "gateway, a proxy); then lowest resume stall p95 of the first, as a user sees it (the client's own "
-     "reconnect wait included), as above.", None),
+     "gateway, a proxy; a request cut before any answer has nothing to resume and is listed apart); then lowest "
+     "resume stall p95 of the first, as a user sees it (the client's own reconnect wait included), as above.",
+     None),
     ("mobile networks", "Not judged on loopback: needs the lab's network profiles.", _mobile),
     ("highest throughput", "Most concurrent streams held without slipping (inter-token p99 over 2x the gap, "
      "TTFT p95 over the model's + 250 ms, each by the low end of its 95% interval, or over 1% failures); ties: "

@@ -101,7 +101,7 @@ def _estimates(matrix: Matrix, paths: list[str]) -> list[tuple[str, float]]:
     steps = [("start the gateway and proxies", 3.0),
              ("baseline: complete vs stream", matrix.ttft_ms / 1000 + max(matrix.baseline_lengths, default=0) * matrix.itl_ms / 1000 + 1.5),
              ("bytes on the wire", len(matrix.transports) * (matrix.max_tokens * min(matrix.itl_ms, 10) / 1000 + 0.6))]
-    steps += [(f"{cell.label()}, run {run + 1} of {matrix.runs}", cell.duration_s + 2.5)
+    steps += [(f"{cell.label()}, run {run + 1} of {matrix.runs}", cell.duration_s + 1.0)  # forked: 0.5 s to start
               for run in range(matrix.runs) for cell in matrix.cells() if cell.path in paths]
     steps += [("memory per connection", len(matrix.transports) * (10.0 + max(2.0, matrix.memory_connections / 400))),
               ("report", 4.0)]
