@@ -18,8 +18,9 @@ from .middleware import BodyLimit
 from .page import add_page
 from .service import Context
 from .settings import Settings, get_settings
+from .names import Transport
 from .stream import set_write_window
-from .transports import DropConnection
+from .transports import DropConnection, HttpDeps, WSDeps
 
 __all__ = ["create_app", "Context"]  # Context lives in gateway/service.py
 
@@ -32,7 +33,7 @@ class _App(FastAPI):
 
     def __init__(self, ctx: Context, **kw) -> None:
         super().__init__(**kw)
-        self.edge = Edge(partial(FastAPI.__call__, self), ctx)
+        self.edge = Edge(partial(FastAPI.__call__, self), ctx.settings.max_connections, ctx.stats.refused)
 
     async def __call__(self, scope, receive, send) -> None:
         await self.edge(scope, receive, send)
@@ -44,6 +45,14 @@ class _QuietDrops(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not isinstance(exc, DropConnection)
+
+
+def _transports(ctx: Context) -> tuple[HttpDeps, WSDeps]:
+    """What the transports use, taken from the service once: they get no `Context`."""
+    s = ctx.settings
+    return (HttpDeps(ctx.stats, ctx.clock, s.max_batch_bytes, s.x_accel_buffering, s.sse_retry_ms, s.sse_retry_jitter),
+            WSDeps(ctx.create, ctx.find, ctx.stats[Transport.WS], ctx.stats.refused, ctx.clock, ctx.rates,
+                   s.max_batch_bytes, s.ws_max_message_bytes, s.ws_messages_per_s, s.sse_retry_ms))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -77,14 +86,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = _App(ctx, title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
+    app.state.http, app.state.ws = _transports(ctx)  # read by the routers (gateway/api/start.py)
     openapi.install(app, settings, [
         ("/v1/chat/completions", chat.ChatRequest, ("max_tokens", "max_completion_tokens")),
         ("/v1/responses", responses.ResponsesRequest, ("max_output_tokens",)),
         ("/v1/messages", messages.MessagesRequest, ("max_tokens",))])
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(Guard, ctx=ctx)
+    app.add_middleware(Guard, auth=ctx.auth, rates=ctx.rates, clock=ctx.clock, refused=ctx.stats.refused,
+                       allowed_origins=settings.allowed_origins, metrics_public=settings.metrics_public,
+                       docs_public=settings.docs_public, unauthorized_per_s=settings.unauthorized_per_s)
     if settings.allowed_origins:
-        app.add_middleware(cors, ctx=ctx)
+        app.add_middleware(cors, origins=settings.allowed_origins)
 
     errors.install(app)
     # These routes go onto the app itself, not as an included router (FastAPI 0.165 includes one lazily, as

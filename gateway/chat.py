@@ -22,12 +22,13 @@ from starlette.responses import JSONResponse
 from . import openapi
 from .codecs.openai import ChunkEncoder, error_object, usage
 from .names import Transport
-from .api.start import context, open_stream
+from .api.start import context, http_deps, open_stream
 from .models import ChatMessage, SimParams, StreamRequest
 from .transports.http import EventStream
 
 if TYPE_CHECKING:
     from .service import Context
+    from .transports.http import HttpDeps
     from .log import EventLog
     from .stream import Stream, Subscriber
 
@@ -90,8 +91,8 @@ class ChatEventStream(EventStream):
     """One subscriber's view of a stream over SSE in an LLM API's format: `encoder.frames` writes it
     (`chat.completion.chunk`s here; Responses and Messages events in gateway/api/)."""
 
-    def __init__(self, ctx: Context, stream: Stream, sub: Subscriber, encoder: Frames, fmt: str = "chat") -> None:
-        super().__init__(ctx, stream, sub, fmt)
+    def __init__(self, deps: HttpDeps, stream: Stream, sub: Subscriber, encoder: Frames, fmt: str = "chat") -> None:
+        super().__init__(deps, stream, sub, fmt)
         self.encoder = encoder
 
     def frames(self, log: EventLog, start: int, end: int) -> bytes:
@@ -116,7 +117,7 @@ async def chat_completions(request: Request):
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         encoder = ChunkEncoder(completion_id, stream.model, created, include_usage=include_usage,
                                prompt_tokens=n_prompt)
-        return ChatEventStream(ctx, stream, stream.attach(-1, Transport.CHAT, ctx.clock.now()), encoder)
+        return ChatEventStream(http_deps(request), stream, stream.attach(-1, Transport.CHAT, ctx.clock.now()), encoder)
     await ctx.run_to_end(stream, request)
     if stream.status != "done":
         status = 504 if stream.error_code == "upstream_timeout" else 502

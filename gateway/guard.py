@@ -19,7 +19,11 @@ from .problems import Problem
 from .render import response
 
 if TYPE_CHECKING:
-    from .service import Context
+    from collections import Counter
+    from collections.abc import Iterable
+
+    from .auth import Auth
+    from .clock import Clock
 
 __all__ = ["Edge", "Guard", "cors", "defer", "KEY", "ATTACH", "DEFER", "ATTACH_KINDS"]
 
@@ -37,17 +41,19 @@ async def refuse(exc: Problem, scope: Scope, receive: Receive, send: Send) -> No
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, ctx: Context) -> None:
+    """`max_connections` open at once (0: no limit); a refusal counts in `refused`."""
+
+    def __init__(self, app: ASGIApp, max_connections: int, refused: Counter[str]) -> None:
         self.app = app
-        self.ctx = ctx
-        self.limit = ctx.settings.max_connections
+        self.limit = max_connections
+        self.refused = refused
         self.open = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
         if self.limit and self.open >= self.limit and scope["path"] not in _EXEMPT:
-            self.ctx.stats.refused["connections"] += 1
+            self.refused["connections"] += 1
             return await refuse(Problem(503, "Too many connections", f"this process serves at most {self.limit}",
                                         retry_after=1, code="too_many_connections"), scope, receive, send)
         self.open += 1
@@ -88,33 +94,40 @@ def defer(scope: Scope, run: Callable[[], Awaitable[None]]) -> bool:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, ctx: Context) -> None:
+    """What it checks comes in explicitly (create_app): the keys (`auth`), the per-key `rates` (None: off),
+    the shared `clock`, the `refused` counter, and the settings values it reads once here."""
+
+    def __init__(self, app: ASGIApp, *, auth: Auth, rates: Buckets | None, clock: Clock, refused: Counter[str],
+                 allowed_origins: Iterable[str], metrics_public: bool, docs_public: bool,
+                 unauthorized_per_s: float) -> None:
         self.app = app
-        self.ctx = ctx
-        s = ctx.settings
-        self.origins = set(s.allowed_origins)
+        self.auth = auth
+        self.rates = rates
+        self.clock = clock
+        self.refused = refused
+        self.origins = set(allowed_origins)
         self.check_origin = bool(self.origins) and "*" not in self.origins
         # With keys on, these need a key too unless a setting opens them.
-        self.closed = frozenset(([] if s.metrics_public else ["/metrics"])
-                                + ([] if s.docs_public else ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"]))
+        self.closed = frozenset(([] if metrics_public else ["/metrics"])
+                                + ([] if docs_public else ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"]))
         # Failed authentication, per client address: 401s past this rate become 429s.
-        self.failures = Buckets(s.unauthorized_per_s) if s.unauthorized_per_s else None
+        self.failures = Buckets(unauthorized_per_s) if unauthorized_per_s else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         path = scope.get("path", "")
-        if kind == "lifespan" or not (path.startswith("/v1/") or (path in self.closed and self.ctx.auth.enabled)):
+        if kind == "lifespan" or not (path.startswith("/v1/") or (path in self.closed and self.auth.enabled)):
             return await self.app(scope, receive, send)
         try:
             if kind == "websocket" and self.check_origin:
                 self._origin(scope)
             scope[KEY] = key = self._key(scope)
-            ctx = self.ctx
-            if ctx.rates is not None:
-                wait = ctx.rates.take(key, ctx.clock.now())
+            rates = self.rates
+            if rates is not None:
+                wait = rates.take(key, self.clock.now())
                 if wait:
-                    ctx.stats.refused["rate"] += 1
-                    raise Problem(429, "Too many requests", f"over {ctx.rates.rate:g} requests per second for this key",
+                    self.refused["rate"] += 1
+                    raise Problem(429, "Too many requests", f"over {rates.rate:g} requests per second for this key",
                                   retry_after=wait, code="rate_limited")
         except Problem as exc:
             return await refuse(exc, scope, receive, send)
@@ -124,13 +137,13 @@ class Guard:
         for name, value in scope["headers"]:
             if name == b"origin":
                 if value.decode("latin-1") not in self.origins:
-                    self.ctx.stats.refused["origin"] += 1
+                    self.refused["origin"] += 1
                     raise Problem(403, "Origin not allowed", "this origin may not open WebSockets here",
                                   code="origin_not_allowed")
                 return
 
     def _key(self, scope: Scope) -> str | None:
-        auth = self.ctx.auth
+        auth = self.auth
         if not auth.enabled:
             return None
         header = None
@@ -151,16 +164,15 @@ class Guard:
                     return key_id
             return auth.key_id(header)
         except Problem as exc:
-            ctx = self.ctx
-            ctx.stats.refused["unauthorized"] += 1
+            self.refused["unauthorized"] += 1
             if self.failures is not None:  # guessing keys costs time: the same address is slowed down
                 client = scope.get("client")
                 address = client[0] if client else None
                 if len(self.failures.buckets) > 10_000:
                     self.failures.buckets.clear()
-                wait = self.failures.take(address, ctx.clock.now())
+                wait = self.failures.take(address, self.clock.now())
                 if wait:
-                    ctx.stats.refused["unauthorized_rate"] += 1
+                    self.refused["unauthorized_rate"] += 1
                     raise Problem(429, "Too many failed attempts", "too many requests with a wrong or no key "
                                   "from this address", retry_after=wait, code="rate_limited") from None
             raise exc
@@ -175,8 +187,7 @@ def _token(scope: Scope) -> str | None:
     return values[0] if values else None
 
 
-def cors(app: ASGIApp, ctx: Context) -> ASGIApp:
-    origins = ctx.settings.allowed_origins
+def cors(app: ASGIApp, origins: list[str]) -> ASGIApp:
     return CORSMiddleware(
         app, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],

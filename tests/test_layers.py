@@ -95,3 +95,13 @@ def test_the_cycle_finder_finds_one():
     graph.add_import(importer="a.y", imported="a.x")
     graph.add_import(importer="a.y", imported="a.z")
     assert _cycles(graph) == [["a.x", "a.y"]]
+
+
+def test_the_guard_and_the_transports_take_explicit_dependencies_not_the_service():
+    """They get what they use (settings values, stats, clock, the service's calls) from create_app, never
+    `Context`: not even for a type hint, which is how the whole service used to come in."""
+    graph = grimp.build_graph("gateway", exclude_type_checking_imports=False, cache_dir=None)
+    edge = {"gateway.guard", "gateway.transports", *graph.find_descendants("gateway.transports")}
+    importers = {m for m in edge if "gateway.service" in graph.find_modules_directly_imported_by(m)}
+    assert importers == set()
+    assert graph.find_modules_directly_imported_by("gateway.app") >= {"gateway.service", "gateway.transports"}

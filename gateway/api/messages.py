@@ -21,7 +21,7 @@ from ..chat import ChatEventStream, prompt_tokens
 from ..codecs.anthropic import PING_FRAME, MessagesEncoder, error_body, error_type, message_object
 from ..names import Transport
 from ..models import ChatMessage, SimParams, StreamRequest, message_text
-from .start import context, open_stream
+from .start import context, http_deps, open_stream
 
 __all__ = ["router", "MessagesRequest", "anthropic_error"]
 
@@ -80,7 +80,8 @@ async def create_message(request: Request):
     n_prompt = prompt_tokens(stream_request.prompt)
     if body.stream:
         encoder = MessagesEncoder(stream.id, stream.model, input_tokens=n_prompt)
-        return MessagesEventStream(ctx, stream, stream.attach(-1, Transport.MESSAGES, ctx.clock.now()), encoder, "messages")
+        sub = stream.attach(-1, Transport.MESSAGES, ctx.clock.now())
+        return MessagesEventStream(http_deps(request), stream, sub, encoder, "messages")
     await ctx.run_to_end(stream, request)
     if stream.status != "done":
         # The status says what failed, as on every route (502, 504: the model went silent); the type says

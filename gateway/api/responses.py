@@ -24,7 +24,7 @@ from ..guard import KEY
 from ..log import KIND
 from ..models import ChatMessage, SimParams, StreamRequest
 from ..problems import Problem
-from .start import context, open_stream
+from .start import context, http_deps, open_stream
 
 if TYPE_CHECKING:
     from ..stream import Stream
@@ -150,8 +150,8 @@ async def create_response(request: Request):
     if body.background:
         stream.keep = True  # no detach grace: a background response generates to its end
     if body.stream:
-        return ResponsesEventStream(ctx, stream, stream.attach(-1, Transport.RESPONSES, ctx.clock.now()), _encoder(stream),
-                                    "responses")
+        sub = stream.attach(-1, Transport.RESPONSES, ctx.clock.now())
+        return ResponsesEventStream(http_deps(request), stream, sub, _encoder(stream), "responses")
     if body.background:
         return JSONResponse(snapshot(stream, "queued" if stream.tokens == 0 else None))
     await ctx.run_to_end(stream, request)
@@ -183,7 +183,7 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
     if starting_after >= 0:
         ctx.stats[Transport.RESPONSES].resumes += 1
     sub = found.attach(cursor.after, Transport.RESPONSES, ctx.clock.now())
-    return ResponsesEventStream(ctx, found, sub, _encoder(found, cursor.skip), "responses")
+    return ResponsesEventStream(http_deps(request), found, sub, _encoder(found, cursor.skip), "responses")
 
 
 @router.post("/v1/responses/{response_id}/cancel", response_class=JSONResponse, responses=openapi.RESPONSE_CANCEL)

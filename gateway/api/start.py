@@ -16,10 +16,11 @@ from ..sources.base import PreStreamError
 
 if TYPE_CHECKING:
     from ..service import Context
+    from ..transports import HttpDeps
     from ..models import StreamRequest
     from ..stream import Stream
 
-__all__ = ["ErrorResponse", "open_stream", "context"]
+__all__ = ["ErrorResponse", "open_stream", "context", "http_deps"]
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -31,6 +32,11 @@ class ErrorResponse(Protocol):
 
 def context(request: Request) -> Context:
     return request.app.state.ctx
+
+
+def http_deps(request: Request) -> HttpDeps:
+    """What an `EventStream` takes (built once per app by create_app)."""
+    return request.app.state.http
 
 
 async def open_stream(request: Request, model: type[B], convert: Callable[[B], StreamRequest],

@@ -20,7 +20,7 @@ from ..render import problem, response
 from ..service import Context
 from ..stream import Stream
 from ..transports import EventStream, WSSession
-from .start import context
+from .start import context, http_deps
 
 __all__ = ["router", "parse_after"]
 
@@ -89,7 +89,7 @@ async def _attach(stream_id: str, after: int, transport: Transport, request: Req
     stream = await ctx.find(stream_id, after, request.scope.get(KEY))
     if after >= 0:
         ctx.stats[transport].resumes += 1
-    return EventStream(ctx, stream, stream.attach(after, transport, ctx.clock.now()), FORMAT[transport])
+    return EventStream(http_deps(request), stream, stream.attach(after, transport, ctx.clock.now()), FORMAT[transport])
 
 
 @router.get("/v1/streams/{stream_id}/sse", response_class=Response, responses=openapi.ATTACH["sse"])
@@ -117,7 +117,7 @@ async def attach_ndjson(stream_id: str, request: Request,
 async def _one_shot(body: StreamRequest, transport: Transport, request: Request) -> EventStream:
     ctx = context(request)
     stream = await ctx.create(body, True, request.scope.get(KEY))
-    return EventStream(ctx, stream, stream.attach(-1, transport, ctx.clock.now()), FORMAT[transport])
+    return EventStream(http_deps(request), stream, stream.attach(-1, transport, ctx.clock.now()), FORMAT[transport])
 
 
 @router.post("/v1/sse", response_class=Response, responses=openapi.ONE_SHOT["sse"])
@@ -133,7 +133,7 @@ async def post_ndjson(body: StreamRequest, request: Request):
 @router.websocket("/v1/ws")
 async def ws_session(websocket: WebSocket) -> None:
     await websocket.accept()
-    session = WSSession(websocket.app.state.ctx, websocket)
+    session = WSSession(websocket.app.state.ws, websocket)
     if not defer(websocket.scope, session.run):
         await session.run()
 
@@ -151,7 +151,7 @@ async def ws_attach(websocket: WebSocket, stream_id: str) -> None:
     await websocket.accept()
     if after >= 0:
         ctx.stats[Transport.WS].resumes += 1
-    session = WSSession(ctx, websocket)
+    session = WSSession(websocket.app.state.ws, websocket)
     if not defer(websocket.scope, lambda: session.run(stream, after)):
         await session.run(stream, after)
 

@@ -1,6 +1,6 @@
 """The socket edge: each transport only frames bytes that the log already encoded."""
 
-from .http import DropConnection, EventStream
-from .ws import WSSession
+from .http import DropConnection, EventStream, HttpDeps
+from .ws import WSDeps, WSSession
 
-__all__ = ["DropConnection", "EventStream", "WSSession"]
+__all__ = ["DropConnection", "EventStream", "HttpDeps", "WSDeps", "WSSession"]

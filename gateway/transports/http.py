@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
@@ -17,12 +18,12 @@ from ..guard import defer
 from ..stream import RUNNING
 
 if TYPE_CHECKING:
-    from ..service import Context
-    from ..settings import Settings
+    from ..clock import Clock
     from ..log import EventLog
+    from ..metrics import Stats
     from ..stream import Stream, Subscriber
 
-__all__ = ["EventStream", "DropConnection", "streaming_headers", "WORKER_HEADER"]
+__all__ = ["EventStream", "HttpDeps", "DropConnection", "streaming_headers", "WORKER_HEADER"]
 
 
 class DropConnection(Exception):
@@ -33,11 +34,22 @@ class DropConnection(Exception):
 WORKER_HEADER = (b"x-gateway-worker", str(os.getpid()).encode())
 
 
-def retry_ms(settings: Settings) -> int:
-    """The reconnection delay for one connection: `sse_retry_ms`, plus up to `sse_retry_jitter` of it at
-    random, so the clients of a replica that drains or dies do not all come back in the same instant."""
-    base = settings.sse_retry_ms
-    return base + int(random.random() * settings.sse_retry_jitter * base) if settings.sse_retry_jitter else base
+@dataclass(frozen=True, slots=True)
+class HttpDeps:
+    """What an HTTP event stream uses, built once per app (create_app): no service, no settings object."""
+
+    stats: Stats  # indexed by the subscriber's transport, once per connection
+    clock: Clock
+    max_batch_bytes: int
+    accel_off: bool  # send `X-Accel-Buffering: no`
+    retry_base_ms: int  # sse_retry_ms
+    retry_jitter: float  # sse_retry_jitter
+
+    def retry_ms(self) -> int:
+        """The reconnection delay for one connection: `sse_retry_ms`, plus up to `sse_retry_jitter` of it at
+        random, so the clients of a replica that drains or dies do not all come back in the same instant."""
+        base, jitter = self.retry_base_ms, self.retry_jitter
+        return base + int(random.random() * jitter * base) if jitter else base
 
 
 def streaming_headers(media_type: str, accel_off: bool, stream_id: str) -> list[tuple[bytes, bytes]]:
@@ -56,17 +68,17 @@ def streaming_headers(media_type: str, accel_off: bool, stream_id: str) -> list[
 class EventStream(Response):
     """An ASGI response that streams one subscriber's view of a stream."""
 
-    def __init__(self, ctx: Context, stream: Stream, sub: Subscriber, fmt: str, status: int = 200) -> None:
+    def __init__(self, deps: HttpDeps, stream: Stream, sub: Subscriber, fmt: str, status: int = 200) -> None:
         super().__init__(status_code=status)
-        self.ctx = ctx
+        self.deps = deps
         self.stream = stream
         self.sub = sub
         self.fmt = fmt
         self.client_left = False
         self.task: asyncio.Task | None = None
         self.write: Writer | None = None  # the fast path's write without `send` (gateway/adapter)
-        self.stats = ctx.stats[sub.conn.transport]
-        self.batch = ctx.settings.max_batch_bytes
+        self.stats = deps.stats[sub.conn.transport]
+        self.batch = deps.max_batch_bytes
         self.media_type = ndjson.MEDIA_TYPE if fmt == "ndjson" else sse.MEDIA_TYPE
         self.heartbeat = ndjson.HEARTBEAT_LINE if fmt == "ndjson" else sse.HEARTBEAT_FRAME
 
@@ -75,8 +87,8 @@ class EventStream(Response):
             await self.run(scope, receive, send)
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx, stream, sub, stats = self.ctx, self.stream, self.sub, self.stats
-        headers = streaming_headers(self.media_type, ctx.settings.x_accel_buffering, stream.id)
+        deps, stream, sub, stats = self.deps, self.stream, self.sub, self.stats
+        headers = streaming_headers(self.media_type, deps.accel_off, stream.id)
         stats.connections += 1
         conn = connection(scope)
         self.task = asyncio.current_task()
@@ -86,7 +98,7 @@ class EventStream(Response):
             await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
             if self.fmt == "sse":
                 # `retry` first, so the headers and this go out before the first token.
-                await send({"type": "http.response.body", "body": sse.retry(retry_ms(ctx.settings)),
+                await send({"type": "http.response.body", "body": sse.retry(deps.retry_ms()),
                             "more_body": True})
             if conn is not None:
                 self.write = conn.http_writer()
@@ -99,7 +111,7 @@ class EventStream(Response):
         finally:
             watcher.cancel()
             stats.connections -= 1
-            stream.detach(sub, ctx.clock.now(), self.client_left)
+            stream.detach(sub, deps.clock.now(), self.client_left)
 
     def _abort(self) -> None:
         """The portable cut of a slow consumer: cancel the task blocked in `send`."""
@@ -113,7 +125,7 @@ class EventStream(Response):
     def reconnect(self) -> bytes:
         """The last bytes before the server closes to drain: where to resume (a subclass may send none)."""
         codec = sse if self.fmt == "sse" else ndjson
-        return codec.encode(Reconnect(retry_ms(self.ctx.settings)))
+        return codec.encode(Reconnect(self.deps.retry_ms()))
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":

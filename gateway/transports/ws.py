@@ -8,6 +8,8 @@ cancel too), `resume` attaches to an existing one, `cancel` ends it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -27,10 +29,31 @@ from ..stream import RUNNING
 from .http import DropConnection
 
 if TYPE_CHECKING:
-    from ..service import Context
+    from collections import Counter
+
+    from ..clock import Clock
+    from ..limits import Buckets
+    from ..metrics import TransportStats
     from ..stream import Stream, Subscriber
 
-__all__ = ["WSSession", "error_text"]
+__all__ = ["WSSession", "WSDeps", "error_text"]
+
+
+@dataclass(frozen=True, slots=True)
+class WSDeps:
+    """What a WebSocket session uses, built once per app (create_app): the service's two stream calls,
+    not the service; the settings values it reads, not the settings."""
+
+    create: Callable[[StreamRequest, bool, str | None], Awaitable[Stream]]  # a one-shot stream for `start`
+    find: Callable[[str, int, str | None], Awaitable[Stream]]  # the stream for `resume`, checked
+    stats: TransportStats  # the WebSocket's own
+    refused: Counter[str]
+    clock: Clock
+    rates: Buckets | None  # requests per key (None: off); a `start` is one
+    max_batch_bytes: int
+    max_message_bytes: int  # ws_max_message_bytes
+    messages_per_s: float  # ws_messages_per_s (0: off)
+    retry_ms: int  # sse_retry_ms, in the `reconnect` frame of a drain
 
 
 def error_text(code: str, message: str, retryable: bool = False, seq: int = -1) -> str:
@@ -41,11 +64,11 @@ def error_text(code: str, message: str, retryable: bool = False, seq: int = -1) 
 
 
 class WSSession:
-    def __init__(self, ctx: Context, websocket: WebSocket) -> None:
-        self.ctx = ctx
+    def __init__(self, deps: WSDeps, websocket: WebSocket) -> None:
+        self.deps = deps
         self.ws = websocket
-        self.stats = ctx.stats[Transport.WS]
-        self.batch = ctx.settings.max_batch_bytes
+        self.stats = deps.stats
+        self.batch = deps.max_batch_bytes
         self.stream: Stream | None = None
         self.sub: Subscriber | None = None
         self.pump: asyncio.Task | None = None
@@ -57,8 +80,8 @@ class WSSession:
         self.key = websocket.scope.get(KEY)
         # Let in by an attach token: that one stream, while the token lasts; no new streams.
         self.attach_only: tuple[str, float] | None = websocket.scope.get(ATTACH)
-        rate = ctx.settings.ws_messages_per_s
-        self.bucket = Bucket(rate, 2 * rate, ctx.clock.now()) if rate else None
+        rate = deps.messages_per_s
+        self.bucket = Bucket(rate, 2 * rate, deps.clock.now()) if rate else None
 
     async def run(self, stream: Stream | None = None, after: int = -1) -> None:
         """Serve the socket until the client leaves; attach to `stream` first if given."""
@@ -81,13 +104,13 @@ class WSSession:
 
     async def _read(self) -> bool:
         """Read control messages; True when the client left, False when the server closed."""
-        receive, limit = self.ws.receive, self.ctx.settings.ws_max_message_bytes
+        receive, limit, deps = self.ws.receive, self.deps.max_message_bytes, self.deps
         while True:
             msg = await receive()
             if msg["type"] == "websocket.disconnect":
                 return True
-            if self.bucket is not None and self.bucket.take(self.ctx.clock.now()):
-                self.ctx.stats.refused["ws_rate"] += 1
+            if self.bucket is not None and self.bucket.take(deps.clock.now()):
+                deps.refused["ws_rate"] += 1
                 await self._refuse("rate_limited", "too many control messages", codec.CLOSE_POLICY)
                 return False
             text = msg.get("text")
@@ -136,16 +159,16 @@ class WSSession:
         return self.pump is not None and not self.pump.done()
 
     async def _start(self, fields: dict) -> bool:
-        ctx = self.ctx
-        rates = ctx.rates
-        if rates is not None and rates.take(self.key, ctx.clock.now()):  # a start is a request, like a POST
-            ctx.stats.refused["rate"] += 1
+        deps = self.deps
+        rates = deps.rates
+        if rates is not None and rates.take(self.key, deps.clock.now()):  # a start is a request, like a POST
+            deps.refused["rate"] += 1
             await self.ws.send_text(error_text("rate_limited", f"over {rates.rate:g} requests per second for this key",
                                                True))
             return True
         try:
             request = StreamRequest.model_validate(fields)
-            stream = await ctx.create(request, True, self.key)
+            stream = await deps.create(request, True, self.key)
         except ValidationError as exc:
             msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             await self._refuse("invalid_request", msg, codec.CLOSE_POLICY)
@@ -171,7 +194,7 @@ class WSSession:
 
     async def _resume(self, control: codec.Resume) -> None:
         try:
-            stream = await self.ctx.find(control.stream_id, control.after, self.key)
+            stream = await self.deps.find(control.stream_id, control.after, self.key)
         except Problem as exc:
             await self.ws.send_text(error_text(exc.extra.get("code", f"http_{exc.status}"), exc.detail))
             return
@@ -182,7 +205,7 @@ class WSSession:
         if self.write is None and self.conn is not None:
             self.write = self.conn.ws_writer()
         self.stream = stream
-        self.sub = stream.attach(after, Transport.WS, self.ctx.clock.now())
+        self.sub = stream.attach(after, Transport.WS, self.deps.clock.now())
         self.sub.conn.abort = self.conn.abort if self.conn is not None else self._abort
         if after >= 0:
             self.stats.resumes += 1
@@ -196,7 +219,7 @@ class WSSession:
         if self.sub is not None:
             if client_left and self.stream.running:
                 self.stats.disconnects += 1
-            self.stream.detach(self.sub, self.ctx.clock.now(), client_left)
+            self.stream.detach(self.sub, self.deps.clock.now(), client_left)
             self.sub = None
             self.stream = None
 
@@ -209,7 +232,7 @@ class WSSession:
     async def _pump(self, stream: Stream, sub: Subscriber) -> None:
         log, stats, send = stream.log, self.stats, self.ws.send
         clock = asyncio.get_running_loop().time
-        batch = self.ctx.settings.max_batch_bytes
+        batch = self.batch
         state = sub.conn
         # Fault injection (a drop at a seq) stays off the push path: such a reader is written by the pump.
         drop_at = state.drop_at
@@ -247,7 +270,7 @@ class WSSession:
                     self.task.cancel()
                     return
                 if terminal:
-                    stream.detach(sub, self.ctx.clock.now(), False)
+                    stream.detach(sub, self.deps.clock.now(), False)
                     if self.sub is sub:
                         self.sub = None
                         self.stream = None
@@ -259,9 +282,9 @@ class WSSession:
     async def _reconnect(self, stream: Stream, sub: Subscriber) -> None:
         """The server is draining: a `reconnect` frame, close 1012, then detach (the drain waits for it)."""
         self.kicked = True  # the disconnect that follows is our close, not the client leaving
-        await self.ws.send_text(codec.encode(Reconnect(self.ctx.settings.sse_retry_ms)))
+        await self.ws.send_text(codec.encode(Reconnect(self.deps.retry_ms)))
         await self.ws.close(codec.CLOSE_RESTART, "server draining: reconnect")
-        stream.detach(sub, self.ctx.clock.now(), False)
+        stream.detach(sub, self.deps.clock.now(), False)
         if self.sub is sub:
             self.sub = None
             self.stream = None
