@@ -585,7 +585,10 @@ class RedisStore:
                     reader.blocked = False
                     reader.round += 1
             except Exception as exc:
-                await self._reader_lost(reader)
+                retry = await self._reader_lost(reader, exc)
+                if retry is not None:  # not a failure (on a cluster: the slot moved, or is moving)
+                    await asyncio.sleep(retry)
+                    continue
                 self._trouble("read", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
@@ -610,9 +613,11 @@ class RedisStore:
         """The reader's connection (blocked in XREAD) and the one its CLIENT UNBLOCK goes through."""
         return self.reader, self.redis
 
-    async def _reader_lost(self, reader: _Reader) -> None:
-        """A read failed: the pooled client reconnects by itself; its connection id is new then."""
+    async def _reader_lost(self, reader: _Reader, exc: Exception) -> float | None:
+        """A read failed: the pooled client reconnects by itself; its connection id is new then. Returns
+        None (a failure: logged, retried with backoff), or a delay to read again after (the cluster store)."""
         reader.id = None
+        return None
 
     # -- writing: one flusher for every stream generated here ---------------
 
