@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..events import dumps
 from ..journal import Journal
 from ..log import KIND, EventLog
-from ..stream import DONE, FAILED, Stream
+from ..stream import DONE, FAILED, SEAL_AT, Stream
 from .base import StoreUnavailable
 from .memory import evict_oldest
 
@@ -190,6 +190,8 @@ class Mirror(Stream):
                 self.ended_at = now
                 break
         self.last_at = now
+        if len(log.ends) >= SEAL_AT or not self.running:
+            self.settle()
         for sub in self.subs:
             sub.wake()
 
