@@ -197,7 +197,7 @@ class Registry:
         send_timeout, max_lag = s.send_timeout_s, s.max_lag_bytes
         kept: Counter[str | None] = Counter()
         for stream in self.store.local():
-            size = len(stream.log.lines)
+            size = stream.log.nbytes
             if not stream.running:
                 kept[stream.owner_key] += stream.log.size
             for sub in stream.subs:

@@ -21,17 +21,21 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .events import KIND, Done, Error, Meta, from_json, to_json, token_json
-from .log import EventLog
+from .log import BLOCK, EventLog
 from .names import RESUMABLE
 
 if TYPE_CHECKING:
     from .sources.base import Generation
 
-__all__ = ["Stream", "Subscriber", "Connection", "set_write_window", "RUNNING", "DONE", "FAILED"]
+__all__ = ["Stream", "Subscriber", "Connection", "set_write_window", "RUNNING", "DONE", "FAILED", "TAIL", "SEAL_AT"]
 
 log = logging.getLogger("gateway.stream")
 
 RUNNING, DONE, FAILED = "running", "done", "error"
+# The log's tail keeps at least this many events unsealed while the stream runs (readers just behind
+# frame from it); past BLOCK more, the oldest BLOCK are sealed (gateway/log.py).
+TAIL = 16
+SEAL_AT = BLOCK + TAIL
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
 
@@ -194,7 +198,9 @@ class Stream:
             self._hash.update("".join(unhashed).encode())
             unhashed.clear()
         log = self.log
-        log.append(_TOKEN, token_json(len(log.ends), text))
+        log.append(_TOKEN, token_json(len(log.kinds), text))
+        if len(log.ends) >= SEAL_AT:
+            self.settle()
         if self.tokens == 1:
             self._on_event(self, "first_token")
         if self.on_append is not None:
@@ -220,6 +226,7 @@ class Stream:
             self.wasted, self.left_at = self.tokens - self.left_at, None
         self.log.append(kind, json)
         self.generation = None
+        self.settle()
         self._on_event(self, "ended")
         if self.on_append is not None:
             self.on_append(self)
@@ -293,6 +300,7 @@ class Stream:
             return
         self.detached_since = now
         if self.status is not RUNNING:
+            self.settle()
             return
         # A lost connection is not a cancel: the stream goes on for the grace, so the client can
         # resume; unless the policy says otherwise or the transport cannot resume (chat, complete).
@@ -300,6 +308,20 @@ class Stream:
             self.cancel("client_gone")
         else:
             self.left_at = self.tokens
+
+    def settle(self) -> None:
+        """Seal what no attached reader still needs from the log's tail: all of an ended stream nobody
+        reads; else whole blocks every reader has passed, leaving TAIL events at least."""
+        log = self.log
+        subs = self.subs
+        if self.status is not RUNNING and not subs:
+            log.seal(len(log.kinds), 0)
+            return
+        upto = len(log.kinds) - TAIL
+        for sub in subs:
+            if sub.cursor < upto:
+                upto = sub.cursor
+        log.seal(upto)
 
     async def wait(self, sub: Subscriber) -> None:
         """Return once `sub` has events to read, a heartbeat is due, or it is gone."""

@@ -1,5 +1,6 @@
 """A throwaway Redis Cluster on loopback for tests and benchmarks: `masters` primaries, each with `replicas`
-replicas, from `redis-server --cluster-enabled yes` and `redis-cli --cluster create`; every port free."""
+replicas, from `redis-server` (or valkey-server: `flavour`) `--cluster-enabled yes` and `redis-cli --cluster
+create` (Debian's redis-cli 7.0 also builds and reshards a Valkey cluster); every port free."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .support import free_port, require, stop
+from .support import free_port, require, server_binary, stop
 
 
 class RedisCluster:
-    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
-        self.server = require("redis-server")
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000,
+                 flavour: str = "redis") -> None:
+        self.flavour = flavour
+        self.server = server_binary(flavour)
         self.cli = require("redis-cli")
         self.dir = Path(tempfile.mkdtemp(prefix="gw-cluster-"))
         self.procs: dict[int, subprocess.Popen] = {}
@@ -62,7 +66,36 @@ class RedisCluster:
 
     def primary_of(self, key: str) -> int:
         """The port of the primary serving `key`'s slot."""
-        slot = int(self.call(self.alive()[0], "CLUSTER", "KEYSLOT", key))
+        return self.primary_of_slot(int(self.call(self.alive()[0], "CLUSTER", "KEYSLOT", key)))
+
+    def primaries(self) -> list[int]:
+        """The ports of the live primaries."""
+        return [p for p in self.alive() if "role:master" in self.call(p, "INFO", "replication")]
+
+    def move_slot(self, slot: int, target: int, pause: float = 0.0, halfway: Callable[[], None] | None = None) -> int:
+        """Reshard one slot to the primary at port `target`, as `redis-cli --cluster reshard` does (IMPORTING
+        on the target, MIGRATING on the source, MIGRATE key by key, then SETSLOT NODE everywhere), but one key
+        per MIGRATE with `pause` seconds between, so clients meet the slot half-moved; `halfway` is called (and
+        waited for) after the first key went. Returns the keys moved."""
+        source = self.primary_of_slot(slot)
+        src_id, dst_id = self.call(source, "CLUSTER", "MYID"), self.call(target, "CLUSTER", "MYID")
+        assert source != target and self.call(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", src_id) == "OK"
+        assert self.call(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", dst_id) == "OK"
+        moved = 0
+        while keys := self.call(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "1").split():
+            reply = self.call(source, "MIGRATE", "127.0.0.1", str(target), keys[0], "0", "5000")
+            assert reply in ("OK", "NOKEY"), f"MIGRATE {keys[0]}: {reply}"
+            moved += reply == "OK"
+            if moved == 1 and halfway is not None:
+                halfway()
+            time.sleep(pause)
+        # The target first, then the source, then the others (redis-cli's order): no node is left serving it.
+        for port in (target, source, *(p for p in self.primaries() if p not in (source, target))):
+            assert self.call(port, "CLUSTER", "SETSLOT", str(slot), "NODE", dst_id) == "OK"
+        return moved
+
+    def primary_of_slot(self, slot: int) -> int:
+        """The port of the primary serving `slot`."""
         for line in self.call(self.alive()[0], "CLUSTER", "NODES").splitlines():
             fields = line.split()
             if "master" in fields[2] and "fail" not in fields[2]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
-from .support import CHROMIUM_ARGS, SERVERS, FakeOllama, RedisServer, gateway, require
+from .support import CHROMIUM_ARGS, FLAVOURS, SERVERS, FakeOllama, RedisServer, gateway, require
 
 # Hypothesis' 200 ms deadline fails examples that a loaded 2-core machine merely delays; sockets or not,
 # no test here is about the speed of one example.
@@ -27,6 +27,12 @@ def pytest_generate_tests(metafunc):
     # the default only, so the suite's length grows by the core subset, not threefold.
     if "server" in metafunc.fixturenames and metafunc.definition.get_closest_marker("every_server"):
         metafunc.parametrize("server", SERVERS, scope="module")
+    # A test marked `every_flavour` runs on each store server (FLAVOURS: redis-server, valkey-server), the
+    # rest that use the store on redis-server. Every such test is parametrized (the rest with one value), so
+    # a module's store and replicas are started once per flavour and never reused across flavours.
+    if "flavour" in metafunc.fixturenames:
+        every = metafunc.definition.get_closest_marker("every_flavour")
+        metafunc.parametrize("flavour", FLAVOURS if every else FLAVOURS[:1], scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +49,9 @@ def gw(server):
 
 
 @pytest.fixture(scope="module")
-def redis():
-    """A redis-server of the module's own (the replicas' shared store)."""
-    server = RedisServer()
+def redis(flavour):
+    """A redis-server (or valkey-server) of the module's own (the replicas' shared store)."""
+    server = RedisServer(flavour=flavour)
     yield server
     server.stop()
 

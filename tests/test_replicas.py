@@ -97,6 +97,7 @@ def drained(read: wire.Read) -> bool:
     return read.ended == "reconnect" and read.events[-1]["type"] == "reconnect"
 
 
+@pytest.mark.every_flavour
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_create_on_a_read_half_on_b_resume_on_a(pair, transport):
     a, b = pair
@@ -316,8 +317,9 @@ def test_kill_9_gives_generator_lost_everywhere(pair, victim):
     assert 1.0 < took < 30  # after the inactivity timeout (2 s), not at once and not never
 
 
-def test_redis_outage_then_recovery():
-    redis = RedisServer()
+@pytest.mark.every_flavour
+def test_redis_outage_then_recovery(flavour):
+    redis = RedisServer(flavour=flavour)
     a, b = start(redis, 2)
     try:
         async def during():

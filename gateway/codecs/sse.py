@@ -35,13 +35,18 @@ def frame(seq: int, kind: str, json: bytes) -> bytes:
 
 def frames(log: EventLog, start: int, end: int) -> bytes:
     """Log events [start, end) as SSE blocks (what `frame` gives), from the log's bytes."""
-    lines, ends, kinds = log.lines, log.ends, log.kinds
-    at = ends[start - 1] if start else 0
+    kinds, k = log.kinds, start - log.first
+    if k >= 0:
+        lines, ends = log.lines, log.ends
+    else:  # a sealed block (a resume from far back)
+        lines, ends, k = log.view(start, end)
+    at = ends[k - 1] if k else 0
     if end - start == 1:
-        return _FRAME % (start, _NAMES[kinds[start]], lines[at : ends[start] - 1])
+        return _FRAME % (start, _NAMES[kinds[start]], lines[at : ends[k] - 1])
     out = []
     for i in range(start, end):
-        e = ends[i]
+        e = ends[k]
+        k += 1
         out.append(_FRAME % (i, _NAMES[kinds[i]], lines[at : e - 1]))
         at = e
     return b"".join(out)

@@ -57,11 +57,14 @@ def text_frame(payload: bytes) -> bytes:
 
 def frames(log: EventLog, start: int, end: int) -> bytes:
     """Log events [start, end) as server text frames, one per event, in one piece."""
-    lines, ends = log.lines, log.ends
-    at = ends[start - 1] if start else 0
+    k = start - log.first
+    if k >= 0:
+        lines, ends = log.lines, log.ends
+    else:  # a sealed block (a resume from far back)
+        lines, ends, k = log.view(start, end)
+    at = ends[k - 1] if k else 0
     out = []
-    for i in range(start, end):
-        e = ends[i]
+    for e in ends[k : k + end - start]:
         out.append(text_frame(lines[at : e - 1]))
         at = e
     return out[0] if len(out) == 1 else b"".join(out)

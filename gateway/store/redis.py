@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..events import dumps
 from ..journal import Journal
 from ..log import KIND, EventLog
-from ..stream import DONE, FAILED, Stream
+from ..stream import DONE, FAILED, SEAL_AT, Stream
 from .base import StoreUnavailable
 from .memory import evict_oldest
 
@@ -190,6 +190,8 @@ class Mirror(Stream):
                 self.ended_at = now
                 break
         self.last_at = now
+        if len(log.ends) >= SEAL_AT or not self.running:
+            self.settle()
         for sub in self.subs:
             sub.wake()
 
@@ -284,7 +286,7 @@ class RedisStore:
     def _publish(self, client: Any, channel: str, message: str) -> Any:
         return client.publish(channel, message)
 
-    def _pubsub(self, channel: str) -> Any:
+    async def _pubsub(self, channel: str) -> Any:
         return self.ctl.pubsub()
 
     async def _subscribe(self, pubsub: Any, channel: str) -> None:
@@ -586,7 +588,10 @@ class RedisStore:
                     reader.blocked = False
                     reader.round += 1
             except Exception as exc:
-                await self._reader_lost(reader)
+                retry = await self._reader_lost(reader, exc)
+                if retry is not None:  # not a failure (on a cluster: the slot moved, or is moving)
+                    await asyncio.sleep(retry)
+                    continue
                 self._trouble("read", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
@@ -625,9 +630,11 @@ class RedisStore:
         """The reader's connection (blocked in XREAD) and the one its CLIENT UNBLOCK goes through."""
         return self.reader, self.redis
 
-    async def _reader_lost(self, reader: _Reader) -> None:
-        """A read failed: the pooled client reconnects by itself; its connection id is new then."""
+    async def _reader_lost(self, reader: _Reader, exc: Exception) -> float | None:
+        """A read failed: the pooled client reconnects by itself; its connection id is new then. Returns
+        None (a failure: logged, retried with backoff), or a delay to read again after (the cluster store)."""
         reader.id = None
+        return None
 
     # -- writing: one flusher for every stream generated here ---------------
 
@@ -795,13 +802,15 @@ class RedisStore:
         channel = _ctl_channel(self.rid)
         backoff = 0.05
         while True:
-            pubsub = self._pubsub(channel)
+            pubsub = await self._pubsub(channel)
             try:
                 await self._subscribe(pubsub, channel)
                 backoff = 0.05
                 async for message in pubsub.listen():
                     if message["type"] in ("message", "smessage"):
                         self._control(message["data"])
+                    elif message["type"] == "sunsubscribe":  # the server ended it: on a cluster, the
+                        break  # channel's slot moved (ClusterStore._locate); subscribe again where it is now
             except Exception as exc:
                 self._trouble("control", exc)
             finally:

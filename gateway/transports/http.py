@@ -186,7 +186,7 @@ class EventStream(Response):
         if sub.gone or sub.beat or stream.status is not RUNNING:
             return False
         log = stream.log
-        cursor, end = sub.cursor, len(log.ends)
+        cursor, end = sub.cursor, len(log.kinds)
         if cursor >= end:
             return True
         last = end

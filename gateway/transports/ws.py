@@ -295,7 +295,7 @@ class WSSession:
         if sub is not self.sub or sub.gone or sub.beat or stream.status is not RUNNING:
             return False
         log = stream.log
-        cursor, end = sub.cursor, len(log.ends)
+        cursor, end = sub.cursor, len(log.kinds)
         if cursor >= end:
             return True
         last = end
@@ -305,7 +305,7 @@ class WSSession:
         sub.cursor = end
         stats = self.stats
         stats.events += end - cursor
-        stats.bytes += log.ends[end - 1] - (log.ends[cursor - 1] if cursor else 0) - (end - cursor)
+        stats.bytes += log.text_bytes(cursor, end)
         return end == last  # a capped batch: the pump sends the rest
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
