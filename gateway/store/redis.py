@@ -611,8 +611,9 @@ class RedisStore:
     async def _read_window(reader: _Reader, rest: float) -> None:
         """Let events gather for the rest of the read window before the next XREAD. Each XREAD costs in
         proportion to the streams it follows (their keys and ids sent, the reply parsed): with 100 mirrors
-        at 10 events/s each, reading again at once made ~570 XREADs/s, 40% of a replica's CPU. A new
-        mirror (`_follow` sets `wake`) ends the wait: its first client is waiting."""
+        at 10 events/s each, reading again at once made 450-700 XREADs/s and a replica serving 1,000
+        clients of them spent 1.6x the CPU (docs/scale.md "Reconnect storm"). A new mirror (`_follow` sets
+        `wake`) ends the wait: its first client is waiting."""
         if rest > 0:
             try:
                 await asyncio.wait_for(reader.wake.wait(), rest)

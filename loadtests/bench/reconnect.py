@@ -15,7 +15,8 @@ The clients are cheap enough to hold thousands of connections in this one proces
 gateway's own codecs (`gateway.codecs.sse` / `ndjson`), and per client only the last seq kept: every
 event must be the one after it (a gap or a duplicate is counted), from seq 0 to the terminal event.
 
-Printed (one JSON row per run): time from the kill until 50/99/100% of the cut clients got an event
+Printed (one JSON row per run): R1's CPU per event delivered in the two seconds before the kill (its
+steady cost with N clients on S mirrored streams), time from the kill until 50/99/100% of the cut clients got an event
 from another replica (their response head, then their first event), the time from the start of the
 try that resumed a client to that event (the replicas' share, without the client's wait), tries per client, gaps and
 duplicates, which replicas took them, what Redis served them (XRANGE loads and catch-ups per stream
@@ -223,7 +224,11 @@ async def storm(args: argparse.Namespace, gen: GatewayProcess, r1: GatewayProces
                for i in range(args.clients)]
     tasks = await attach_all(clients, args.backoff_s, args.max_tries, args.ramp_s, 120)
     attached_s = time.perf_counter() - created
-    await asyncio.sleep(1.0)
+    # R1's steady cost before the kill: its CPU per event delivered to the clients over two seconds.
+    await asyncio.sleep(0.5)
+    cpu_r1, seen = proc_stat(r1.pid).cpu_s, sum(c.last for c in clients)
+    await asyncio.sleep(2.0)
+    r1_us = (proc_stat(r1.pid).cpu_s - cpu_r1) / max(1, sum(c.last for c in clients) - seen) * 1e6
     left_s = args.tokens * args.itl_ms / 1000 - (time.perf_counter() - created)
     if left_s < 10:
         raise RuntimeError(f"the streams end {left_s:.1f} s after the kill: give them more --tokens")
@@ -278,7 +283,7 @@ async def storm(args: argparse.Namespace, gen: GatewayProcess, r1: GatewayProces
     return {
         "transport": args.transport, "read_window_ms": args.read_window_ms, "clients": args.clients, "streams": args.streams,
         "tokens_per_s": round(1000 / args.itl_ms, 1), "attach_s": round(attached_s, 1),
-        "cut": len(cut), "resumed": len(resumed), "by_replica": served,
+        "r1_us_per_event": round(r1_us, 1), "cut": len(cut), "resumed": len(resumed), "by_replica": served,
         "head_p50_s": pct(heads, 50), "head_p99_s": pct(heads, 99),
         "p50_s": pct(resumed, 50), "p99_s": pct(resumed, 99), "max_s": max(resumed, default=float("nan")),
         "try_to_event_p50_ms": pct(served_in, 50), "try_to_event_p99_ms": pct(served_in, 99),

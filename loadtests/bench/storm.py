@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 
 from ..procs import ROOT, RedisServer, free_port, stop, wait_port
 from .fleet import raise_fd_limit
@@ -78,6 +79,7 @@ class Stream(asyncio.Protocol):
         self.head = b""
         self.status = 0
         self.first: float | None = None
+        self.worker = b""  # X-Gateway-Worker: the process that served it
 
     def data_received(self, data: bytes) -> None:
         if not self.status:
@@ -85,6 +87,9 @@ class Stream(asyncio.Protocol):
             if b"\r\n" not in self.head:
                 return
             self.status = int(self.head[9:12])
+            at = self.head.lower().find(b"\r\nx-gateway-worker: ")
+            if at >= 0:
+                self.worker = self.head[at + 20:self.head.find(b"\r\n", at + 2)]
             if self.status != 200 and not self.done.done():
                 kind = "refused" if b"\r\nretry-after:" in self.head.lower() else "refused-no-retry-after"
                 self.done.set_result((kind, time.perf_counter() - self.start, self.status))
@@ -99,30 +104,32 @@ class Stream(asyncio.Protocol):
             self.done.set_result(("cut", time.perf_counter() - self.start, self.status))
 
 
-async def one(port: int, body: bytes, at: float, out: list) -> None:
+async def one(port: int, body: bytes, at: float, out: list, workers: Counter) -> None:
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, at - loop.time()))
     done = loop.create_future()
     start = time.perf_counter()
     try:
-        transport, _ = await loop.create_connection(lambda: Stream(start, done), "127.0.0.1", port)
+        transport, stream = await loop.create_connection(lambda: Stream(start, done), "127.0.0.1", port)
     except OSError:
         out.append(("error", time.perf_counter() - start, 0))
         return
     transport.write(b"POST /v1/sse HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     out.append(await done)
+    workers[stream.worker] += 1
     # Keep the stream open to its end: the load stays what a real crowd would be.
     await asyncio.sleep(5.0)
     transport.close()
 
 
-async def storm(port: int, n: int, ramp: float, tokens: int, itl_ms: float, ttft_ms: float) -> list:
+async def storm(port: int, n: int, ramp: float, tokens: int, itl_ms: float, ttft_ms: float,
+                workers: Counter) -> list:
     body = json.dumps({"prompt": "storm", "max_tokens": tokens,
                        "sim": {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "jitter": 0}}).encode()
     out: list = []
     t0 = asyncio.get_running_loop().time() + 0.2
-    await asyncio.gather(*(one(port, body, t0 + ramp * i / n, out) for i in range(n)))
+    await asyncio.gather(*(one(port, body, t0 + ramp * i / n, out, workers) for i in range(n)))
     return out
 
 
@@ -136,6 +143,7 @@ def run_server(name: str, args: argparse.Namespace) -> dict:
     env = {**env, **admit_env(name)}
     n_workers = workers(name)
     rds = RedisServer() if gateway_base(name) != "gateway" else None
+    served: Counter = Counter()  # answers per worker process (X-Gateway-Worker), refusals included
     if rds is not None:
         env |= {"GATEWAY_STREAM_STORE": "redis", "GATEWAY_REDIS_URL": rds.url}
         cmd[cmd.index("--workers") + 1] = str(n_workers)
@@ -149,7 +157,7 @@ def run_server(name: str, args: argparse.Namespace) -> dict:
             os.sched_setaffinity(0, client_core)
             wait_port(port, proc, 60)
             time.sleep(1.0 + n_workers)  # every worker up: each binds the port once its app is built
-            results = asyncio.run(storm(port, args.n, args.ramp, args.tokens, args.itl_ms, args.ttft_ms))
+            results = asyncio.run(storm(port, args.n, args.ramp, args.tokens, args.itl_ms, args.ttft_ms, served))
         finally:
             stop(proc, 15)
     finally:
@@ -161,7 +169,8 @@ def run_server(name: str, args: argparse.Namespace) -> dict:
             "ok": len(ok), "refused": len(refused),
             "other": len(results) - len(ok) - len(refused),
             "ttft_p50_ms": pct(ok, 50), "ttft_p99_ms": pct(ok, 99), "ttft_max_ms": max(ok, default=float("nan")),
-            "refusal_p99_ms": pct(refused, 99)}
+            "refusal_p99_ms": pct(refused, 99),
+            "per_worker": sorted(served.values(), reverse=True) if len(served) > 1 or b"" not in served else []}
 
 
 HEAD = ("server", "cores", "N", "ramp s", "streamed", "refused 503", "cut/error", "TTFT-model p50 ms", "p99 ms", "max ms",
