@@ -204,6 +204,7 @@ class WSSession:
         self._stop(False)
         if self.write is None and self.conn is not None:
             self.write = self.conn.ws_writer()
+            self.conn.forget_handshake()
         self.stream = stream
         self.sub = stream.attach(after, Transport.WS, self.deps.clock.now())
         self.sub.conn.abort = self.conn.abort if self.conn is not None else self._abort
