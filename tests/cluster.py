@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .support import free_port, require, server_binary, stop
@@ -71,10 +72,11 @@ class RedisCluster:
         """The ports of the live primaries."""
         return [p for p in self.alive() if "role:master" in self.call(p, "INFO", "replication")]
 
-    def move_slot(self, slot: int, target: int, pause: float = 0.0) -> int:
+    def move_slot(self, slot: int, target: int, pause: float = 0.0, halfway: Callable[[], None] | None = None) -> int:
         """Reshard one slot to the primary at port `target`, as `redis-cli --cluster reshard` does (IMPORTING
         on the target, MIGRATING on the source, MIGRATE key by key, then SETSLOT NODE everywhere), but one key
-        per MIGRATE with `pause` seconds between, so clients meet the slot half-moved. Returns the keys moved."""
+        per MIGRATE with `pause` seconds between, so clients meet the slot half-moved; `halfway` is called (and
+        waited for) after the first key went. Returns the keys moved."""
         source = self.primary_of_slot(slot)
         src_id, dst_id = self.call(source, "CLUSTER", "MYID"), self.call(target, "CLUSTER", "MYID")
         assert source != target and self.call(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", src_id) == "OK"
@@ -84,6 +86,8 @@ class RedisCluster:
             reply = self.call(source, "MIGRATE", "127.0.0.1", str(target), keys[0], "0", "5000")
             assert reply in ("OK", "NOKEY"), f"MIGRATE {keys[0]}: {reply}"
             moved += reply == "OK"
+            if moved == 1 and halfway is not None:
+                halfway()
             time.sleep(pause)
         # The target first, then the source, then the others (redis-cli's order): no node is left serving it.
         for port in (target, source, *(p for p in self.primaries() if p not in (source, target))):

@@ -164,10 +164,12 @@ def test_moving_a_live_streams_slot_to_another_primary_loses_nothing(cluster, pa
     """Six streams generated on A and read through B; at seq 40 of the first, its shard's slot moves to
     another primary, one key per MIGRATE (0.05 s apart), so writes and B's reader meet the slot half-moved
     (ASK, TRYAGAIN) and then moved (MOVED). Every client gets exactly its stream, or an explicit retryable
-    error after a true prefix; and no reader waits out the idle timeout on the old node."""
+    error after a true prefix; no reader waits out the idle timeout on the old node. The move halts after
+    its first key while creates go to A until one is for the moving slot: each gets 201 (then read exactly
+    through B) or 503 store_unavailable, never a 500."""
     a, b = pair
     tags = shard_tags(3)
-    prompts = {create(a.url, f"reshard {i}", max_tokens=500, seed=i): (f"reshard {i}", i) for i in range(6)}
+    prompts = {create(a.url, f"reshard {i}", max_tokens=800, seed=i): (f"reshard {i}", i) for i in range(6)}
     first = next(iter(prompts))
     shard = zlib.crc32(first.encode()) % 3
     slot = key_slot(("{%s}" % tags[shard]).encode())
@@ -177,9 +179,12 @@ def test_moving_a_live_streams_slot_to_another_primary_loses_nothing(cluster, pa
 
     started: list[float] = []
 
+    half, resume = threading.Event(), threading.Event()
+
     def move() -> None:
         started.append(time.monotonic())
-        moves.append((cluster.move_slot(slot, target, pause=0.05), time.monotonic()))
+        moves.append((cluster.move_slot(slot, target, pause=0.05, halfway=lambda: (half.set(), resume.wait(30))),
+                      time.monotonic()))
 
     mover = threading.Thread(target=move, daemon=True)
 
@@ -187,25 +192,57 @@ def test_moving_a_live_streams_slot_to_another_primary_loses_nothing(cluster, pa
         if event.get("seq") == 40 and not mover.is_alive() and not moves:
             mover.start()
 
+    def moving(r: httpx.Response) -> bool:  # a create for the moving slot: refused, or created there
+        return r.status_code != 201 or zlib.crc32(r.json()["id"].encode()) % 3 == shard
+
+    async def create_while_moving() -> list:
+        """Creates on A while the move halts half-way, until one was for the moving slot (at most 30):
+        (response, seed, its read through B if 201)."""
+        out: list = []
+        try:
+            async with httpx.AsyncClient(timeout=20) as http:
+                while not half.is_set():
+                    await asyncio.sleep(0.01)
+                while len(out) < 30 and not any(moving(r) for r, _, _ in out):
+                    n = len(out)
+                    r = await http.post(f"{a.url}/v1/streams", json={"prompt": "during", "max_tokens": 30,
+                                                                     "seed": n, "sim": SIM})
+                    read = (asyncio.create_task(wire.read(b.url, "ndjson", stream_id=r.json()["id"]))
+                            if r.status_code == 201 else None)
+                    out.append((r, n, read))
+        finally:
+            resume.set()
+        return [(r, n, read and await read) for r, n, read in out]
+
     async def go():
-        return await asyncio.gather(*(wire.follow([b.url, a.url], "ndjson", sid, timeout=90,
-                                                  on_event=on_event if sid == first else None)
-                                      for sid in prompts))
+        return await asyncio.gather(create_while_moving(), *(
+            wire.follow([b.url, a.url], "ndjson", sid, timeout=90, on_event=on_event if sid == first else None)
+            for sid in prompts))
 
     try:
-        results = run(go(), 120)
+        created, *results = run(go(), 120)
     finally:
         mover.join(60)
     assert moves, "the slot was never moved"
     keys, moved_at = moves[0]
     assert keys >= 2 and cluster.primary_of_slot(slot) == target
+    assert sum(moving(r) for r, _, _ in created) >= 1, "no create was tried for the moving slot"
+    for r, n, read in created:
+        assert r.status_code in (201, 503), r.text  # (a 500 here was a MovedError/AskError out of the create)
+        if r.status_code == 503:
+            assert r.json()["code"] == "store_unavailable" and r.headers["retry-after"]
+        else:
+            wire.assert_exact(read.events, 0, 31)
+            assert read.text == expected_text("during", n, 30)
+    in_shard = sum(1 for r, _, _ in created if r.status_code == 201 and moving(r))
+    statuses = [r.status_code for r, _, _ in created]
     ends = []
     for sid, reads in zip(prompts, results):
         events = wire.joined(reads)
         wire.assert_exact(events, 0)
         end = reads[-1].terminal
         assert end is not None, "the stream ended without a terminal event"
-        text = expected_text(*prompts[sid], 500)
+        text = expected_text(*prompts[sid], 800)
         if end["type"] == "done":
             assert wire.text_of(events) == text
         else:  # an explicit, retryable error, and the partial text is a true prefix
@@ -221,8 +258,47 @@ def test_moving_a_live_streams_slot_to_another_primary_loses_nothing(cluster, pa
     after = next(t for t in times[0] if t > moved_at) - moved_at
     print(f"\nreshard ({cluster.flavour}): slot {slot} ({keys} keys) {source} -> {target} from seq 40 in "
           f"{moved_at - started[0]:.2f} s; ends {ends}; connections {[len(reads) for reads in results]}; "
-          f"longest pause between events {pause:.2f} s, next event {after:.2f} s after the move")
+          f"longest pause between events {pause:.2f} s, next event {after:.2f} s after the move; creates "
+          f"half-way: {statuses.count(201)} x 201 ({in_shard} in the moving slot), {statuses.count(503)} x 503")
     assert after < 5.0, f"B's reader found the moved slot only {after:.1f} s after the move"
+
+
+@pytest.mark.every_flavour
+def test_moving_the_slot_of_a_replicas_control_channel_keeps_cancel_reaching_it(cluster, pair):
+    """A's control channel (sharded pub/sub: cancels and keep-alives from the other replicas) moves to
+    another primary; a DELETE through B then still reaches A's generator: 204, and A's reader gets the
+    `cancelled` error after an exact prefix. (A subscriber left on the old node hears nothing there, and B
+    answers 503: the replica generating this stream cannot be reached.)"""
+    a, b = pair
+    pattern = f"gw:ctl:*-{a.pid}-*"
+    channels = {p: cluster.call(p, "PUBSUB", "SHARDCHANNELS", pattern).split() for p in cluster.primaries()}
+    [(source, [channel])] = [(p, c) for p, c in channels.items() if c]
+    slot = key_slot(channel.encode())
+    target = next(p for p in cluster.primaries() if p != source)
+    cluster.move_slot(slot, target)
+    assert cluster.primary_of_slot(slot) == target
+    sid = create(a.url, "cancel after move", max_tokens=500, seed=2)
+
+    async def go():
+        reader = asyncio.create_task(wire.read(a.url, "ndjson", stream_id=sid))
+        statuses = []
+        async with httpx.AsyncClient(timeout=10) as http:
+            deadline = time.monotonic() + 5  # A resubscribes within its control loop's backoff (1 s at most)
+            while (status := (await http.delete(f"{b.url}/v1/streams/{sid}")).status_code) == 503:
+                statuses.append(status)
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+        return status, statuses, await reader
+
+    status, refused, r = run(go())
+    assert status == 204, f"DELETE through B: {status} after {len(refused)} refusals (503)"
+    assert r.terminal["type"] == "error" and r.terminal["code"] == "cancelled"
+    wire.assert_exact(r.events, 0)
+    assert 0 < len(r.tokens) < 500 and expected_text("cancel after move", 2, 500).startswith(r.text)
+    print(f"\ncontrol channel ({cluster.flavour}): slot {slot} {source} -> {target}; "
+          f"{len(refused)} DELETE(s) refused before the 204")
+    assert cluster.call(target, "PUBSUB", "SHARDCHANNELS", pattern).split() == [channel]  # A listens there
 
 
 @pytest.mark.every_flavour
@@ -251,6 +327,8 @@ def test_killing_a_primary_mid_stream_loses_nothing_silently(cluster, pair):
     else:  # an explicit, retryable error, and the partial text is a true prefix
         assert end["code"] in ("store_unavailable", "store_lost", "generator_lost") and end["retryable"]
         assert text.startswith(got)
-    print(f"\nfailover: primary {victim} killed at seq 40; client saw {end['type']} "
-          f"{end.get('code', '')} after {len(reads)} connection(s), {len(got)} of {len(text)} chars")
+    times = [t for r in reads for e, t in zip(r.events, r.arrivals) if "seq" in e]
+    print(f"\nfailover ({cluster.flavour}): primary {victim} killed at seq 40; client saw {end['type']} "
+          f"{end.get('code', '')} after {len(reads)} connection(s), {len(got)} of {len(text)} chars, "
+          f"longest pause between events {max(b - a for a, b in zip(times, times[1:])):.1f} s")
     cluster.wait_ok()

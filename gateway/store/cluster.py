@@ -35,12 +35,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import AskError, MovedError, TryAgainError
 
+from .base import StoreUnavailable
 from .redis import _BLOCK_MS, RedisStore, _Owned, _Reader
 
 if TYPE_CHECKING:
     from ..clock import Clock
     from ..metrics import Stats
     from ..settings import Settings
+    from ..stream import Stream
 
 __all__ = ["ClusterStore", "shard_tags"]
 
@@ -98,7 +100,8 @@ class ClusterStore(RedisStore):
     def _publish(self, client: Any, channel: str, message: str) -> Any:
         return client.spublish(channel, message)
 
-    def _pubsub(self, channel: str) -> Any:
+    async def _pubsub(self, channel: str) -> Any:
+        await self._locate(channel)
         return self._node_client(channel, "ctl", None).pubsub()
 
     async def _subscribe(self, pubsub: Any, channel: str) -> None:
@@ -138,7 +141,38 @@ class ClusterStore(RedisStore):
         reader.client = reader.kick = reader.id = None
         return self._resharded(reader.shard, exc)
 
-    # -- resharding: a reader's slot moved to another primary -----------------
+    # -- resharding: a create while its slot moves -------------------------------
+
+    async def add(self, stream: Stream) -> None:
+        """The plain store writes a new stream's meta and first entry in one MULTI/EXEC. redis-py's cluster
+        pipeline sends it to the node its map names and, for a slot moving, retries it there and at the ASK
+        target (without ASKING, which the target refuses) for about 4 s, then raised MovedError or AskError
+        out of the request: a 500. Now a MOVED (the map is right after it) is tried once more, and a slot
+        still moving (ASK, TRYAGAIN) refused like an outage: 503 store_unavailable, retryable. A failed
+        MULTI/EXEC wrote nothing."""
+        for _ in range(2):
+            try:
+                return await super().add(stream)
+            except MovedError:
+                continue
+            except (AskError, TryAgainError) as exc:  # (after MovedError: its base class)
+                log.warning("create %s: its slot is moving (%s)", stream.id, exc)
+                raise StoreUnavailable() from None
+        raise StoreUnavailable()
+
+    # -- resharding: a reader's or the control channel's slot moved to another primary ----------
+
+    async def _locate(self, key: str) -> None:
+        """Bring the cluster client's slot map up to date for `key`'s slot before connecting to its node
+        directly. The subscriber to this replica's control channel is such a connection: when the channel's
+        slot moves, the old node ends the subscription (SUNSUBSCRIBE) and the control loop subscribes again,
+        but the map still named the old node (this replica's own commands never touch that slot), so it
+        subscribed there again, refused (MOVED), for good: cancels through other replicas got 503 and their
+        keep-alives were lost. A keyed command through the cluster client follows MOVED and updates the map."""
+        try:
+            await self.redis.exists(key)
+        except Exception as exc:  # the subscription that follows fails too, and says why
+            log.debug("locating %s: %s", key, exc)
 
     def _resharded(self, shard: int, exc: Exception) -> float | None:
         """After a failed read: how soon to read again if the shard's slot is moving or moved (not an outage),

@@ -286,7 +286,7 @@ class RedisStore:
     def _publish(self, client: Any, channel: str, message: str) -> Any:
         return client.publish(channel, message)
 
-    def _pubsub(self, channel: str) -> Any:
+    async def _pubsub(self, channel: str) -> Any:
         return self.ctl.pubsub()
 
     async def _subscribe(self, pubsub: Any, channel: str) -> None:
@@ -785,13 +785,15 @@ class RedisStore:
         channel = _ctl_channel(self.rid)
         backoff = 0.05
         while True:
-            pubsub = self._pubsub(channel)
+            pubsub = await self._pubsub(channel)
             try:
                 await self._subscribe(pubsub, channel)
                 backoff = 0.05
                 async for message in pubsub.listen():
                     if message["type"] in ("message", "smessage"):
                         self._control(message["data"])
+                    elif message["type"] == "sunsubscribe":  # the server ended it: on a cluster, the
+                        break  # channel's slot moved (ClusterStore._locate); subscribe again where it is now
             except Exception as exc:
                 self._trouble("control", exc)
             finally:
