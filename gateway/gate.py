@@ -134,9 +134,15 @@ class _Transport:
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._conn.inner
 
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` once when the connection is lost, after the inner protocol heard of it (None:
+        no more). What a stream that would otherwise need a task reading `receive` to see its client go
+        registers (gateway/adapter)."""
+        self._conn.lost = callback
+
 
 class _Gated(asyncio.Protocol):
-    __slots__ = ("inner", "gate", "transport", "state", "head", "left", "timer", "closed", "counted")
+    __slots__ = ("inner", "gate", "transport", "state", "head", "left", "timer", "closed", "counted", "lost")
 
     def __init__(self, inner: asyncio.Protocol, gate: Gate) -> None:
         self.inner = inner
@@ -148,6 +154,7 @@ class _Gated(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False  # refused: nothing more reaches the inner protocol
         self.counted = False  # in the gate's count of open connections
+        self.lost: Callable[[], None] | None = None  # called once the connection is lost (`_Transport.on_lost`)
 
     # -- the transport's calls --------------------------------------------------
 
@@ -182,6 +189,9 @@ class _Gated(asyncio.Protocol):
         self._uncount()
         self._settled()
         self.inner.connection_lost(exc)
+        lost, self.lost = self.lost, None
+        if lost is not None:
+            lost()
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()

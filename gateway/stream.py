@@ -34,7 +34,7 @@ log = logging.getLogger("gateway.stream")
 RUNNING, DONE, FAILED = "running", "done", "error"
 # The log's tail keeps at least this many events unsealed while the stream runs (readers just behind
 # frame from it); past BLOCK more, the oldest BLOCK are sealed (gateway/log.py).
-TAIL = 16
+TAIL = 8
 SEAL_AT = BLOCK + TAIL
 _TOKEN, _ERROR, _DONE, _META = KIND["token"], KIND["error"], KIND["done"], KIND["meta"]
 
@@ -114,7 +114,7 @@ class Connection:
 class Subscriber:
     """A reader's cursor into a stream's log, and how the stream wakes the task that writes it."""
 
-    __slots__ = ("cursor", "waiter", "queued", "push", "beat", "gone", "kicked", "conn")
+    __slots__ = ("cursor", "waiter", "queued", "push", "beat", "gone", "kicked", "conn", "start")
 
     def __init__(self, cursor: int, conn: Connection) -> None:
         self.cursor = cursor  # the index of the next event to write
@@ -127,6 +127,9 @@ class Subscriber:
         self.gone = False  # the client left, or the server is ending this connection
         self.kicked = False  # the server is draining: tell the client to reconnect elsewhere
         self.conn = conn
+        # Set by a transport with no task parked for this reader (its writer task ends once caught
+        # up, and `push` writes from there): called, once, where the parked task would be woken.
+        self.start: Callable[[], None] | None = None
 
     def wake(self) -> None:
         if not self.queued:
@@ -134,12 +137,15 @@ class Subscriber:
             _batch.add(self)
 
     def resolve(self) -> None:
-        """Wake the transport's task now."""
+        """Wake the transport's task now (or have the transport start one)."""
         w = self.waiter
         if w is not None:
             self.waiter = None
             if not w.done():
                 w.set_result(None)
+        elif self.start is not None:
+            start, self.start = self.start, None
+            start()
 
 
 class Stream:

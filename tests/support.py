@@ -111,8 +111,8 @@ def uvicorn_thread(app, ready_path: str = "/healthz", **config):
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                                           ws="websockets-sansio", log_level="warning", **config))
+    config = {"loop": "uvloop", "http": "httptools", "ws": "websockets-sansio", "log_level": "warning", **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -8,6 +8,7 @@ the portable path), and the portable path is what every other server gets
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
@@ -18,6 +19,7 @@ from websockets.sync.client import connect
 from gateway.adapter import connection
 from gateway.adapter.uvicorn import FastPath
 from gateway.codecs import ws as codec
+from gateway.gate import Gate, gated
 from tests.support import run, uvicorn_thread
 
 # What the app saw, recorded for the test thread to assert: an assert inside the app runs on uvicorn's
@@ -32,6 +34,10 @@ async def app(scope, receive, send):
         await receive()  # connect
         found["ws_before_accept"] = conn.ws_writer() is not None
         await send({"type": "websocket.accept"})
+        proto = conn.proto
+        found["ws_handshake"] = proto.request is not None and proto.response is not None
+        conn.forget_handshake()  # (what follows, writer and `send` alike, must not need them)
+        found["ws_forgot"] = proto.request is None and proto.response is None
         write = conn.ws_writer()
         found["ws"] = write is not None
         if write is None:
@@ -60,6 +66,13 @@ async def app(scope, receive, send):
                 break
         found["written_before_pause"] = written
         await send({"type": "http.response.body", "body": b"end", "more_body": False})  # waits for the reader
+        return
+    if path == "/lost":  # the disconnect by callback: no task reads `receive`
+        lost = asyncio.Event()
+        found["on_lost"] = conn.on_lost(lost.set)
+        if found["on_lost"]:
+            await asyncio.wait_for(lost.wait(), 10)
+            found["lost_write"] = write(b"late")
         return
     if path == "/gone":  # disconnect: once the client left, the writer refuses
         while (await receive())["type"] != "http.disconnect":
@@ -127,12 +140,33 @@ def test_http_writer_refuses_once_the_client_left(server):
     assert seen("after_disconnect") is False
 
 
+def test_on_lost_calls_back_when_the_client_leaves_behind_the_gate():
+    """`serve` puts the connection gate in front of uvicorn's protocol: it reports the loss, so an open
+    stream needs no task reading `receive` (gateway/transports/http.py)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    with _serve(http=gated(HttpToolsProtocol, Gate(10, 32768, 100, 10))) as port:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /lost HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.settimeout(10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            assert seen("on_lost") is True
+        assert seen("lost_write") is False  # called back after uvicorn saw the loss
+
+
+def test_no_on_lost_without_the_gate(server):
+    with socket.create_connection(("127.0.0.1", server)) as s:
+        s.sendall(b"GET /lost HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert seen("on_lost") is False  # the transports read `receive` then
+
+
 def test_ws_writer_writes_frames_the_client_reads(server):
     with connect(f"ws://127.0.0.1:{server}/ws", compression=None) as sock:
         assert sock.recv(5) == '{"n":1}'
         assert sock.recv(5) == "é" * 100
         assert sock.recv(5) == "via send"
     assert seen("ws_before_accept") is False  # not open yet
+    assert seen("ws_handshake") is True and seen("ws_forgot") is True  # uvicorn's copies, dropped
     assert seen("ws") is True
     assert seen("ws_after_close") is False  # refused once the close went out
 
@@ -142,6 +176,7 @@ def test_no_ws_writer_when_compression_is_negotiated():
         with connect(f"ws://127.0.0.1:{port}/ws") as sock:  # the client offers permessage-deflate
             assert sock.recv(5) == '{"n":1}'  # written by the fallback below, through the library
     assert seen("ws_before_accept") is False
+    assert seen("ws_handshake") is True and seen("ws_forgot") is True
     assert seen("ws") is False
 
 

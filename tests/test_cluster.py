@@ -236,6 +236,7 @@ def test_moving_a_live_streams_slot_to_another_primary_loses_nothing(cluster, pa
             assert read.text == expected_text("during", n, 30)
     in_shard = sum(1 for r, _, _ in created if r.status_code == 201 and moving(r))
     statuses = [r.status_code for r, _, _ in created]
+    refusals = [f"{r.elapsed.total_seconds():.1f}" for r, _, _ in created if r.status_code == 503]
     ends = []
     for sid, reads in zip(prompts, results):
         events = wire.joined(reads)
@@ -259,7 +260,7 @@ def test_moving_a_live_streams_slot_to_another_primary_loses_nothing(cluster, pa
     print(f"\nreshard ({cluster.flavour}): slot {slot} ({keys} keys) {source} -> {target} from seq 40 in "
           f"{moved_at - started[0]:.2f} s; ends {ends}; connections {[len(reads) for reads in results]}; "
           f"longest pause between events {pause:.2f} s, next event {after:.2f} s after the move; creates "
-          f"half-way: {statuses.count(201)} x 201 ({in_shard} in the moving slot), {statuses.count(503)} x 503")
+          f"half-way: {statuses.count(201)} x 201 ({in_shard} in the moving slot), {statuses.count(503)} x 503 (after {', '.join(refusals) or '-'} s)")
     assert after < 5.0, f"B's reader found the moved slot only {after:.1f} s after the move"
 
 

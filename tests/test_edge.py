@@ -355,10 +355,12 @@ def test_kept_streams_are_bounded_oldest_ended_evicted_first(tmp_path):
     other = {"Authorization": f"Bearer {OTHER}"}
     fast = {"ttft_ms": 0, "itl_ms": 0, "jitter": 0}
     with proc(tmp_path, **env) as gw, httpx.Client(base_url=gw.url, timeout=30) as http:
-        # One after another, each read to its end: the oldest ended ones make room for the new.
+        # One after another, each read to its end: the oldest ended ones make room for the new. (An ended
+        # stream's log is kept compressed, ~7.5 bytes a token: 8,192 tokens take ~60 kB, and a new stream is
+        # admitted against 8,192 x 64 bytes: past ~16 ended ones, each new one evicts the oldest.)
         ids = []
         for i in range(24):
-            r = http.post("/v1/streams", json={"max_tokens": 2000, "seed": i, "sim": fast}, headers=AUTH)
+            r = http.post("/v1/streams", json={"max_tokens": 8192, "seed": i, "sim": fast}, headers=AUTH)
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
             assert http.get(f"/v1/streams/{ids[-1]}/ndjson", headers=AUTH).text.splitlines()[-1].startswith(
@@ -366,7 +368,7 @@ def test_kept_streams_are_bounded_oldest_ended_evicted_first(tmp_path):
         first = http.get(f"/v1/streams/{ids[0]}/ndjson", headers=AUTH)
         assert first.status_code == 410 and first.json()["code"] == "expired"
         last = http.get(f"/v1/streams/{ids[-1]}/ndjson", headers=AUTH)
-        assert last.status_code == 200 and last.text.count('"type":"token"') == 2000
+        assert last.status_code == 200 and last.text.count('"type":"token"') == 8192
         evicted = gw_metric(gw, "gateway_streams_evicted_total")
         assert evicted >= 5
 

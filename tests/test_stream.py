@@ -100,3 +100,23 @@ def test_kick_asks_only_resumable_readers_to_go_elsewhere():
 
     ws, chat = asyncio.run(go())
     assert ws.kicked and ws.gone and not chat.kicked and not chat.gone
+
+
+def test_a_reader_with_no_parked_task_has_its_transport_start_one_once():
+    """`Subscriber.start`: a transport whose writer task ended once caught up (ws.py) is asked to start one
+    where a parked task would be woken (a heartbeat here), once, and not again until it re-arms."""
+    async def go():
+        stream, _ = new()
+        sub = stream.attach(-1, "ws", 100.0)
+        sub.cursor = len(stream.log)
+        started = []
+        sub.start = lambda: started.append(sub.beat)
+        sub.beat = True
+        sub.wake()
+        await asyncio.sleep(0)  # the batched flush
+        assert started == [True] and sub.start is None
+        sub.wake()
+        await asyncio.sleep(0)
+        assert started == [True]
+
+    asyncio.run(go())

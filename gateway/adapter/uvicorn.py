@@ -14,7 +14,7 @@ whenever the transport is paused or the peer gone, and the caller awaits
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -25,7 +25,7 @@ __all__ = ["FastPath", "probe"]
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
 _WS_SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
 _HTTP_ATTRS = ("transport", "flow", "disconnected", "response_complete", "chunked_encoding")
-_WS_ATTRS = ("transport", "writable", "disconnected", "close_sent", "handshake_complete", "conn")
+_WS_ATTRS = ("transport", "writable", "disconnected", "close_sent", "handshake_complete", "conn", "request", "response")
 
 
 class _Http:
@@ -54,6 +54,21 @@ class _Http:
     def abort(self) -> None:
         self.cycle.transport.abort()
 
+    def on_lost(self, callback: Callable[[], None] | None) -> bool:
+        # The gateway's connection gate (gateway/gate.py) sits between the transport and uvicorn's
+        # protocol and hears the loss first-hand; without it (uvicorn run some other way), no callback.
+        hook = getattr(self.cycle.transport, "on_lost", None)
+        if hook is None:
+            return False
+        hook(callback)
+        if callback is not None and self.cycle.disconnected:  # gone before the callback was in place
+            hook(None)
+            callback()
+        return True
+
+    def forget_handshake(self) -> None:
+        return None
+
 
 class _WebSocket:
     __slots__ = ("proto",)
@@ -80,6 +95,16 @@ class _WebSocket:
 
     def abort(self) -> None:
         self.proto.transport.abort()
+
+    def on_lost(self, callback: Callable[[], None] | None) -> bool:
+        return False  # a WebSocket session reads its socket anyway (control messages): it sees the close
+
+    def forget_handshake(self) -> None:
+        # uvicorn keeps the handshake's request and response (websockets' objects with their headers,
+        # ~3.5 KB) for the connection's life; past the accept it never reads them again.
+        proto = self.proto
+        if proto.handshake_complete:
+            proto.request = proto.response = None
 
 
 def probe(scope: Scope, send: Send) -> _Http | _WebSocket | None:

@@ -93,7 +93,10 @@ class EventStream(Response):
         conn = connection(scope)
         self.task = asyncio.current_task()
         sub.conn.abort = conn.abort if conn is not None else self._abort
-        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        # The client's disconnect: a callback from the server fast path, else a task reading `receive`.
+        watcher = None
+        if conn is None or not conn.on_lost(self._lost):
+            watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
             if self.fmt == "sse":
@@ -109,7 +112,10 @@ class EventStream(Response):
             self.task.uncancel()  # our own cancel (`_abort`): the connection ends here
             raise DropConnection(stream.id) from None
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            else:
+                conn.on_lost(None)  # (a kept-alive connection serves the next request)
             stats.connections -= 1
             stream.detach(sub, deps.clock.now(), self.client_left)
 
@@ -130,6 +136,9 @@ class EventStream(Response):
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        self._lost()
+
+    def _lost(self) -> None:
         self.client_left = True
         self.sub.gone = True
         self.sub.wake()

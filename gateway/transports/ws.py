@@ -3,6 +3,11 @@
 One session per socket. The socket's own task reads control messages; a pump
 task writes the current stream's events. `start` runs a new stream (after a
 cancel too), `resume` attaches to an existing one, `cancel` ends it.
+
+With the server fast path (gateway/adapter), the pump task ends once it has
+caught up: the stream's batched flush then writes new events itself (`push`),
+and anything else (a heartbeat, the end, backpressure, a drain) starts a pump
+again. An open socket then holds no task of its own besides the reader.
 """
 
 from __future__ import annotations
@@ -156,7 +161,8 @@ class WSSession:
         return None
 
     def _busy(self) -> bool:
-        return self.pump is not None and not self.pump.done()
+        sub = self.sub
+        return sub is not None and not sub.gone
 
     async def _start(self, fields: dict) -> bool:
         deps = self.deps
@@ -204,12 +210,18 @@ class WSSession:
         self._stop(False)
         if self.write is None and self.conn is not None:
             self.write = self.conn.ws_writer()
+            self.conn.forget_handshake()
         self.stream = stream
         self.sub = stream.attach(after, Transport.WS, self.deps.clock.now())
         self.sub.conn.abort = self.conn.abort if self.conn is not None else self._abort
         if after >= 0:
             self.stats.resumes += 1
-        self.pump = asyncio.get_running_loop().create_task(self._pump(stream, self.sub))
+        self._start_pump()
+
+    def _start_pump(self) -> None:
+        """A pump for the current reader: it writes what is due, and ends once caught up if `push` may
+        write from there (else it stays, parked in `Stream.wait`)."""
+        self.pump = asyncio.get_running_loop().create_task(self._pump(self.stream, self.sub))
 
     def _stop(self, client_left: bool) -> None:
         client_left = client_left and not self.kicked
@@ -217,6 +229,7 @@ class WSSession:
             self.pump.cancel()
             self.pump = None
         if self.sub is not None:
+            self.sub.start = None  # (the detach below wakes it: no pump for it any more)
             if client_left and self.stream.running:
                 self.stats.disconnects += 1
             self.stream.detach(self.sub, self.deps.clock.now(), client_left)
@@ -240,6 +253,12 @@ class WSSession:
         try:
             while True:
                 sub.push = push
+                if push is not None and sub.cursor >= len(log) and not (sub.beat or sub.gone) and stream.running:
+                    # Caught up: `push` writes the next events from the flush; anything else starts a pump.
+                    sub.start = self._start_pump
+                    if self.pump is asyncio.current_task():
+                        self.pump = None
+                    return
                 await stream.wait(sub)
                 sub.push = None
                 if sub.gone:
