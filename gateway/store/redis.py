@@ -314,7 +314,9 @@ class RedisStore:
     async def open(self) -> None:
         self._kick = asyncio.Event()
         self._readers = [_Reader(shard) for shard in range(self._shards())]
-        self._loads = asyncio.Semaphore(max(1, self.settings.redis_pool_size - 3))
+        # Creates and mirror loads queue here rather than for the pool, whose wait ends in an error after
+        # 2 s: a burst of them must not starve the flusher and the lease, nor look like an outage.
+        self._queue = asyncio.Semaphore(max(1, self.settings.redis_pool_size - 3))
         self.redis = self._client("pool", self.settings.redis_pool_size, 2.0)
         self.reader = self._client("reader", 1, _BLOCK_MS / 1000 + 3.0)
         self.ctl = self._client("ctl", 1, None)
@@ -357,8 +359,14 @@ class RedisStore:
 
     async def add(self, stream: Stream) -> None:
         sid = stream.id
+        down = self.down_since
+        if down is not None and self.clock.now() - down >= self.settings.redis_outage_s:
+            raise StoreUnavailable()  # a long outage: refuse now rather than queue
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # A storm of creates waits here (`_queue`), not for the pool: waiting for the pool ended in
+            # "No connection available" after 2 s, a 503 store_unavailable with Redis healthy, and
+            # counted as an outage (docs/scale.md "Start-up storm on two workers").
+            async with self._queue, self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._meta_key(sid), mapping=_meta_fields(self.rid, stream))
                 pipe.execute_command("XADD", self._log_key(sid), "MAXLEN", "~", self.maxlen, "1-0",
                                      "k", _META, "j", stream.log.json(0))
@@ -517,9 +525,7 @@ class RedisStore:
         if down is not None and self.clock.now() - down >= self.settings.redis_outage_s:
             raise StoreUnavailable()  # what Redis says may be stale (a generator that cannot write)
         try:
-            # Loads queue here rather than for the pool, whose wait ends in an error: a burst of
-            # attaches must not starve the flusher and the lease, nor look like an outage.
-            async with self._loads:
+            async with self._queue:  # (a burst of attaches waits here, not for the pool)
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.hgetall(self._meta_key(stream_id))
                     pipe.xrange(self._log_key(stream_id), "-", "+")

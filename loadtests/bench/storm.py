@@ -80,6 +80,7 @@ class Stream(asyncio.Protocol):
         self.status = 0
         self.first: float | None = None
         self.worker = b""  # X-Gateway-Worker: the process that served it
+        self.code = b""  # a refusal's problem code
 
     def data_received(self, data: bytes) -> None:
         if not self.status:
@@ -92,6 +93,8 @@ class Stream(asyncio.Protocol):
                 self.worker = self.head[at + 20:self.head.find(b"\r\n", at + 2)]
             if self.status != 200 and not self.done.done():
                 kind = "refused" if b"\r\nretry-after:" in self.head.lower() else "refused-no-retry-after"
+                at = self.head.find(b'"code":')  # the problem's code, when the body came with the head
+                self.code = self.head[at + 7:].split(b",")[0].split(b"}")[0].strip(b' "') if at >= 0 else b"?"
                 self.done.set_result((kind, time.perf_counter() - self.start, self.status))
             data = self.head
         if self.first is None and (b'"type":"token"' in data or b'"type": "token"' in data):
@@ -104,7 +107,7 @@ class Stream(asyncio.Protocol):
             self.done.set_result(("cut", time.perf_counter() - self.start, self.status))
 
 
-async def one(port: int, body: bytes, at: float, out: list, workers: Counter) -> None:
+async def one(port: int, body: bytes, at: float, out: list, workers: Counter, codes: Counter) -> None:
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, at - loop.time()))
     done = loop.create_future()
@@ -118,18 +121,20 @@ async def one(port: int, body: bytes, at: float, out: list, workers: Counter) ->
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     out.append(await done)
     workers[stream.worker] += 1
+    if stream.code:
+        codes[stream.code.decode()] += 1
     # Keep the stream open to its end: the load stays what a real crowd would be.
     await asyncio.sleep(5.0)
     transport.close()
 
 
 async def storm(port: int, n: int, ramp: float, tokens: int, itl_ms: float, ttft_ms: float,
-                workers: Counter) -> list:
+                workers: Counter, codes: Counter) -> list:
     body = json.dumps({"prompt": "storm", "max_tokens": tokens,
                        "sim": {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "jitter": 0}}).encode()
     out: list = []
     t0 = asyncio.get_running_loop().time() + 0.2
-    await asyncio.gather(*(one(port, body, t0 + ramp * i / n, out, workers) for i in range(n)))
+    await asyncio.gather(*(one(port, body, t0 + ramp * i / n, out, workers, codes) for i in range(n)))
     return out
 
 
@@ -144,6 +149,7 @@ def run_server(name: str, args: argparse.Namespace) -> dict:
     n_workers = workers(name)
     rds = RedisServer() if gateway_base(name) != "gateway" else None
     served: Counter = Counter()  # answers per worker process (X-Gateway-Worker), refusals included
+    codes: Counter = Counter()  # refusals by problem code
     if rds is not None:
         env |= {"GATEWAY_STREAM_STORE": "redis", "GATEWAY_REDIS_URL": rds.url}
         cmd[cmd.index("--workers") + 1] = str(n_workers)
@@ -157,7 +163,7 @@ def run_server(name: str, args: argparse.Namespace) -> dict:
             os.sched_setaffinity(0, client_core)
             wait_port(port, proc, 60)
             time.sleep(1.0 + n_workers)  # every worker up: each binds the port once its app is built
-            results = asyncio.run(storm(port, args.n, args.ramp, args.tokens, args.itl_ms, args.ttft_ms, served))
+            results = asyncio.run(storm(port, args.n, args.ramp, args.tokens, args.itl_ms, args.ttft_ms, served, codes))
         finally:
             stop(proc, 15)
     finally:
@@ -170,7 +176,7 @@ def run_server(name: str, args: argparse.Namespace) -> dict:
             "other": len(results) - len(ok) - len(refused),
             "ttft_p50_ms": pct(ok, 50), "ttft_p99_ms": pct(ok, 99), "ttft_max_ms": max(ok, default=float("nan")),
             "refusal_p99_ms": pct(refused, 99),
-            "per_worker": sorted(served.values(), reverse=True) if len(served) > 1 or b"" not in served else []}
+            "refusal_codes": dict(codes), "per_worker": sorted(served.values(), reverse=True) if len(served) > 1 or b"" not in served else []}
 
 
 HEAD = ("server", "cores", "N", "ramp s", "streamed", "refused 503", "cut/error", "TTFT-model p50 ms", "p99 ms", "max ms",
