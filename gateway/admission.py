@@ -3,11 +3,13 @@
 Two bounds, each off at 0:
 
 - `max_streams`: streams generating here at once (measured capacity per core: docs/capacity.md);
-- `admit_lag_ms`: how late the event loop may run. Two measures, the higher counts: a probe asks to
+- `admit_lag_ms`: how late the event loop may run. Three measures, the highest counts: a probe asks to
   be woken every 50 ms and notes how late it was woken (the latest sample, or half the previous
-  figure if higher), and the shared clock says how far past its slot the oldest token deadline due
+  figure if higher), the shared clock says how far past its slot the oldest token deadline due
   is (`Clock.overdue`: the clock fires a bounded batch per turn, so under a storm the loop stays
-  punctual while tokens fall behind). Over the bound, the process is past what it can serve on time:
+  punctual while tokens fall behind), and the store says how long the oldest create still being
+  written has taken (`adding_for`: the Redis store writes each new stream before it answers, a few
+  at a time, so under a storm creates queue there while the loop stays punctual). Over the bound, the process is past what it can serve on time:
   every stream on it, the new one included, would see its tokens late, and every waiting connection
   waits longer. Connections are accepted in bursts (gateway/accept.py), so a storm queues here,
   where this sees it, not in the kernel's accept queue.
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from .clock import Clock
     from .metrics import Stats
     from .settings import Settings
+    from .store.base import StreamStore
 
 __all__ = ["Admission", "refusal"]
 
@@ -54,11 +57,13 @@ PROBE_S = 0.05
 
 
 class Admission:
-    def __init__(self, settings: Settings, stats: Stats, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, stats: Stats, clock: Clock | None = None,
+                 store: StreamStore | None = None) -> None:
         self.max_streams = settings.max_streams
         self.max_lag = settings.admit_lag_ms / 1000
         self.stats = stats
         self.clock = clock
+        self.store = store
         self.lag = 0.0  # seconds the loop was late lately
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
@@ -85,7 +90,8 @@ class Admission:
         """Why a new stream would be past capacity (counted as a refusal), or None."""
         if self.max_streams and self.stats.active_streams >= self.max_streams:
             detail = f"this process generates {self.max_streams} streams, its measured capacity"
-        elif self.max_lag and (lag := max(self.lag, self.clock.overdue() if self.clock else 0.0)) > self.max_lag:
+        elif self.max_lag and (lag := max(self.lag, self.clock.overdue() if self.clock else 0.0,
+                                          self.store.adding_for() if self.store else 0.0)) > self.max_lag:
             detail = f"this process is {lag * 1000:.0f} ms late serving its streams"
         else:
             return None

@@ -38,7 +38,7 @@ class Context:
         self.registry = Registry(settings, self.clock, self.stats, self.store)
         self.auth = Auth(settings)
         self.rates = Buckets(settings.rate_per_key) if settings.rate_per_key else None
-        self.admission = Admission(settings, self.stats, self.clock)
+        self.admission = Admission(settings, self.stats, self.clock, self.store)
         self.draining = False  # SIGTERM came: no new streams or clients here (gateway/drain.py)
         # A worker of `serve --workers`: closes its listening sockets when the drain starts, so new and
         # reconnecting clients go to its siblings on the same port (set by gateway/cli.py).

@@ -14,8 +14,11 @@ import websockets
 from gateway.admission import Admission
 from gateway.clock import Clock
 from gateway.metrics import Stats
+from gateway.models import StreamRequest
 from gateway.problems import Problem
+from gateway.service import Context
 from gateway.settings import Settings
+from lab.links import Relay
 
 from .support import gateway, run
 
@@ -106,6 +109,40 @@ def test_tokens_running_behind_the_clock_refuse_new_streams_while_the_loop_itsel
             await asyncio.sleep(0)
         admission.check()
         clock.stop()
+
+    asyncio.run(go())
+
+
+def test_creates_queued_in_the_redis_store_refuse_new_streams(redis):
+    """The Redis store writes each new stream before the create answers, a few at a time: in a storm,
+    creates queue there while the loop and the clock stay on time. Admission sees how long the oldest
+    has taken (`adding_for`): through the lab's 3g link to a real redis-server (300 ms RTT), ten creates
+    in progress refuse the next one, and once they are written a create is admitted again."""
+    async def go():
+        async with Relay("3g", ("127.0.0.1", redis.port)) as link:
+            ctx = Context(Settings(stream_store="redis", redis_url=f"redis://127.0.0.1:{link.port}/0",
+                                   admit_lag_ms=50))
+            await ctx.store.open()
+            ctx.registry.start()
+            ctx.admission.start()
+            try:
+                body = StreamRequest(prompt="queued", max_tokens=2, sim={"ttft_ms": 10_000})
+                creates = [asyncio.create_task(ctx.create(body, False)) for _ in range(10)]
+                await asyncio.sleep(0.2)
+                assert ctx.store.adding_for() >= 0.15
+                with pytest.raises(Problem) as refused:
+                    ctx.admission.check()
+                assert refused.value.status == 503 and "late" in refused.value.detail
+                streams = await asyncio.gather(*creates)
+                assert len(streams) == 10 and ctx.store.adding_for() == 0
+                ctx.admission.check()  # nothing queued: admitted
+            finally:
+                for stream in ctx.store.local():
+                    stream.cancel("shutdown")
+                ctx.clock.stop()
+                ctx.admission.stop()
+                await ctx.store.close()
+                await ctx.registry.aclose()
 
     asyncio.run(go())
 

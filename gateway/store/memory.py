@@ -88,5 +88,8 @@ class MemoryStore:
         while len(self._expired) > _TOMBSTONES:
             self._expired.popitem(last=False)
 
+    def adding_for(self) -> float:
+        return 0.0  # `add` keeps the stream here at once
+
     def local(self) -> list[Stream]:
         return list(self.streams.values())

@@ -269,6 +269,7 @@ class RedisStore:
         self.reads = self.events_read = self.events_written = self.flushes = 0
         self.redis: Redis | None = None
         self.reserved: dict[str, str | None] = {}  # stream id -> key id, held in gw:running:<key>
+        self._adding: dict[str, float] = {}  # creates in progress (queued or writing): since when, oldest first
         stats.registry.register(_Metrics(self))
 
     # Key layout; the cluster store (gateway/store/cluster.py) puts streams in a few shared slots.
@@ -362,10 +363,12 @@ class RedisStore:
         down = self.down_since
         if down is not None and self.clock.now() - down >= self.settings.redis_outage_s:
             raise StoreUnavailable()  # a long outage: refuse now rather than queue
+        self._adding[sid] = self.clock.now()
         try:
             # A storm of creates waits here (`_queue`), not for the pool: waiting for the pool ended in
             # "No connection available" after 2 s, a 503 store_unavailable with Redis healthy, and
-            # counted as an outage (docs/scale.md "Start-up storm on two workers").
+            # counted as an outage (docs/scale.md "Start-up storm on two workers"). How long the
+            # oldest has waited is admission's to see (`adding_for`).
             async with self._queue, self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._meta_key(sid), mapping=_meta_fields(self.rid, stream))
                 pipe.execute_command("XADD", self._log_key(sid), "MAXLEN", "~", self.maxlen, "1-0",
@@ -376,11 +379,18 @@ class RedisStore:
         except _DOWN as exc:
             self._failing("add", exc)
             raise StoreUnavailable() from None
+        finally:
+            self._adding.pop(sid, None)
         self._ok()
         self.owned[sid] = _Owned(stream, self.clock.now())
         stream.on_append = self._touch
         if len(stream.log) > 1:  # tokens may have come while the meta was written
             self._touch(stream)
+
+    def adding_for(self) -> float:
+        for since in self._adding.values():  # (the oldest first)
+            return self.clock.now() - since
+        return 0.0
 
     async def reserve(self, stream: Stream, limit: int) -> bool:
         try:
