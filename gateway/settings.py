@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # Redis Cluster: streams spread over this many hash tags, one reader each; set it to the number
     # of primaries (the tags fall one per primary with redis-cli's even slot layout).
     redis_shards: int = Field(3, ge=1, le=256)
+    # The mirrors' reader waits this long after an XREAD that brought events before the next one, so
+    # that each XREAD (whose cost grows with the streams mirrored) brings a window's worth of events:
+    # mirrored events come up to this much later (0: read again at once; docs/scale.md "Reconnect storm").
+    redis_read_window_ms: float = Field(10.0, ge=0, le=1000)
     # In-flight streams ride out a Redis outage this long, then end with `store_unavailable`.
     redis_outage_s: float = Field(5.0, gt=0)
     # On SIGTERM: keep generating in-flight streams this long, then end them with `shutdown`.

@@ -22,23 +22,28 @@ FAST = {
 }
 
 
+def _own_server(metafunc) -> bool:
+    """The test names its servers itself (a `parametrize("server", ...)`) or its module has a `server` fixture."""
+    if any(m.args and m.args[0] == "server" for m in metafunc.definition.iter_markers("parametrize")):
+        return True
+    return hasattr(metafunc.module, "server")
+
+
 def pytest_generate_tests(metafunc):
     # A test marked `every_server` runs on each server `gateway serve --server` offers; the rest on
     # the default only, so the suite's length grows by the core subset, not threefold.
-    if "server" in metafunc.fixturenames and metafunc.definition.get_closest_marker("every_server"):
-        metafunc.parametrize("server", SERVERS, scope="module")
+    # Every test that uses `server` is parametrized (the rest with the default alone): with a plain fixture
+    # for the rest, a module-scoped gateway set up for a marked test on granian was reused by the next
+    # unmarked test (`--setup-plan` showed it).
+    if "server" in metafunc.fixturenames and not _own_server(metafunc):
+        every = metafunc.definition.get_closest_marker("every_server")
+        metafunc.parametrize("server", SERVERS if every else SERVERS[:1], scope="module")
     # A test marked `every_flavour` runs on each store server (FLAVOURS: redis-server, valkey-server), the
     # rest that use the store on redis-server. Every such test is parametrized (the rest with one value), so
     # a module's store and replicas are started once per flavour and never reused across flavours.
     if "flavour" in metafunc.fixturenames:
         every = metafunc.definition.get_closest_marker("every_flavour")
         metafunc.parametrize("flavour", FLAVOURS if every else FLAVOURS[:1], scope="module")
-
-
-@pytest.fixture(scope="module")
-def server() -> str:
-    """The ASGI server under test: the default, unless the test is marked `every_server`."""
-    return "uvicorn"
 
 
 @pytest.fixture(scope="module")

@@ -159,6 +159,34 @@ def test_fifty_clients_share_one_reader(pair, redis):
     assert reads < 2 * last + 20
 
 
+def test_the_mirrors_reader_reads_once_per_window(redis):
+    """REDIS_READ_WINDOW_MS: after an XREAD that brought events, the one reader waits out the window
+    before the next, so each XREAD (its cost grows with the streams followed) brings a window's worth.
+    Ten streams at 50 events/s mirrored on B: every reader gets every event, and B makes at most about
+    one XREAD per window (plus one per new mirror, which ends the wait), where reading again at once made
+    one per arrival (hundreds here; docs/scale.md "Reconnect storm")."""
+    a, b = start(redis, 2, GATEWAY_REDIS_READ_WINDOW_MS="100")
+    try:
+        async def go():
+            begun_ = [await begun(a.url, "window", 150, seed) for seed in range(10)]
+            reads = b.metrics()["gateway_redis_reads_total"]
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(wire.read(b.url, "ndjson", stream_id=sid) for sid, _ in begun_))
+            elapsed = time.monotonic() - t0
+            reads = b.metrics()["gateway_redis_reads_total"] - reads
+            await asyncio.gather(*(keeper for _, keeper in begun_))
+            return results, reads, elapsed
+
+        results, reads, elapsed = run(go())
+    finally:
+        a.stop()
+        b.stop()
+    for seed, r in enumerate(results):
+        wire.assert_exact(r.events, 0, 151)
+        assert r.text == expected_text("window", seed, 150)
+    assert reads <= 1.5 * elapsed / 0.1 + 10 + 5, (reads, elapsed)
+
+
 def test_delete_on_any_replica_reaches_the_generator(pair):
     a, b = pair
     sid = create(a.url, "del", max_tokens=500, seed=1, sim=SIM)

@@ -14,17 +14,14 @@ import sys
 import httpx
 import redis
 
-from ..procs import GatewayProcess, RedisServer
+from .fleet import create_streams, replicas
 
 __all__ = ["main"]
 
 
 async def run(args: argparse.Namespace, gen: str, reader: str) -> list[str]:
-    sim = {"ttft_ms": 20, "itl_ms": args.itl_ms, "jitter": 0}
+    ids = await create_streams(gen, args.streams, tokens=args.tokens, itl_ms=args.itl_ms, prompt="cost")
     async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=None)) as http:
-        ids = [(await http.post(gen + "/v1/streams", json={"prompt": f"cost {i}", "max_tokens": args.tokens,
-                                                           "sim": sim})).json()["id"] for i in range(args.streams)]
-
         async def read(sid: str) -> None:
             async with http.stream("GET", f"{reader}/v1/streams/{sid}/ndjson") as r:
                 async for _ in r.aiter_lines():
@@ -40,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=200)
     p.add_argument("--itl-ms", type=float, default=20.0)
     args = p.parse_args(argv)
-    rp = RedisServer()
-    env = {"GATEWAY_STREAM_STORE": "redis", "GATEWAY_REDIS_URL": rp.url, "GATEWAY_WORKERS": "1"}
-    gws = [GatewayProcess(env) for _ in range(2)]
-    try:
+    with replicas(2) as (rp, gws):
         r = redis.Redis.from_url(rp.url)
         s0, c0 = r.info("stats"), r.info("commandstats")
         ids = asyncio.run(run(args, gws[0].url, gws[1].url))
@@ -58,10 +52,6 @@ def main(argv: list[str] | None = None) -> int:
                "bytes_in_per_event": (s1["total_net_input_bytes"] - s0["total_net_input_bytes"]) / events,
                "bytes_out_per_event": (s1["total_net_output_bytes"] - s0["total_net_output_bytes"]) / events,
                "memory_per_event": memory / events}
-    finally:
-        for g in gws:
-            g.stop()
-        rp.stop()
     print(json.dumps(row))
     return 0
 
