@@ -168,6 +168,7 @@ class Stream:
         self.created = time.time()
         self.started = now
         self.log = EventLog()
+        self.settle_at = SEAL_AT  # the log length at which `token` next tries to seal
         self.subs: list[Subscriber] = []
         self.status = RUNNING
         self.tokens = 0
@@ -205,7 +206,7 @@ class Stream:
             unhashed.clear()
         log = self.log
         log.append(_TOKEN, token_json(len(log.kinds), text))
-        if len(log.ends) >= SEAL_AT:
+        if len(log.kinds) >= self.settle_at:
             self.settle()
         if self.tokens == 1:
             self._on_event(self, "first_token")
@@ -323,11 +324,14 @@ class Stream:
         if self.status is not RUNNING and not subs:
             log.seal(len(log.kinds), 0)
             return
-        upto = len(log.kinds) - TAIL
+        n = len(log.kinds)
+        upto = n - TAIL
         for sub in subs:
             if sub.cursor < upto:
                 upto = sub.cursor
         log.seal(upto)
+        # Next when the tail is a block past its slack again, or (a reader held it back) a little later.
+        self.settle_at = n + max(TAIL, SEAL_AT - len(log.ends))
 
     async def wait(self, sub: Subscriber) -> None:
         """Return once `sub` has events to read, a heartbeat is due, or it is gone."""
