@@ -175,7 +175,9 @@ class Stream:
         self.finish_reason: str | None = None
         self.error_code: str | None = None
         self._hash = hashlib.sha256()
-        self._unhashed: list[str] = []  # texts not yet fed to the hash: fed 64 at a time, not per token
+        # Texts not yet fed to the hash: fed 16 at a time (95 ns a token here against 233 one by one and 83 at 64;
+        # a relay's tokens are new strings, ~60 B each, held until fed: 64 kept up to ~4 KB per stream).
+        self._unhashed: list[str] = []
         self.generation: Generation | None = None
         self.drop_after = drop_after
         self.info = info or {}
@@ -201,7 +203,7 @@ class Stream:
         self.tokens += 1
         unhashed = self._unhashed
         unhashed.append(text)
-        if len(unhashed) == 64:
+        if len(unhashed) == 16:
             self._hash.update("".join(unhashed).encode())
             unhashed.clear()
         log = self.log
