@@ -1,7 +1,8 @@
-"""The speed benchmark at a tiny N: every server and transport runs, and the table comes out.
+"""The benchmarks at a tiny N: the speed benchmark (every server and transport runs, and the table comes
+out), the reconnect storm and the start-up storm's two-worker variant.
 
-A smoke test only: it checks that the benchmark keeps working (each stream
-counted, the witness stream decoded in full and correct), never how fast.
+Smoke tests only: they check that the benchmarks keep working (each stream counted, the witness stream
+decoded in full and correct, every resumed client exact), never how fast.
 """
 
 from __future__ import annotations
@@ -52,3 +53,30 @@ def test_gateway_alone(tmp_path):
     # One row per write window: the plain gateway, then the one with a 40 ms window, each checked by its witness.
     assert len(rows) == 2 and "| gateway |" in rows[0] and "| gateway w40 |" in rows[1], rows
     assert all("| ok |" in row for row in rows), rows
+
+
+def test_reconnect_storm_benchmark_resumes_every_client_on_both_survivors():
+    """The reconnect storm at a tiny N: R1 killed, every client resumes at R2 or R3 with no gap or
+    duplicate and reads to `done`; one XRANGE per stream per surviving replica (coalesced)."""
+    cmd = [sys.executable, "-m", "loadtests.bench.reconnect", "--clients", "24", "--streams", "3",
+           "--tokens", "150", "--itl-ms", "100", "--ramp-s", "0.2", "--transport", "ndjson"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["cut"] == row["resumed"] == row["ended_done"] == 24, row
+    assert row["gaps"] == row["duplicates"] == 0, row
+    # Half the clients list R2 first, half R3; one whose first try failed went on to the other.
+    assert row["by_replica"]["R2"] > 0 and row["by_replica"]["R3"] > 0, row
+    assert sum(row["by_replica"].values()) == 24, row
+    assert row["xrange"] == 3 * 2, row
+
+
+def test_storm_benchmark_runs_two_workers():
+    """`gateway-w2`: serve --workers 2 on a throwaway Redis; both workers answer."""
+    cmd = [sys.executable, "-m", "loadtests.bench.storm", "--n", "40", "--ramp", "0.5", "--tokens", "20",
+           "--servers", "gateway-w2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert row["cores"] == "shared" and row["ok"] == 40 and row["refused"] == 0, row
+    assert len(row["per_worker"]) == 2 and sum(row["per_worker"]) == 40, row
