@@ -187,9 +187,12 @@ class Client:
             verdict = await self.connect(self.urls[at])
             if verdict in ("done", "error"):
                 return
-            if verdict != "skipped":  # a seq out of order: again at once, at the same replica
+            if verdict == "skipped":  # a seq out of order (counted): again at once, at the same replica
+                wait = 0.0
+            else:
                 at = at % (len(self.urls) - 1) + 1
-                wait = 2 * wait if self.sse else random.uniform(0, backoff_s * 2 ** min(self.tries, 4))
+                wait = 2 * (wait or (self.retry_ms or 3000) / 1000) if self.sse else \
+                    random.uniform(0, backoff_s * 2 ** min(self.tries, 4))
         self.ended = "gave up"
 
 
