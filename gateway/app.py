@@ -65,9 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_log_filters()  # attach tokens out of the servers' request lines; refused upgrades quiet
         configure_journal(settings)
         set_write_window(settings.write_window_ms / 1000)
-        await ctx.store.open()
-        ctx.registry.start()
-        ctx.admission.start()
+        await ctx.open()
         # Everything alive now lives for the process: keep the cyclic GC from rescanning it.
         gc.collect()
         gc.freeze()
@@ -77,12 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         memory.set_mmap_threshold(settings.malloc_mmap_threshold)
         drain.install(ctx)
         yield
-        for stream in ctx.store.local():
-            stream.cancel("shutdown")
-        ctx.clock.stop()
-        ctx.admission.stop()
-        await ctx.store.close()
-        await ctx.registry.aclose()
+        await ctx.close()
 
     app = _App(ctx, title="LLM stream gateway", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx

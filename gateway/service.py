@@ -44,6 +44,21 @@ class Context:
         # reconnecting clients go to its siblings on the same port (set by gateway/cli.py).
         self.stop_listening: Callable[[], object] | None = None
 
+    async def open(self) -> None:
+        """Start what runs for the service's life: the store, the registry's sweep, admission."""
+        await self.store.open()
+        self.registry.start()
+        self.admission.start()
+
+    async def close(self) -> None:
+        """End this process's streams with `cancelled (shutdown)` and stop what `open` started."""
+        for stream in self.store.local():
+            stream.cancel("shutdown")
+        self.clock.stop()
+        self.admission.stop()
+        await self.store.close()
+        await self.registry.aclose()
+
     def refuse_if_draining(self) -> None:
         if self.draining:
             raise Problem(503, "Draining", "this replica is shutting down: use another one",

@@ -122,9 +122,7 @@ def test_creates_queued_in_the_redis_store_refuse_new_streams(redis):
         async with Relay("3g", ("127.0.0.1", redis.port)) as link:
             ctx = Context(Settings(stream_store="redis", redis_url=f"redis://127.0.0.1:{link.port}/0",
                                    admit_lag_ms=50))
-            await ctx.store.open()
-            ctx.registry.start()
-            ctx.admission.start()
+            await ctx.open()
             try:
                 body = StreamRequest(prompt="queued", max_tokens=2, sim={"ttft_ms": 10_000})
                 creates = [asyncio.create_task(ctx.create(body, False)) for _ in range(10)]
@@ -137,12 +135,7 @@ def test_creates_queued_in_the_redis_store_refuse_new_streams(redis):
                 assert len(streams) == 10 and ctx.store.adding_for() == 0
                 ctx.admission.check()  # nothing queued: admitted
             finally:
-                for stream in ctx.store.local():
-                    stream.cancel("shutdown")
-                ctx.clock.stop()
-                ctx.admission.stop()
-                await ctx.store.close()
-                await ctx.registry.aclose()
+                await ctx.close()
 
     asyncio.run(go())
 
