@@ -14,7 +14,7 @@ import heapq
 import logging
 from typing import Callable
 
-__all__ = ["Clock"]
+__all__ = ["Clock", "SLOT_S"]
 
 log = logging.getLogger("gateway.clock")
 
