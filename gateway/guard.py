@@ -75,8 +75,12 @@ _KEEP = frozenset(("type", "asgi", "http_version", "server", "client", "scheme",
 
 def _shed(scope: Scope) -> None:
     """Drop what the router and FastAPI left in the scope (their exit stacks, the route, the app)."""
-    for name in [n for n in scope if n not in _KEEP and not n.startswith("gateway.")]:
-        del scope[name]
+    kept = {n: v for n, v in scope.items() if n in _KEEP or n.startswith("gateway.")}
+    if len(kept) < len(scope):
+        # Rebuilt in place (the server and the transport hold this dict): a dict never shrinks its
+        # table as entries go, and routing grew this one to twice the size of what stays (~0.4 KB).
+        scope.clear()
+        scope.update(kept)
 
 
 def defer(scope: Scope, run: Callable[[], Awaitable[None]]) -> bool:
