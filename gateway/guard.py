@@ -74,11 +74,13 @@ _KEEP = frozenset(("type", "asgi", "http_version", "server", "client", "scheme",
 
 
 def _shed(scope: Scope) -> None:
-    """Drop what the router and FastAPI left in the scope (their exit stacks, the route, the app), and the
-    room they took: a dict does not shrink as entries go, so the rest is put back into a fresh table."""
-    kept = {name: value for name, value in scope.items() if name in _KEEP or name.startswith("gateway.")}
-    scope.clear()
-    scope.update(kept)
+    """Drop what the router and FastAPI left in the scope (their exit stacks, the route, the app)."""
+    kept = {n: v for n, v in scope.items() if n in _KEEP or n.startswith("gateway.")}
+    if len(kept) < len(scope):
+        # Rebuilt in place (the server and the transport hold this dict): a dict never shrinks its
+        # table as entries go, and routing grew this one to twice the size of what stays (~0.4 KB).
+        scope.clear()
+        scope.update(kept)
 
 
 def defer(scope: Scope, run: ASGIApp) -> bool:

@@ -9,15 +9,17 @@ the portable path), and the portable path is what every other server gets
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
+import weakref
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
 from gateway.adapter import connection
-from gateway.adapter.uvicorn import FastPath
+from gateway.adapter.uvicorn import FastPath, Flag, Inbox
 from gateway.codecs import ws as codec
 from gateway.gate import Gate, gated
 from tests.support import run, uvicorn_thread
@@ -36,8 +38,19 @@ async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
         proto = conn.proto
         found["ws_handshake"] = proto.request is not None and proto.response is not None
+        request = weakref.ref(proto.request)  # websockets' handshake Request: its parser held it too
+        queue, writable = proto.queue, proto.writable
         conn.forget_handshake()  # (what follows, writer and `send` alike, must not need them)
-        found["ws_forgot"] = proto.request is None and proto.response is None
+        gc.collect()
+        found["ws_forgot"] = proto.request is None and proto.response is None and request() is None
+        found["ws_scope_headers"] = scope["headers"]
+        found["ws_light"] = (type(queue) is asyncio.Queue and type(proto.queue) is Inbox
+                             and type(writable) is asyncio.Event and type(proto.writable) is Flag)
+        if scope["path"] == "/echo":  # the socket still works as uvicorn runs it: messages, pings, close
+            while (message := await receive())["type"] == "websocket.receive":
+                await send({"type": "websocket.send", "text": message["text"].upper()})
+            found["ws_echo_end"] = message
+            return
         write = conn.ws_writer()
         found["ws"] = write is not None
         if write is None:
@@ -167,8 +180,44 @@ def test_ws_writer_writes_frames_the_client_reads(server):
         assert sock.recv(5) == "via send"
     assert seen("ws_before_accept") is False  # not open yet
     assert seen("ws_handshake") is True and seen("ws_forgot") is True  # uvicorn's copies, dropped
+    assert seen("ws_scope_headers") == []
+    assert seen("ws_light") is True
     assert seen("ws") is True
     assert seen("ws_after_close") is False  # refused once the close went out
+
+
+def test_forgotten_handshake_leaves_a_working_socket(server):
+    """After `forget_handshake` (fresh frame parser, uvicorn's inbox and writable flag replaced), uvicorn
+    still delivers messages in order, answers pings and completes the close handshake."""
+    with connect(f"ws://127.0.0.1:{server}/echo", compression=None) as sock:
+        sock.send("one")
+        sock.send("two" * 5000)  # a frame of its own, longer than one read
+        assert sock.recv(5) == "ONE"
+        assert sock.recv(5) == "TWO" * 5000
+        sock.ping(b"p").wait(5)
+        sock.send("three")
+        assert sock.recv(5) == "THREE"
+    assert seen("ws_forgot") is True and seen("ws_light") is True
+    assert seen("ws_echo_end") == {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+
+
+async def _flag_and_inbox():
+    inbox, flag = Inbox(), Flag()
+    getter = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait(1)
+    inbox.put_nowait(2)
+    got = [await getter, await inbox.get()]
+    waiters = [asyncio.ensure_future(flag.wait()) for _ in range(2)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    await asyncio.sleep(0)
+    flag.set()
+    return got, inbox.empty(), inbox.qsize(), await waiters[1], flag.is_set(), flag.waiters
+
+
+def test_inbox_and_flag_behave_as_uvicorn_uses_queue_and_event():
+    assert run(_flag_and_inbox()) == ([1, 2], True, 0, True, True, None)
 
 
 def test_no_ws_writer_when_compression_is_negotiated():

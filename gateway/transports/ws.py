@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["WSSession", "WSDeps", "error_text"]
 
+_REQUEST_CACHES = ("_headers", "_query_params", "_cookies", "_url")  # Starlette's HTTPConnection, read once
+
 
 @dataclass(frozen=True, slots=True)
 class WSDeps:
@@ -69,6 +71,9 @@ def error_text(code: str, message: str, retryable: bool = False, seq: int = -1) 
 
 
 class WSSession:
+    __slots__ = ("deps", "ws", "stats", "batch", "stream", "sub", "pump", "task", "dropped", "kicked", "conn",
+                 "write", "key", "attach_only", "bucket")
+
     def __init__(self, deps: WSDeps, websocket: WebSocket) -> None:
         self.deps = deps
         self.ws = websocket
@@ -209,8 +214,12 @@ class WSSession:
     def _attach(self, stream: Stream, after: int) -> None:
         self._stop(False)
         if self.write is None and self.conn is not None:
+            self.conn.forget_handshake()  # (first: the writer then holds what replaced the handshake's objects)
             self.write = self.conn.ws_writer()
-            self.conn.forget_handshake()
+            # FastAPI read the headers and query through this WebSocket, which caches them (~0.9 KB
+            # for the socket's life); read again, they come from the scope.
+            for name in _REQUEST_CACHES:
+                vars(self.ws).pop(name, None)
         self.stream = stream
         self.sub = stream.attach(after, Transport.WS, self.deps.clock.now())
         self.sub.conn.abort = self.conn.abort if self.conn is not None else self._abort
