@@ -134,7 +134,7 @@ async def post_ndjson(body: StreamRequest, request: Request):
 async def ws_session(websocket: WebSocket) -> None:
     await websocket.accept()
     session = WSSession(websocket.app.state.ws, websocket)
-    if not defer(websocket.scope, session.run):
+    if not defer(websocket.scope, lambda *_: session.run()):
         await session.run()
 
 
@@ -152,7 +152,7 @@ async def ws_attach(websocket: WebSocket, stream_id: str) -> None:
     if after >= 0:
         ctx.stats[Transport.WS].resumes += 1
     session = WSSession(websocket.app.state.ws, websocket)
-    if not defer(websocket.scope, lambda: session.run(stream, after)):
+    if not defer(websocket.scope, lambda *_: session.run(stream, after)):
         await session.run(stream, after)
 
 

@@ -69,7 +69,10 @@ class EventStream(Response):
     """An ASGI response that streams one subscriber's view of a stream."""
 
     def __init__(self, deps: HttpDeps, stream: Stream, sub: Subscriber, fmt: str, status: int = 200) -> None:
-        super().__init__(status_code=status)
+        # Not `Response.__init__`: its body and headers (`content-length: 0`) are not this response's, and
+        # would be kept for the stream's life; the start is built in `__call__`.
+        self.status_code = status
+        self.background = None
         self.deps = deps
         self.stream = stream
         self.sub = sub
@@ -83,12 +86,21 @@ class EventStream(Response):
         self.heartbeat = ndjson.HEARTBEAT_LINE if fmt == "ndjson" else sse.HEARTBEAT_FRAME
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not defer(scope, lambda: self.run(scope, receive, send)):
+        # The start goes out through every layer (CORS adds its headers to it). The body, which they pass
+        # through unchanged, runs once they have returned (guard.defer), with the server's own `receive`
+        # and `send`: the layers' wrappers of those are freed with them.
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": streaming_headers(self.media_type, self.deps.accel_off, self.stream.id)})
+        except BaseException:
+            self.stream.detach(self.sub, self.deps.clock.now(), self.client_left)
+            raise
+        if not defer(scope, self.run):
             await self.run(scope, receive, send)
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The body: everything after the start, to the end of the stream or the connection."""
         deps, stream, sub, stats = self.deps, self.stream, self.sub, self.stats
-        headers = streaming_headers(self.media_type, deps.accel_off, stream.id)
         stats.connections += 1
         conn = connection(scope)
         self.task = asyncio.current_task()
@@ -98,7 +110,6 @@ class EventStream(Response):
         if conn is None or not conn.on_lost(self._lost):
             watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
             if self.fmt == "sse":
                 # `retry` first, so the headers and this go out before the first token.
                 await send({"type": "http.response.body", "body": sse.retry(deps.retry_ms()),
