@@ -115,9 +115,16 @@ def gated(protocol_class: Callable[..., asyncio.Protocol], gate: Gate) -> Callab
 _NOBODY = asyncio.Protocol()
 
 
+# The transport's methods called per write or per response: bound once per connection, on first use. The
+# rest (set-up, flow control, close) are looked up each time: no per-connection dict for them.
+_BOUND = ("write", "is_closing")
+
+
 class _Transport:
     """The transport as the inner protocol sees it: the same, except that an upgrade
     (`set_protocol`) swaps the protocol the gate forwards to, so the gate stays in place."""
+
+    __slots__ = ("_transport", "_conn", *_BOUND)
 
     def __init__(self, transport: asyncio.Transport, conn: _Gated) -> None:
         self._transport = transport
@@ -125,7 +132,8 @@ class _Transport:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._transport, name)
-        setattr(self, name, value)  # once per name: later lookups are plain attribute reads
+        if name in _BOUND:
+            setattr(self, name, value)  # later lookups are plain attribute reads
         return value
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
