@@ -158,6 +158,7 @@ class EventStream(Response):
                 stats.bytes += len(body)
                 state.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = None  # (not held while parked: it may be a whole batch)
                 if terminal and not drop:  # a separate send: it waits for the client to take the rest
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 state.sending = 0.0
