@@ -80,9 +80,22 @@ async def app(scope, receive, send):
         found["written_before_pause"] = written
         await send({"type": "http.response.body", "body": b"end", "more_body": False})  # waits for the reader
         return
-    if path == "/lost":  # the disconnect by callback: no task reads `receive`
+    if path in ("/lost", "/lost-flood"):  # the disconnect by callback: no task reads `receive`
         lost = asyncio.Event()
+        cycle = conn.cycle
+        event, writable = cycle.message_event, cycle.flow._is_writable_event
         found["on_lost"] = conn.on_lost(lost.set)
+        if found["on_lost"]:  # uvicorn's Events (unused from here) swapped for lighter Flags
+            found["http_light"] = (type(event) is asyncio.Event and type(cycle.message_event) is Flag
+                                   and type(writable) is asyncio.Event and type(cycle.flow._is_writable_event) is Flag)
+        if path == "/lost-flood":  # backpressure on the Flag: `send` parks on it until the reader reads
+            written = 0
+            while write(CHUNK):
+                written += len(CHUNK)
+            found["written_before_pause"] = written
+            await send({"type": "http.response.body", "body": b"end", "more_body": False})
+            conn.on_lost(None)
+            return
         if found["on_lost"]:
             await asyncio.wait_for(lost.wait(), 10)
             found["lost_write"] = write(b"late")
@@ -165,6 +178,32 @@ def test_on_lost_calls_back_when_the_client_leaves_behind_the_gate():
             assert s.recv(4096).startswith(b"HTTP/1.1 200")
             assert seen("on_lost") is True
         assert seen("lost_write") is False  # called back after uvicorn saw the loss
+
+
+def test_lightened_events_keep_backpressure_and_keep_alive_working():
+    """With `on_lost` in place, uvicorn's Events are Flags: a `send` parked on the paused flow resumes as the
+    reader reads, nothing lost, and the connection serves its next request (the flow's Flag, a new cycle)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    with _serve(http=gated(HttpToolsProtocol, Gate(10, 32768, 100, 10))) as port:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /lost-flood HTTP/1.1\r\nHost: x\r\n\r\n")
+            written = seen("written_before_pause")
+            assert seen("on_lost") is True and seen("http_light") is True
+            s.settimeout(20)
+            data = bytearray()
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = s.recv(1 << 20)
+                assert chunk
+                data += chunk
+            assert _dechunk(bytes(data).split(b"\r\n\r\n", 1)[1]) == CHUNK * (written // len(CHUNK)) + b"end"
+            s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, kept alive
+            data = bytearray()
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = s.recv(1 << 20)
+                assert chunk
+                data += chunk
+            assert _dechunk(bytes(data).split(b"\r\n\r\n", 1)[1]) == b"one,two,three"
 
 
 def test_no_on_lost_without_the_gate(server):

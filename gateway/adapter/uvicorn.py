@@ -29,7 +29,7 @@ __all__ = ["FastPath", "probe", "Inbox", "Flag"]
 
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
 _WS_SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
-_HTTP_ATTRS = ("transport", "flow", "disconnected", "response_complete", "chunked_encoding")
+_HTTP_ATTRS = ("transport", "flow", "disconnected", "response_complete", "chunked_encoding", "message_event")
 _SERVER_PARSE = ServerProtocol.parse.__code__
 _WS_ATTRS = ("transport", "writable", "disconnected", "close_sent", "handshake_complete", "conn", "request", "response")
 
@@ -67,13 +67,34 @@ class _Http:
         if hook is None:
             return False
         hook(callback)
-        if callback is not None and self.cycle.disconnected:  # gone before the callback was in place
-            hook(None)
-            callback()
+        if callback is not None:
+            _lighten(self.cycle)
+            if self.cycle.disconnected:  # gone before the callback was in place
+                hook(None)
+                callback()
         return True
 
     def forget_handshake(self) -> None:
         return None
+
+
+def _lighten(cycle: Any) -> None:
+    """uvicorn's `asyncio.Event`s for an HTTP response (the request's `message_event`, the connection's
+    writable event in its flow control: ~0.75 KB each, a 64-slot deque of waiters) swapped for `Flag`s,
+    which do the same calls. Only when nothing waits on the old one: the caller reads `receive` no more
+    (its client's loss comes by callback) and no other task reads it; the flow's is set (no `send` parked)."""
+    event = cycle.message_event
+    if type(event) is asyncio.Event and not getattr(event, "_waiters", True):
+        flag = Flag()
+        if event.is_set():
+            flag.set()
+        cycle.message_event = flag
+    flow = cycle.flow
+    writable = getattr(flow, "_is_writable_event", None)
+    if type(writable) is asyncio.Event and writable.is_set():  # (the flow lives as long as the connection)
+        flag = Flag()
+        flag.set()
+        flow._is_writable_event = flag
 
 
 class _WebSocket:
