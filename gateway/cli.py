@@ -66,7 +66,9 @@ def _uvicorn(app, settings, host: str, port: int, fds: str | None = None) -> Non
     gate = Gate(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections,
                 settings.max_pending_connections, ctx.stats.refused, ctx.admission.over, refusal, _creates(app))
     config = uvicorn.Config(
-        FastPath(app),  # offers the fast path per connection, after a capability check
+        # FastPath offers the fast path per connection, after a capability check. It calls the app's edge
+        # (gateway/guard.py) itself: the app's own `__call__` would only await it, a frame per connection.
+        FastPath(app.edge),
         host=host,
         port=port,
         # uvloop, with listening sockets served by gateway/accept.py: bursts of accepts per wake-up,

@@ -149,6 +149,12 @@ class Subscriber:
 
 
 class Stream:
+    # Slots: the registry keeps ended streams for resume (the TTL), so each byte here counts per stream kept.
+    __slots__ = ("id", "owner_key", "model", "one_shot", "created", "started", "log", "settle_at", "subs", "status",
+                 "tokens", "finish_reason", "error_code", "_hash", "_unhashed", "generation", "drop_after", "info",
+                 "detached_since", "keep", "leave_cancels", "budget", "left_at", "wasted", "ended_at",
+                 "progress_mark", "progress_at", "_on_event", "on_append")
+
     def __init__(
         self,
         stream_id: str,
@@ -174,10 +180,10 @@ class Stream:
         self.tokens = 0
         self.finish_reason: str | None = None
         self.error_code: str | None = None
-        self._hash = hashlib.sha256()
+        self._hash: Any = hashlib.sha256()  # None once ended (`sha256` then reads the log)
         # Texts not yet fed to the hash: fed 16 at a time (95 ns a token here against 233 one by one and 83 at 64;
         # a relay's tokens are new strings, ~60 B each, held until fed: 64 kept up to ~4 KB per stream).
-        self._unhashed: list[str] = []
+        self._unhashed: list[str] | None = []
         self.generation: Generation | None = None
         self.drop_after = drop_after
         self.info = info or {}
@@ -234,7 +240,8 @@ class Stream:
         if self.left_at is not None:
             self.wasted, self.left_at = self.tokens - self.left_at, None
         self.log.append(kind, json)
-        self.generation = None
+        # What only a running stream needs goes: an ended one is kept for resume, maybe minutes.
+        self.generation = self._hash = self._unhashed = None
         self.settle()
         self._on_event(self, "ended")
         if self.on_append is not None:
@@ -268,10 +275,17 @@ class Stream:
 
     @property
     def sha256(self) -> str:
-        if self._unhashed:
-            self._hash.update("".join(self._unhashed).encode())
-            self._unhashed.clear()
-        return self._hash.hexdigest()
+        """The hex SHA-256 of the text so far (what the done event carries)."""
+        h, unhashed = self._hash, self._unhashed
+        if h is None:  # ended: the done event has it; a failed stream's is the log's text's
+            log = self.log
+            if self.status is DONE:
+                return from_json(log.json(len(log) - 1)).sha256
+            return hashlib.sha256(self.text().encode()).hexdigest()
+        if unhashed:
+            h.update("".join(unhashed).encode())
+            unhashed.clear()
+        return h.hexdigest()
 
     @property
     def last_seq(self) -> int:
@@ -337,14 +351,22 @@ class Stream:
 
     async def wait(self, sub: Subscriber) -> None:
         """Return once `sub` has events to read, a heartbeat is due, or it is gone."""
-        if sub.cursor < len(self.log) or sub.beat or sub.gone:
+        fut = self.parked(sub)
+        if fut is None:
             return
-        fut = asyncio.get_running_loop().create_future()
-        sub.waiter = fut
         try:
             await fut
         finally:
             sub.waiter = None
+
+    def parked(self, sub: Subscriber) -> asyncio.Future | None:
+        """What `wait` awaits: a future done once `sub` has events to read, a heartbeat is due, or it is
+        gone (`Subscriber.resolve`); None when one of those holds already. The awaiting task clears
+        `sub.waiter` when it resumes."""
+        if sub.cursor < len(self.log) or sub.beat or sub.gone:
+            return None
+        fut = sub.waiter = asyncio.get_running_loop().create_future()
+        return fut
 
     def text(self) -> str:
         """The text so far, from the log (the log is the only copy)."""

@@ -9,15 +9,17 @@ the portable path), and the portable path is what every other server gets
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
+import weakref
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
 from gateway.adapter import connection
-from gateway.adapter.uvicorn import FastPath
+from gateway.adapter.uvicorn import FastPath, Flag, Inbox
 from gateway.codecs import ws as codec
 from gateway.gate import Gate, gated
 from tests.support import run, uvicorn_thread
@@ -36,8 +38,19 @@ async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
         proto = conn.proto
         found["ws_handshake"] = proto.request is not None and proto.response is not None
+        request = weakref.ref(proto.request)  # websockets' handshake Request: its parser held it too
+        queue, writable = proto.queue, proto.writable
         conn.forget_handshake()  # (what follows, writer and `send` alike, must not need them)
-        found["ws_forgot"] = proto.request is None and proto.response is None
+        gc.collect()
+        found["ws_forgot"] = proto.request is None and proto.response is None and request() is None
+        found["ws_scope_headers"] = scope["headers"]
+        found["ws_light"] = (type(queue) is asyncio.Queue and type(proto.queue) is Inbox
+                             and type(writable) is asyncio.Event and type(proto.writable) is Flag)
+        if scope["path"] == "/echo":  # the socket still works as uvicorn runs it: messages, pings, close
+            while (message := await receive())["type"] == "websocket.receive":
+                await send({"type": "websocket.send", "text": message["text"].upper()})
+            found["ws_echo_end"] = message
+            return
         write = conn.ws_writer()
         found["ws"] = write is not None
         if write is None:
@@ -67,9 +80,22 @@ async def app(scope, receive, send):
         found["written_before_pause"] = written
         await send({"type": "http.response.body", "body": b"end", "more_body": False})  # waits for the reader
         return
-    if path == "/lost":  # the disconnect by callback: no task reads `receive`
+    if path in ("/lost", "/lost-flood"):  # the disconnect by callback: no task reads `receive`
         lost = asyncio.Event()
+        cycle = conn.cycle
+        event, writable = cycle.message_event, cycle.flow._is_writable_event
         found["on_lost"] = conn.on_lost(lost.set)
+        if found["on_lost"]:  # uvicorn's Events (unused from here) swapped for lighter Flags
+            found["http_light"] = (type(event) is asyncio.Event and type(cycle.message_event) is Flag
+                                   and type(writable) is asyncio.Event and type(cycle.flow._is_writable_event) is Flag)
+        if path == "/lost-flood":  # backpressure on the Flag: `send` parks on it until the reader reads
+            written = 0
+            while write(CHUNK):
+                written += len(CHUNK)
+            found["written_before_pause"] = written
+            await send({"type": "http.response.body", "body": b"end", "more_body": False})
+            conn.on_lost(None)
+            return
         if found["on_lost"]:
             await asyncio.wait_for(lost.wait(), 10)
             found["lost_write"] = write(b"late")
@@ -154,6 +180,32 @@ def test_on_lost_calls_back_when_the_client_leaves_behind_the_gate():
         assert seen("lost_write") is False  # called back after uvicorn saw the loss
 
 
+def test_lightened_events_keep_backpressure_and_keep_alive_working():
+    """With `on_lost` in place, uvicorn's Events are Flags: a `send` parked on the paused flow resumes as the
+    reader reads, nothing lost, and the connection serves its next request (the flow's Flag, a new cycle)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    with _serve(http=gated(HttpToolsProtocol, Gate(10, 32768, 100, 10))) as port:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /lost-flood HTTP/1.1\r\nHost: x\r\n\r\n")
+            written = seen("written_before_pause")
+            assert seen("on_lost") is True and seen("http_light") is True
+            s.settimeout(20)
+            data = bytearray()
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = s.recv(1 << 20)
+                assert chunk
+                data += chunk
+            assert _dechunk(bytes(data).split(b"\r\n\r\n", 1)[1]) == CHUNK * (written // len(CHUNK)) + b"end"
+            s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, kept alive
+            data = bytearray()
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = s.recv(1 << 20)
+                assert chunk
+                data += chunk
+            assert _dechunk(bytes(data).split(b"\r\n\r\n", 1)[1]) == b"one,two,three"
+
+
 def test_no_on_lost_without_the_gate(server):
     with socket.create_connection(("127.0.0.1", server)) as s:
         s.sendall(b"GET /lost HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -167,8 +219,44 @@ def test_ws_writer_writes_frames_the_client_reads(server):
         assert sock.recv(5) == "via send"
     assert seen("ws_before_accept") is False  # not open yet
     assert seen("ws_handshake") is True and seen("ws_forgot") is True  # uvicorn's copies, dropped
+    assert seen("ws_scope_headers") == []
+    assert seen("ws_light") is True
     assert seen("ws") is True
     assert seen("ws_after_close") is False  # refused once the close went out
+
+
+def test_forgotten_handshake_leaves_a_working_socket(server):
+    """After `forget_handshake` (fresh frame parser, uvicorn's inbox and writable flag replaced), uvicorn
+    still delivers messages in order, answers pings and completes the close handshake."""
+    with connect(f"ws://127.0.0.1:{server}/echo", compression=None) as sock:
+        sock.send("one")
+        sock.send("two" * 5000)  # a frame of its own, longer than one read
+        assert sock.recv(5) == "ONE"
+        assert sock.recv(5) == "TWO" * 5000
+        sock.ping(b"p").wait(5)
+        sock.send("three")
+        assert sock.recv(5) == "THREE"
+    assert seen("ws_forgot") is True and seen("ws_light") is True
+    assert seen("ws_echo_end") == {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+
+
+async def _flag_and_inbox():
+    inbox, flag = Inbox(), Flag()
+    getter = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait(1)
+    inbox.put_nowait(2)
+    got = [await getter, await inbox.get()]
+    waiters = [asyncio.ensure_future(flag.wait()) for _ in range(2)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    await asyncio.sleep(0)
+    flag.set()
+    return got, inbox.empty(), inbox.qsize(), await waiters[1], flag.is_set(), flag.waiters
+
+
+def test_inbox_and_flag_behave_as_uvicorn_uses_queue_and_event():
+    assert run(_flag_and_inbox()) == ([1, 2], True, 0, True, True, None)
 
 
 def test_no_ws_writer_when_compression_is_negotiated():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 
 import httpx
 
@@ -33,6 +34,22 @@ def _serve():
         gc.set_threshold(*thresholds)
 
 
+# Wrappers the layers put around `receive` and `send` per request: a body run with the edge's own frees them.
+WRAPPERS = {"BodyLimit.__call__.<locals>.limited", "ServerErrorMiddleware.__call__.<locals>._send",
+            "wrap_app_handling_exceptions.<locals>.wrapped_app.<locals>.sender"}
+
+
+def _functions() -> set[str]:
+    return {obj.__qualname__ for obj in gc.get_objects() if type(obj).__name__ == "function"}
+
+
+def _run_frame_scope() -> dict:
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "coroutine" and obj.cr_code.co_qualname == "EventStream.run" and obj.cr_frame:
+            return obj.cr_frame.f_locals["scope"]
+    raise AssertionError("no EventStream.run running")
+
+
 def _suspended() -> set[str]:
     names = set()
     for obj in gc.get_objects():
@@ -54,3 +71,8 @@ def test_a_held_stream_keeps_no_inner_layer_suspended():
         assert "EventStream.run" in live  # the stream itself is there, run by the edge
         assert "Edge.__call__" in live
         assert not (live & INNER), live & INNER
+        assert not (_functions() & WRAPPERS), _functions() & WRAPPERS
+        # The scope the connection keeps: the router's entries gone, and the table they grew shrunk.
+        scope = _run_frame_scope()
+        assert "route" not in scope and "endpoint" not in scope
+        assert sys.getsizeof(scope) == sys.getsizeof(dict(scope)), (sys.getsizeof(scope), sorted(scope))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 from gateway.events import Done, Error, Meta, Token, from_json
 from gateway.stream import DONE, FAILED, RUNNING, Stream
@@ -39,6 +40,23 @@ def test_a_failure_ends_in_band_and_keeps_the_partial_text():
     stream.fail("model_error", "it broke", True)
     assert events(stream)[-1] == Error(2, "model_error", "it broke", True)
     assert stream.status == FAILED and stream.text() == "part"
+
+
+def test_an_ended_stream_keeps_only_what_resume_needs_and_its_sha256_still_reads():
+    """Kept for resume (the TTL), an ended stream holds no hash object, pending texts or generation, and no
+    per-instance dict; its sha256 (the done event's, or the partial text's) is still the text's."""
+    texts = [f" t{i}" for i in range(40)]  # past 16: some hashed, 8 still pending at the end
+    want = hashlib.sha256("".join(texts).encode()).hexdigest()
+    for end in ("finish", "fail"):
+        stream, _ = new()
+        assert not hasattr(stream, "__dict__")
+        for text in texts:
+            stream.token(text)
+        stream.finish() if end == "finish" else stream.fail("model_error", "it broke")
+        assert stream._hash is None and stream._unhashed is None and stream.generation is None
+        assert stream.sha256 == want, end
+        if end == "finish":
+            assert events(stream)[-1] == Done(41, "stop", 40, want)
 
 
 def test_a_reader_attached_after_a_seq_reads_from_the_next_one():

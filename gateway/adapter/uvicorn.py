@@ -14,17 +14,23 @@ whenever the transport is paused or the peer gone, and the caller awaits
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from typing import Any, Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+
 from . import CONNECTION, Writer
 
-__all__ = ["FastPath", "probe"]
+__all__ = ["FastPath", "probe", "Inbox", "Flag"]
 
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
 _WS_SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
-_HTTP_ATTRS = ("transport", "flow", "disconnected", "response_complete", "chunked_encoding")
+_HTTP_ATTRS = ("transport", "flow", "disconnected", "response_complete", "chunked_encoding", "message_event")
+_SERVER_PARSE = ServerProtocol.parse.__code__
 _WS_ATTRS = ("transport", "writable", "disconnected", "close_sent", "handshake_complete", "conn", "request", "response")
 
 
@@ -61,13 +67,34 @@ class _Http:
         if hook is None:
             return False
         hook(callback)
-        if callback is not None and self.cycle.disconnected:  # gone before the callback was in place
-            hook(None)
-            callback()
+        if callback is not None:
+            _lighten(self.cycle)
+            if self.cycle.disconnected:  # gone before the callback was in place
+                hook(None)
+                callback()
         return True
 
     def forget_handshake(self) -> None:
         return None
+
+
+def _lighten(cycle: Any) -> None:
+    """uvicorn's `asyncio.Event`s for an HTTP response (the request's `message_event`, the connection's
+    writable event in its flow control: ~0.75 KB each, a 64-slot deque of waiters) swapped for `Flag`s,
+    which do the same calls. Only when nothing waits on the old one: the caller reads `receive` no more
+    (its client's loss comes by callback) and no other task reads it; the flow's is set (no `send` parked)."""
+    event = cycle.message_event
+    if type(event) is asyncio.Event and not getattr(event, "_waiters", True):
+        flag = Flag()
+        if event.is_set():
+            flag.set()
+        cycle.message_event = flag
+    flow = cycle.flow
+    writable = getattr(flow, "_is_writable_event", None)
+    if type(writable) is asyncio.Event and writable.is_set():  # (the flow lives as long as the connection)
+        flag = Flag()
+        flag.set()
+        flow._is_writable_event = flag
 
 
 class _WebSocket:
@@ -103,8 +130,120 @@ class _WebSocket:
         # uvicorn keeps the handshake's request and response (websockets' objects with their headers,
         # ~3.5 KB) for the connection's life; past the accept it never reads them again.
         proto = self.proto
-        if proto.handshake_complete:
-            proto.request = proto.response = None
+        if not proto.handshake_complete or proto.disconnected:
+            return
+        proto.request = proto.response = None
+        # The scope's copy of the request headers: read by the app's routing and guard before the
+        # accept, by uvicorn only before it (its access log); the scope lives as long as the socket.
+        scope = getattr(proto, "scope", None)
+        if isinstance(scope, dict) and scope.get("type") == "websocket":
+            scope["headers"] = []
+        _fresh_parser(proto.conn)
+        # uvicorn's inbox (an asyncio.Queue: three deques and an Event, ~3 KB with one 64-slot block
+        # each) and its `writable` Event (~0.8 KB): the same calls, on lighter objects. Swapped only when
+        # nothing waits on the old ones: the inbox empty (the caller is the one task reading `receive`),
+        # the transport writable (no `send` parked on the Event).
+        queue, writable = proto.queue, proto.writable
+        if type(queue) is asyncio.Queue and queue.empty():
+            proto.queue = Inbox()
+        if type(writable) is asyncio.Event and writable.is_set():
+            flag = Flag()
+            flag.set()
+            proto.writable = flag
+
+
+def _fresh_parser(conn: Any) -> None:
+    """websockets' server keeps the handshake `Request` (headers and all) in its parser generator's frame
+    for the connection's life; past the handshake that generator only parses frames. With nothing
+    buffered, a new frame parser (websockets' own `Protocol.parse`, as it swaps in `discard()` on a
+    close) takes its place. Anything else (another websockets, bytes half read): left as it is."""
+    parser = getattr(conn, "parser", None)
+    reader = getattr(conn, "reader", None)
+    if (type(conn) is not ServerProtocol or conn.state is not State.OPEN or reader is None
+            or getattr(parser, "gi_code", None) is not _SERVER_PARSE or reader.buffer or reader.eof
+            or conn.events or conn.parser_exc is not None):
+        return
+    fresh = Protocol.parse(conn)
+    next(fresh)  # to its first wait for bytes, as websockets starts a parser
+    conn.parser = fresh
+    parser.close()
+
+
+class Inbox:
+    """What uvicorn's WebSocket protocol uses of its `asyncio.Queue`, for one reader: put_nowait, get,
+    empty, qsize."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque | None = None  # (a deque only while messages wait: its block is 0.6 KB)
+        self.waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        if self.items is None:
+            self.items = deque()
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self.items:
+            self.waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        items = self.items
+        item = items.popleft()
+        if not items:
+            self.items = None
+        return item
+
+    def empty(self) -> bool:
+        return not self.items
+
+    def qsize(self) -> int:
+        return len(self.items) if self.items else 0
+
+
+class Flag:
+    """What uvicorn's WebSocket protocol uses of its `writable` `asyncio.Event`: set, clear, is_set, wait."""
+
+    __slots__ = ("value", "waiters")
+
+    def __init__(self) -> None:
+        self.value = False
+        self.waiters: list[asyncio.Future] | None = None
+
+    def is_set(self) -> bool:
+        return self.value
+
+    def set(self) -> None:
+        if self.value:
+            return
+        self.value = True
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        self.value = False
+
+    async def wait(self) -> bool:
+        if self.value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            if self.waiters is not None and waiter in self.waiters:
+                self.waiters.remove(waiter)
 
 
 def probe(scope: Scope, send: Send) -> _Http | _WebSocket | None:

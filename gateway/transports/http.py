@@ -69,7 +69,10 @@ class EventStream(Response):
     """An ASGI response that streams one subscriber's view of a stream."""
 
     def __init__(self, deps: HttpDeps, stream: Stream, sub: Subscriber, fmt: str, status: int = 200) -> None:
-        super().__init__(status_code=status)
+        # Not `Response.__init__`: its body and headers (`content-length: 0`) are not this response's, and
+        # would be kept for the stream's life; the start is built in `__call__`.
+        self.status_code = status
+        self.background = None
         self.deps = deps
         self.stream = stream
         self.sub = sub
@@ -83,12 +86,22 @@ class EventStream(Response):
         self.heartbeat = ndjson.HEARTBEAT_LINE if fmt == "ndjson" else sse.HEARTBEAT_FRAME
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not defer(scope, lambda: self.run(scope, receive, send)):
+        # The start goes out through every layer (CORS adds its headers to it). The body, which they pass
+        # through unchanged, runs once they have returned (guard.defer), with the server's own `receive`
+        # and `send`: the layers' wrappers of those are freed with them.
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": streaming_headers(self.media_type, self.deps.accel_off, self.stream.id)})
+        except BaseException:
+            self.stream.detach(self.sub, self.deps.clock.now(), self.client_left)
+            raise
+        if not defer(scope, self.run):
             await self.run(scope, receive, send)
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The body: everything after the start, to the end of the stream or the connection. One coroutine
+        frame for the stream's life (an open stream's memory counts per connection)."""
         deps, stream, sub, stats = self.deps, self.stream, self.sub, self.stats
-        headers = streaming_headers(self.media_type, deps.accel_off, stream.id)
         stats.connections += 1
         conn = connection(scope)
         self.task = asyncio.current_task()
@@ -98,14 +111,62 @@ class EventStream(Response):
         if conn is None or not conn.on_lost(self._lost):
             watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
             if self.fmt == "sse":
                 # `retry` first, so the headers and this go out before the first token.
                 await send({"type": "http.response.body", "body": sse.retry(deps.retry_ms()),
                             "more_body": True})
             if conn is not None:
                 self.write = conn.http_writer()
-            await self._pump(send, stats)
+            log = stream.log
+            frames = self.frames
+            heartbeat = self.heartbeat
+            parked = stream.parked
+            clock = asyncio.get_running_loop().time
+            batch = self.batch
+            state = sub.conn
+            # Fault injection (a drop at a seq) stays off the push path: such a reader is written by the task.
+            drop_at = state.drop_at
+            push = self._push if self.write is not None and drop_at is None else None
+            while True:
+                sub.push = push
+                waiter = parked(sub)
+                if waiter is not None:  # (awaited here: no coroutine of its own while the stream is idle)
+                    try:
+                        await waiter
+                    finally:
+                        sub.waiter = waiter = None
+                sub.push = None
+                if sub.gone:
+                    if sub.kicked and not self.client_left:
+                        await send({"type": "http.response.body", "body": self.reconnect(), "more_body": False})
+                    elif self.client_left and stream.running:
+                        stats.disconnects += 1
+                    return
+                cursor, end = sub.cursor, len(log)
+                drop = terminal = False
+                if cursor < end:
+                    end = log.batch_end(cursor, end, batch)
+                    if drop_at is not None and end >= drop_at:
+                        end, drop = drop_at, True
+                    body = frames(log, cursor, end)
+                    stats.events += end - cursor
+                    sub.cursor = end
+                    terminal = not stream.running and end == len(log)
+                else:
+                    body = heartbeat
+                sub.beat = False
+                stats.bytes += len(body)
+                state.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = None  # (not held while parked: it may be a whole batch)
+                if terminal and not drop:  # a separate send: it waits for the client to take the rest
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                state.sending = 0.0
+                if drop:
+                    stats.drops += 1
+                    raise DropConnection(stream.id)
+                if terminal:
+                    return
         except asyncio.CancelledError:
             if sub.conn.cut is None or self.client_left:
                 raise
@@ -142,52 +203,6 @@ class EventStream(Response):
         self.client_left = True
         self.sub.gone = True
         self.sub.wake()
-
-    async def _pump(self, send: Send, stats) -> None:
-        stream, sub, log = self.stream, self.sub, self.stream.log
-        frames = self.frames
-        heartbeat = self.heartbeat
-        wait = stream.wait
-        clock = asyncio.get_running_loop().time
-        batch = self.batch
-        state = sub.conn
-        # Fault injection (a drop at a seq) stays off the push path: such a reader is written by the task.
-        drop_at = state.drop_at
-        push = self._push if self.write is not None and drop_at is None else None
-        while True:
-            sub.push = push
-            await wait(sub)
-            sub.push = None
-            if sub.gone:
-                if sub.kicked and not self.client_left:
-                    await send({"type": "http.response.body", "body": self.reconnect(), "more_body": False})
-                elif self.client_left and stream.running:
-                    stats.disconnects += 1
-                return
-            cursor, end = sub.cursor, len(log)
-            drop = terminal = False
-            if cursor < end:
-                end = log.batch_end(cursor, end, batch)
-                if drop_at is not None and end >= drop_at:
-                    end, drop = drop_at, True
-                body = frames(log, cursor, end)
-                stats.events += end - cursor
-                sub.cursor = end
-                terminal = not stream.running and end == len(log)
-            else:
-                body = heartbeat
-            sub.beat = False
-            stats.bytes += len(body)
-            state.sending = clock()  # the sweep cuts a write that stays blocked (slow consumer)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            if terminal and not drop:  # a separate send: it waits for the client to take the rest
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            state.sending = 0.0
-            if drop:
-                stats.drops += 1
-                raise DropConnection(stream.id)
-            if terminal:
-                return
 
     def _push(self, sub: Subscriber) -> bool:
         """Write the new events from the batch flush; False hands anything else to the task."""

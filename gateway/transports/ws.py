@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["WSSession", "WSDeps", "error_text"]
 
+_REQUEST_CACHES = ("_headers", "_query_params", "_cookies", "_url")  # Starlette's HTTPConnection, read once
+
 
 @dataclass(frozen=True, slots=True)
 class WSDeps:
@@ -69,8 +71,13 @@ def error_text(code: str, message: str, retryable: bool = False, seq: int = -1) 
 
 
 class WSSession:
-    def __init__(self, deps: WSDeps, websocket: WebSocket) -> None:
+    __slots__ = ("deps", "ws", "stats", "batch", "stream", "sub", "pump", "task", "dropped", "kicked", "conn",
+                 "write", "key", "attach_only", "bucket", "first")
+
+    def __init__(self, deps: WSDeps, websocket: WebSocket, stream: Stream | None = None, after: int = -1) -> None:
+        """`stream`: attach to it first (reading after `after`), as `run` starts."""
         self.deps = deps
+        self.first = (stream, after) if stream is not None else None
         self.ws = websocket
         self.stats = deps.stats
         self.batch = deps.max_batch_bytes
@@ -88,13 +95,15 @@ class WSSession:
         rate = deps.messages_per_s
         self.bucket = Bucket(rate, 2 * rate, deps.clock.now()) if rate else None
 
-    async def run(self, stream: Stream | None = None, after: int = -1) -> None:
-        """Serve the socket until the client leaves; attach to `stream` first if given."""
+    async def run(self, *_: object) -> None:
+        """Serve the socket until the client leaves. (It takes and ignores the edge's scope, receive and
+        send, so that the bound method itself is what `guard.defer` keeps: no closure per socket.)"""
         self.task = asyncio.current_task()
         self.stats.connections += 1
         client_left = True
         try:
-            if stream is not None:
+            if self.first is not None:
+                (stream, after), self.first = self.first, None
                 self._attach(stream, after)
             client_left = await self._read()
         except asyncio.CancelledError:
@@ -209,8 +218,12 @@ class WSSession:
     def _attach(self, stream: Stream, after: int) -> None:
         self._stop(False)
         if self.write is None and self.conn is not None:
+            self.conn.forget_handshake()  # (first: the writer then holds what replaced the handshake's objects)
             self.write = self.conn.ws_writer()
-            self.conn.forget_handshake()
+            # FastAPI read the headers and query through this WebSocket, which caches them (~0.9 KB
+            # for the socket's life); read again, they come from the scope.
+            for name in _REQUEST_CACHES:
+                vars(self.ws).pop(name, None)
         self.stream = stream
         self.sub = stream.attach(after, Transport.WS, self.deps.clock.now())
         self.sub.conn.abort = self.conn.abort if self.conn is not None else self._abort
@@ -256,8 +269,6 @@ class WSSession:
                 if push is not None and sub.cursor >= len(log) and not (sub.beat or sub.gone) and stream.running:
                     # Caught up: `push` writes the next events from the flush; anything else starts a pump.
                     sub.start = self._start_pump
-                    if self.pump is asyncio.current_task():
-                        self.pump = None
                     return
                 await stream.wait(sub)
                 sub.push = None
@@ -297,6 +308,9 @@ class WSSession:
         except (OSError, WebSocketDisconnect):
             # The client is gone; the reader sees the disconnect and cleans up.
             return
+        finally:
+            if self.pump is asyncio.current_task():  # an ended task, kept till the next start: ~0.7 KB
+                self.pump = None
 
     async def _reconnect(self, stream: Stream, sub: Subscriber) -> None:
         """The server is draining: a `reconnect` frame, close 1012, then detach (the drain waits for it)."""
