@@ -134,7 +134,7 @@ async def post_ndjson(body: StreamRequest, request: Request):
 async def ws_session(websocket: WebSocket) -> None:
     await websocket.accept()
     session = WSSession(websocket.app.state.ws, websocket)
-    if not defer(websocket.scope, lambda *_: session.run()):
+    if not defer(websocket.scope, session.run):
         await session.run()
 
 
@@ -151,9 +151,9 @@ async def ws_attach(websocket: WebSocket, stream_id: str) -> None:
     await websocket.accept()
     if after >= 0:
         ctx.stats[Transport.WS].resumes += 1
-    session = WSSession(websocket.app.state.ws, websocket)
-    if not defer(websocket.scope, lambda *_: session.run(stream, after)):
-        await session.run(stream, after)
+    session = WSSession(websocket.app.state.ws, websocket, stream, after)
+    if not defer(websocket.scope, session.run):
+        await session.run()
 
 
 @router.post("/v1/complete", responses=openapi.COMPLETE)

@@ -72,10 +72,12 @@ def error_text(code: str, message: str, retryable: bool = False, seq: int = -1) 
 
 class WSSession:
     __slots__ = ("deps", "ws", "stats", "batch", "stream", "sub", "pump", "task", "dropped", "kicked", "conn",
-                 "write", "key", "attach_only", "bucket")
+                 "write", "key", "attach_only", "bucket", "first")
 
-    def __init__(self, deps: WSDeps, websocket: WebSocket) -> None:
+    def __init__(self, deps: WSDeps, websocket: WebSocket, stream: Stream | None = None, after: int = -1) -> None:
+        """`stream`: attach to it first (reading after `after`), as `run` starts."""
         self.deps = deps
+        self.first = (stream, after) if stream is not None else None
         self.ws = websocket
         self.stats = deps.stats
         self.batch = deps.max_batch_bytes
@@ -93,13 +95,15 @@ class WSSession:
         rate = deps.messages_per_s
         self.bucket = Bucket(rate, 2 * rate, deps.clock.now()) if rate else None
 
-    async def run(self, stream: Stream | None = None, after: int = -1) -> None:
-        """Serve the socket until the client leaves; attach to `stream` first if given."""
+    async def run(self, *_: object) -> None:
+        """Serve the socket until the client leaves. (It takes and ignores the edge's scope, receive and
+        send, so that the bound method itself is what `guard.defer` keeps: no closure per socket.)"""
         self.task = asyncio.current_task()
         self.stats.connections += 1
         client_left = True
         try:
-            if stream is not None:
+            if self.first is not None:
+                (stream, after), self.first = self.first, None
                 self._attach(stream, after)
             client_left = await self._read()
         except asyncio.CancelledError:
