@@ -21,6 +21,12 @@ ENV = {
     "GATEWAY_IDLE_TIMEOUT_S": "0.2",
     "GATEWAY_HEARTBEAT_S": "0.1",
     "GATEWAY_DETACH_GRACE_S": "0.2",
+    # A request without `sim` streams at these defaults (300 ms to the first token, 25 ms apart): above the
+    # 0.2 s idle timeout, every such case was a 0.3 s upstream_timeout, ~1,300 of them (2 minutes). With
+    # these they run to `done` in ~30 ms, so the success path is the one checked; a case's own `sim`
+    # (a stall, a late first token) still meets the 0.2 s idle timeout.
+    "GATEWAY_SIM_TTFT_MS": "10",
+    "GATEWAY_SIM_ITL_MS": "5",
 }
 # Failures a body can ask the simulated model for (`sim`): a refusal with any status (`pre_error`,
 # code http_<status>), a failure or silence mid-stream, which unstreamed answers report as 502/504.
