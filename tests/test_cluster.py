@@ -63,7 +63,12 @@ def test_shard_tags_fall_one_per_primary(cluster):
 @pytest.mark.every_flavour
 def test_streams_spread_over_every_primary_and_resume_across_replicas(cluster, pair):
     a, b = pair
-    ids = [create(a.url, f"spread {i}", max_tokens=150, seed=i) for i in range(9)]
+    # A stream's shard is crc32(its random id) % 3: nine ids left a shard empty 3 x (2/3)^9 = 7.8% of the
+    # time (the valkey run failed so in a full suite). Nine at least, more until every shard has one.
+    ids: list[str] = []
+    while len(ids) < 9 or len({zlib.crc32(sid.encode()) % 3 for sid in ids}) < 3:
+        assert len(ids) < 30, "30 stream ids and a shard still without one"  # (2/3)^30 x 3: 1.5e-5
+        ids.append(create(a.url, f"spread {len(ids)}", max_tokens=150, seed=len(ids)))
 
     async def go():
         import asyncio
@@ -83,7 +88,7 @@ def test_streams_spread_over_every_primary_and_resume_across_replicas(cluster, p
                    if f"-{b.pid}-" in line and ":reader" in line] for p in primaries}
     assert all(len(lines) <= 1 for lines in readers.values()) and any(readers.values()), readers
     samples = b.metrics()
-    assert samples["gateway_redis_events_read_total"] >= 9 * 152
+    assert samples["gateway_redis_events_read_total"] >= len(ids) * 152
 
 
 @pytest.mark.every_flavour
