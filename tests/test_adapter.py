@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import sys
 import time
 import weakref
 
@@ -45,7 +46,8 @@ async def app(scope, receive, send):
         found["ws_forgot"] = proto.request is None and proto.response is None and request() is None
         found["ws_scope_headers"] = scope["headers"]
         found["ws_light"] = (type(queue) is asyncio.Queue and type(proto.queue) is Inbox
-                             and type(writable) is asyncio.Event and type(proto.writable) is Flag)
+                             and type(writable) is asyncio.Event and type(proto.writable) is Flag
+                             and sys.getsizeof(vars(proto)) <= sys.getsizeof(dict(vars(proto))))  # compact
         if scope["path"] == "/echo":  # the socket still works as uvicorn runs it: messages, pings, close
             while (message := await receive())["type"] == "websocket.receive":
                 await send({"type": "websocket.send", "text": message["text"].upper()})
