@@ -27,7 +27,7 @@ from .events import KIND, KINDS
 
 __all__ = ["EventLog", "KINDS", "KIND", "BLOCK", "BLOCK_OVERHEAD"]
 
-BLOCK = 64  # events per sealed block while a stream runs (at its end, the rest is one block)
+BLOCK = 32  # events per sealed block while a stream runs (at its end, the rest is one block)
 BLOCK_OVERHEAD = 48  # a sealed block's bytes object header, list slot and bound
 # Token lines' common bytes: deflate refers back into it, so even the first line of a block compresses.
 _ZDICT = b'{"type":"token","seq":{"type":"token","seq":1","text":" the"}\n{"type":"token","seq":1'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from gateway.codecs import ndjson, sse, ws
 from gateway.events import KIND, Done, Meta, Token, from_json, to_json, token_json
@@ -66,9 +67,10 @@ def sealed(n: int, upto: int, block: int = BLOCK) -> EventLog:
     return log
 
 
-def test_every_read_from_inside_a_sealed_block_gives_the_unsealed_logs_exact_bytes():
-    plain, log = filled(200), sealed(200, 150)  # blocks [0, 64) and [64, 128); the tail from 128
-    assert log.first == 128 and list(log.bounds) == [64, 128] and len(log) == len(plain) == 202
+@pytest.mark.parametrize("block", sorted({BLOCK, 32, 64}))
+def test_every_read_from_inside_a_sealed_block_gives_the_unsealed_logs_exact_bytes(block):
+    plain, log = filled(200), sealed(200, 150, block)  # blocks up to 128 (of 64: [0, 64), [64, 128)); the tail from 128
+    assert log.first == 128 and list(log.bounds) == list(range(block, 129, block)) and len(log) == len(plain) == 202
     for start in (0, 1, 5, 63, 64, 65, 100, 127, 128, 150, 201):
         for end in sorted({start + 1, min(start + 3, 202), 64, 128, 129, 202} - set(range(start + 1))):
             assert log.ndjson(start, end) == plain.ndjson(start, end), (start, end)
@@ -80,7 +82,7 @@ def test_every_read_from_inside_a_sealed_block_gives_the_unsealed_logs_exact_byt
 
 
 def test_a_batch_from_a_sealed_block_stops_at_its_end_and_at_the_byte_limit():
-    plain, log = filled(200), sealed(200, 150)
+    plain, log = filled(200), sealed(200, 150, 64)
     assert log.batch_end(10, 202, 10**9) == 64 and log.batch_end(64, 202, 10**9) == 128
     assert log.batch_end(128, 202, 10**9) == 202
     ten = plain.ends[20] - plain.ends[10]  # events 11..20

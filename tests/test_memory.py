@@ -92,11 +92,10 @@ def test_reclaim_s_zero_never_reclaims(monkeypatch):
     assert run_sweeps(monkeypatch, 0, [1, 60, 3600, 1e6]) == [0, 0, 0, 0]
 
 
-def test_an_open_http_stream_holds_few_python_objects():
-    """Python objects per open SSE stream (no token yet), uvicorn run as `serve` runs it (the connection gate,
-    the fast path, the app's edge): tracemalloc before and while 200 streams are held. Object sizes, not
-    timings: no noise. 11.8 KB here (30 Nov 2026, 03:10 UTC); 13.4 KB with uvicorn's Events left in place
-    (`_lighten` in gateway/adapter/uvicorn.py undone), so the bound trips on a regression that size."""
+def _python_bytes_per_connection(hold, n: int = 200) -> tuple[float, str]:
+    """tracemalloc before and while `n` connections are held (each opened by `hold(sock, port)`), under
+    uvicorn run as `serve` runs it (the connection gate, the fast path, the app's edge): bytes per connection
+    and the top lines. Object sizes, not timings: no noise."""
     import socket
     import time
     import tracemalloc
@@ -109,34 +108,24 @@ def test_an_open_http_stream_holds_few_python_objects():
 
     from .support import uvicorn_thread
 
-    n = 200
-    body = b'{"prompt":"held","max_tokens":3,"sim":{"ttft_ms":60000}}'
-    request = (b"POST /v1/sse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-               % (len(body), body))
     thresholds = gc.get_threshold()
     app = create_app(Settings(log_level="warning"))
     socks = [socket.socket() for _ in range(n + 3)]
     tracemalloc.start()
     try:
         with uvicorn_thread(FastPath(app.edge), http=gated(HttpToolsProtocol, Gate(10, 32768, 0, 10))) as port:
-            def hold(s: socket.socket) -> None:
-                s.connect(("127.0.0.1", port))
-                s.sendall(request)
-                s.settimeout(10)
-                assert s.recv(4096).startswith(b"HTTP/1.1 200")
-
             for s in socks[:3]:  # warm-up: what the first streams load is not per stream
-                hold(s)
+                hold(s, port)
             time.sleep(0.5)
             gc.collect()
             before = tracemalloc.take_snapshot()
             for s in socks[3:]:
-                hold(s)
+                hold(s, port)
             time.sleep(0.5)
             gc.collect()
             during = tracemalloc.take_snapshot()
             diff = during.compare_to(before, "lineno")
-            per_stream = sum(d.size_diff for d in diff) / n
+            per = sum(d.size_diff for d in diff) / n
             top = "\n".join(f"{d.size_diff / n:6.0f} B {d.traceback[0]}" for d in diff[:12])
             for s in socks:
                 s.close()
@@ -144,4 +133,55 @@ def test_an_open_http_stream_holds_few_python_objects():
         tracemalloc.stop()
         gc.unfreeze()  # the app's lifespan froze and retuned this process's collector
         gc.set_threshold(*thresholds)
+    return per, top
+
+
+def test_an_open_http_stream_holds_few_python_objects():
+    """Python objects per open SSE stream (no token yet). 11.8 KB here (30 Nov 2026, 03:10 UTC); 13.4 KB with
+    uvicorn's Events left in place (`_lighten` in gateway/adapter/uvicorn.py undone), so the bound trips on
+    a regression that size."""
+    body = b'{"prompt":"held","max_tokens":3,"sim":{"ttft_ms":60000}}'
+    request = (b"POST /v1/sse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(body), body))
+
+    def hold(s, port: int) -> None:
+        s.connect(("127.0.0.1", port))
+        s.sendall(request)
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+    per_stream, top = _python_bytes_per_connection(hold)
     assert per_stream < 13_000, f"{per_stream:.0f} B of Python objects per open HTTP stream; the most:\n{top}"
+
+
+def test_an_open_websocket_stream_holds_few_python_objects():
+    """The same for a WebSocket streaming session (no token yet), its handshake and start frame written by
+    hand (a client in this process would count). 13.5 KB here (30 Nov 2026, 03:32 UTC); 14.5 KB when the
+    deferred session keeps the endpoint's WebSocket and reads in a coroutine of its own (WSSession.run)."""
+    import base64
+    import os
+
+    start = b'{"type":"start","prompt":"held","max_tokens":3,"sim":{"ttft_ms":60000}}'
+    mask = os.urandom(4)
+    frame = bytes([0x81, 0x80 | len(start)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(start))
+
+    def hold(s, port: int) -> None:
+        key = base64.b64encode(os.urandom(16))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key)
+        s.settimeout(10)
+        got = s.recv(4096)
+        assert got.startswith(b"HTTP/1.1 101"), got
+        s.sendall(frame)
+        while b'"type":"meta"' not in got:
+            try:
+                chunk = s.recv(4096)
+            except TimeoutError:
+                raise AssertionError(got) from None
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 101")
+
+    per_socket, top = _python_bytes_per_connection(hold)
+    assert per_socket < 14_000, f"{per_socket:.0f} B of Python objects per open WebSocket stream; the most:\n{top}"

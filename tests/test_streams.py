@@ -87,7 +87,7 @@ def test_drop_is_a_cut_then_resumes_exactly(gw, transport):
 
 @pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
 def test_a_resume_from_inside_the_sealed_blocks_of_an_ended_stream_is_exact(gw, transport):
-    """An ended stream nobody reads keeps its events as compressed blocks of 64 (gateway/log.py): a resume
+    """An ended stream nobody reads keeps its events as compressed blocks (gateway/log.py): a resume
     from inside one, or across several, gets the same events, byte for byte once decoded, as the first read."""
     info = httpx.post(gw.url + "/v1/streams", json={"prompt": "sealed", "max_tokens": 300, "seed": 3,
                                                     "sim": {"ttft_ms": 0, "itl_ms": 0, "jitter": 0}}).json()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..adapter import Writer, connection
 from ..codecs import ws as codec
@@ -95,9 +95,15 @@ class WSSession:
         rate = deps.messages_per_s
         self.bucket = Bucket(rate, 2 * rate, deps.clock.now()) if rate else None
 
-    async def run(self, *_: object) -> None:
-        """Serve the socket until the client leaves. (It takes and ignores the edge's scope, receive and
-        send, so that the bound method itself is what `guard.defer` keeps: no closure per socket.)"""
+    async def run(self, *edge: object) -> None:
+        """Serve the socket until the client leaves. Deferred (`guard.defer`), it gets the edge's scope,
+        receive and send: its WebSocket is then made again over these, so that the layers' per-request
+        wrappers of receive and send (and the endpoint's WebSocket, with what it cached) are not kept
+        for the socket's life; and the bound method itself is what the edge keeps, no closure."""
+        if edge:
+            scope, receive, send = edge
+            ws = self.ws = WebSocket(scope, receive, send)  # type: ignore[arg-type]
+            ws.client_state = ws.application_state = WebSocketState.CONNECTED  # (accepted by the endpoint)
         self.task = asyncio.current_task()
         self.stats.connections += 1
         client_left = True
@@ -105,7 +111,28 @@ class WSSession:
             if self.first is not None:
                 (stream, after), self.first = self.first, None
                 self._attach(stream, after)
-            client_left = await self._read()
+            # The control messages, read here rather than in a coroutine of their own (a frame per socket).
+            receive, limit, deps = self.ws.receive, self.deps.max_message_bytes, self.deps
+            while True:
+                msg = await receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                if self.bucket is not None and self.bucket.take(deps.clock.now()):
+                    deps.refused["ws_rate"] += 1
+                    client_left = await self._refuse("rate_limited", "too many control messages", codec.CLOSE_POLICY)
+                    break
+                text = msg.get("text")
+                if text is None:
+                    client_left = await self._refuse("bad_message", "control messages are JSON text frames",
+                                                     codec.CLOSE_UNSUPPORTED)
+                    break
+                if len(text) > limit:
+                    client_left = await self._refuse("too_big", f"control message over {limit} bytes",
+                                                     codec.CLOSE_TOO_BIG)
+                    break
+                if not await self._control(text):
+                    client_left = False
+                    break
         except asyncio.CancelledError:
             if self.dropped:
                 client_left = False
@@ -116,43 +143,26 @@ class WSSession:
             self.stats.connections -= 1
             self._stop(client_left)
 
-    async def _read(self) -> bool:
-        """Read control messages; True when the client left, False when the server closed."""
-        receive, limit, deps = self.ws.receive, self.deps.max_message_bytes, self.deps
-        while True:
-            msg = await receive()
-            if msg["type"] == "websocket.disconnect":
-                return True
-            if self.bucket is not None and self.bucket.take(deps.clock.now()):
-                deps.refused["ws_rate"] += 1
-                await self._refuse("rate_limited", "too many control messages", codec.CLOSE_POLICY)
-                return False
-            text = msg.get("text")
-            if text is None:
-                await self._refuse("bad_message", "control messages are JSON text frames", codec.CLOSE_UNSUPPORTED)
-                return False
-            if len(text) > limit:
-                await self._refuse("too_big", f"control message over {limit} bytes", codec.CLOSE_TOO_BIG)
-                return False
-            try:
-                control = codec.parse_control(text)
-            except codec.ControlError as exc:
-                await self._refuse("bad_message", str(exc), exc.close_code)
-                return False
-            if isinstance(control, codec.Cancel):
-                if self.stream is not None and self.stream.running:
-                    self.stream.cancel("client_cancel")
-                else:
-                    await self.ws.send_text(error_text("no_stream", "no stream is running on this socket"))
-            elif self._busy():
-                await self.ws.send_text(error_text("busy", "a stream is running: cancel it first"))
-            elif (refusal := self._token_refusal(control)) is not None:
-                await self.ws.send_text(error_text("unauthorized", refusal))
-            elif isinstance(control, codec.Start):
-                if not await self._start(control.request):
-                    return False
+    async def _control(self, text: str) -> bool:
+        """Act on one control message; False when the server closed the socket."""
+        try:
+            control = codec.parse_control(text)
+        except codec.ControlError as exc:
+            return await self._refuse("bad_message", str(exc), exc.close_code)
+        if isinstance(control, codec.Cancel):
+            if self.stream is not None and self.stream.running:
+                self.stream.cancel("client_cancel")
             else:
-                await self._resume(control)
+                await self.ws.send_text(error_text("no_stream", "no stream is running on this socket"))
+        elif self._busy():
+            await self.ws.send_text(error_text("busy", "a stream is running: cancel it first"))
+        elif (refusal := self._token_refusal(control)) is not None:
+            await self.ws.send_text(error_text("unauthorized", refusal))
+        elif isinstance(control, codec.Start):
+            return await self._start(control.request)
+        else:
+            await self._resume(control)
+        return True
 
     def _token_refusal(self, control: codec.Start | codec.Resume) -> str | None:
         """Why an attach-token socket may not do this (None: it may)."""
@@ -341,6 +351,8 @@ class WSSession:
         stats.bytes += log.text_bytes(cursor, end)
         return end == last  # a capped batch: the pump sends the rest
 
-    async def _refuse(self, code: str, message: str, close_code: int) -> None:
+    async def _refuse(self, code: str, message: str, close_code: int) -> bool:
+        """Tell the client why and close the socket; False (the server closed it)."""
         await self.ws.send_text(error_text(code, message))
         await self.ws.close(close_code, message[:120])
+        return False
