@@ -151,11 +151,7 @@ def test_http_writer_refuses_under_backpressure_and_loses_nothing(server):
         written = seen("written_before_pause")
         assert written < 64 * 2**20, "the writer never refused a paused transport"
         s.settimeout(20)
-        data = bytearray()
-        while not data.endswith(b"0\r\n\r\n"):
-            chunk = s.recv(1 << 20)
-            assert chunk
-            data += chunk
+        data = _read_response(s)
     body = _dechunk(bytes(data).split(b"\r\n\r\n", 1)[1])
     assert body == CHUNK * (written // len(CHUNK)) + b"end"
 
@@ -193,18 +189,10 @@ def test_lightened_events_keep_backpressure_and_keep_alive_working():
             written = seen("written_before_pause")
             assert seen("on_lost") is True and seen("http_light") is True
             s.settimeout(20)
-            data = bytearray()
-            while not data.endswith(b"0\r\n\r\n"):
-                chunk = s.recv(1 << 20)
-                assert chunk
-                data += chunk
+            data = _read_response(s)
             assert _dechunk(bytes(data).split(b"\r\n\r\n", 1)[1]) == CHUNK * (written // len(CHUNK)) + b"end"
             s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, kept alive
-            data = bytearray()
-            while not data.endswith(b"0\r\n\r\n"):
-                chunk = s.recv(1 << 20)
-                assert chunk
-                data += chunk
+            data = _read_response(s)
             assert _dechunk(bytes(data).split(b"\r\n\r\n", 1)[1]) == b"one,two,three"
 
 
@@ -282,6 +270,16 @@ def test_no_fast_path_off_uvicorn():
 
     run(FastPath(inner)({"type": "http", "path": "/"}, None, send))
     assert seen == [None]
+
+
+def _read_response(s: socket.socket) -> bytes:
+    """A chunked response's bytes, head included, up to its last chunk (the socket stays open)."""
+    data = bytearray()
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = s.recv(1 << 20)
+        assert chunk
+        data += chunk
+    return bytes(data)
 
 
 def _dechunk(data: bytes) -> bytes:
